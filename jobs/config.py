@@ -1,0 +1,212 @@
+"""Pipeline configuration: one YAML per dataset in `configs/`, one frozen dataclass per stage.
+
+The YAML has one section per stage. This module holds the strict loader (unknown
+keys rejected, types checked, errors naming the file and the field) and the
+data-side sections; `ncf_model.config` holds the model-side ones and reuses the
+loader. No pyspark import here, so the DAG files and `ncf_model` can use it.
+
+    dataset: ml-100k
+    source:   {format, path, url, archive_member, sha256}
+    ingest:   {min_value, max_value}
+    prepare:  {binarise_threshold, n_negatives, n_eval_negatives, seed, output_partitions}
+    model:    ...  (ncf_model.config)
+    train:    ...  (ncf_model.config)
+    evaluate: ...  (ncf_model.config)
+    recommend: ... (ncf_model.config)
+    publish:  {table, model_name}
+
+`dataclasses.asdict(section)` is exactly what goes to MLflow params and the manifest.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+import types
+import typing
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+
+SECTIONS = ("dataset", "source", "ingest", "prepare", "model", "train", "evaluate",
+            "recommend", "publish")
+SOURCE_FORMATS = ("movielens-100k",)
+
+T = TypeVar("T")
+
+
+class ConfigError(ValueError):
+    """A configuration file is missing, malformed, or has a bad value; the message says where."""
+
+
+def read_yaml(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file {path} does not exist")
+    try:
+        loaded = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
+    if not isinstance(loaded, dict):
+        raise ConfigError(f"{path}: expected a mapping of sections {SECTIONS}, got {loaded!r}")
+    unknown = sorted(set(loaded) - set(SECTIONS))
+    if unknown:
+        raise ConfigError(f"{path}: unknown section(s) {unknown}; known: {list(SECTIONS)}")
+    if not isinstance(loaded.get("dataset"), str) or not loaded["dataset"]:
+        raise ConfigError(f"{path}: 'dataset' must be a non-empty name such as 'ml-100k'")
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", loaded["dataset"]):
+        raise ConfigError(f"{path}: 'dataset' {loaded['dataset']!r} must be letters, digits, "
+                          "'-', '_' or '.' (it names lake folders and a DAG id)")
+    return loaded
+
+
+def _coerce(value: Any, hint: Any, where: str) -> Any:
+    """Check `value` against a dataclass field's type hint, converting lists to tuples."""
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(hint)
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in (a for a in args if a is not type(None)):
+            try:
+                return _coerce(value, arg, where)
+            except ConfigError as exc:
+                errors.append(str(exc))
+        raise ConfigError(errors[0] if errors else f"{where}: bad value {value!r}")
+    if origin is tuple:
+        if not isinstance(value, list | tuple):
+            raise ConfigError(f"{where}: expected a list, got {value!r}")
+        (item_hint, *_rest) = typing.get_args(hint)
+        return tuple(_coerce(v, item_hint, f"{where}[{i}]") for i, v in enumerate(value))
+    if hint is float:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise ConfigError(f"{where}: expected a number, got {value!r}")
+        return float(value)
+    if hint is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{where}: expected a whole number, got {value!r}")
+        return value
+    if hint is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{where}: expected true or false, got {value!r}")
+        return value
+    if hint is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{where}: expected text, got {value!r}")
+        return value
+    raise ConfigError(f"{where}: unsupported field type {hint!r}")
+
+
+def build_section(cls: type[T], mapping: Mapping[str, Any] | None, where: str) -> T:
+    """Build the frozen dataclass `cls` from a YAML mapping; unknown keys are errors."""
+    mapping = {} if mapping is None else mapping
+    if not isinstance(mapping, Mapping):
+        raise ConfigError(f"{where}: expected a mapping, got {mapping!r}")
+    assert dataclasses.is_dataclass(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(mapping) - set(fields))
+    if unknown:
+        raise ConfigError(f"{where}: unknown key(s) {unknown}; known: {sorted(fields)}")
+    hints = typing.get_type_hints(cls)
+    kwargs = {name: _coerce(value, hints[name], f"{where}.{name}")
+              for name, value in mapping.items()}
+    missing = [name for name, f in fields.items() if name not in kwargs
+               and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
+    if missing:
+        raise ConfigError(f"{where}: missing required key(s) {missing}")
+    try:
+        return cls(**kwargs)
+    except ConfigError as exc:
+        raise ConfigError(f"{where}.{exc}") from exc
+
+
+def _check(condition: bool, field: str, message: str) -> None:
+    if not condition:
+        raise ConfigError(f"{field}: {message}")
+
+
+@dataclasses.dataclass(frozen=True)
+class SourceConfig:
+    """Where the raw file comes from and what its bytes must hash to."""
+
+    format: str
+    path: str  # relative to the raw folder (NCF_RAW_DIR / --raw-dir) or the download cache
+    sha256: str
+    url: str | None = None  # an archive (zip) holding `archive_member`, or the file itself
+    archive_member: str | None = None
+
+    def __post_init__(self) -> None:
+        _check(self.format in SOURCE_FORMATS, "format",
+               f"{self.format!r} is not one of {list(SOURCE_FORMATS)}")
+        _check(bool(re.fullmatch(r"[0-9a-f]{64}", self.sha256)), "sha256",
+               "must be 64 lower-case hex digits (sha256sum of the raw file)")
+        _check(not Path(self.path).is_absolute() and ".." not in Path(self.path).parts, "path",
+               "must be relative to the raw folder, without '..'")
+
+
+@dataclasses.dataclass(frozen=True)
+class IngestConfig:
+    """Cleaning rules: values outside [min_value, max_value] are rejected."""
+
+    min_value: float | None = None
+    max_value: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.min_value is not None and self.max_value is not None:
+            _check(self.min_value <= self.max_value, "min_value", "must be <= max_value")
+
+
+@dataclasses.dataclass(frozen=True)
+class PrepareConfig:
+    """Binarisation, the leave-one-out split and negative sampling."""
+
+    binarise_threshold: float | None = None  # None: every interaction is a positive
+    n_negatives: int = 4  # per training positive
+    n_eval_negatives: int = 99  # per evaluated user, for validation and for test
+    seed: int = 42
+    output_partitions: int = 1
+
+    def __post_init__(self) -> None:
+        _check(self.n_negatives >= 0, "n_negatives", "must be >= 0")
+        _check(self.n_eval_negatives >= 1, "n_eval_negatives", "must be >= 1")
+        _check(self.output_partitions >= 1, "output_partitions", "must be >= 1")
+
+
+@dataclasses.dataclass(frozen=True)
+class PublishConfig:
+    """The SQL table downstream teams read (the database URL is a deployment setting)."""
+
+    table: str = "recommendations"
+    model_name: str | None = None  # registered model name; default ncf-<dataset>
+
+    def __post_init__(self) -> None:
+        _check(bool(re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", self.table)), "table",
+               "must be a plain SQL identifier")
+
+
+@dataclasses.dataclass(frozen=True)
+class DataConfig:
+    dataset: str
+    source: SourceConfig
+    ingest: IngestConfig
+    prepare: PrepareConfig
+    publish: PublishConfig
+
+    @property
+    def model_name(self) -> str:
+        return self.publish.model_name or f"ncf-{self.dataset}"
+
+
+def load_data_config(path: str | Path) -> DataConfig:
+    raw = read_yaml(path)
+    where = str(path)
+    return DataConfig(
+        dataset=raw["dataset"],
+        source=build_section(SourceConfig, raw.get("source"), f"{where}: source"),
+        ingest=build_section(IngestConfig, raw.get("ingest"), f"{where}: ingest"),
+        prepare=build_section(PrepareConfig, raw.get("prepare"), f"{where}: prepare"),
+        publish=build_section(PublishConfig, raw.get("publish"), f"{where}: publish"),
+    )

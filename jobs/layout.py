@@ -1,0 +1,208 @@
+"""The lake contract between pipeline stages: paths, column names, dtypes, manifest.
+
+This is the single definition of the layout described in DESIGN.md. It imports
+no pyspark (nor torch) at module level so that Spark jobs, the torch package and
+the DAG files can all import it.
+
+    data/lake/<dataset>/<logical_date>/
+        interactions/  user_id string, item_id string, ts timestamp, value double
+        rejects/       source_file string, line string, reason string
+        users/ items/  user_id -> user_idx int32, item_id -> item_idx int32 (dense from 0)
+        train/         user_idx, item_idx, label int8 (positives + sampled negatives)
+        validation/    per user the second-latest positive + m sampled negatives
+        test/          per user the latest positive + m sampled negatives
+        model/         the trained model (state dict + config) chosen on validation
+        topk/          user_idx, rank, item_idx, score
+        reports/       validation reports (Great Expectations results)
+        _manifest.json row counts, parameters, seed, input checksums of each stage
+
+Every dataset folder is written to a temporary sibling and renamed into place
+(`staged_dir`), so a reader never sees half a folder and a re-run of the same
+logical date replaces the previous result.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import shutil
+import uuid
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+# --- column names (the only place these literals are written) ---------------
+USER_ID = "user_id"
+ITEM_ID = "item_id"
+TS = "ts"
+VALUE = "value"
+USER_IDX = "user_idx"
+ITEM_IDX = "item_idx"
+LABEL = "label"
+RANK = "rank"
+SCORE = "score"
+SOURCE_FILE = "source_file"
+LINE = "line"
+REASON = "reason"
+
+# --- dataset folders ----------------------------------------------------------
+INTERACTIONS = "interactions"
+REJECTS = "rejects"
+USERS = "users"
+ITEMS = "items"
+TRAIN = "train"
+VALIDATION = "validation"
+TEST = "test"
+MODEL = "model"
+TOPK = "topk"
+REPORTS = "reports"
+MANIFEST = "_manifest.json"
+
+# --- schemas as (column, Spark SQL type) pairs --------------------------------
+# Spark side: StructType.fromDDL(ddl(SCHEMA)); Arrow side: arrow_schema(SCHEMA).
+Schema = tuple[tuple[str, str], ...]
+
+INTERACTIONS_SCHEMA: Schema = ((USER_ID, "string"), (ITEM_ID, "string"), (TS, "timestamp"),
+                               (VALUE, "double"))
+REJECTS_SCHEMA: Schema = ((SOURCE_FILE, "string"), (LINE, "string"), (REASON, "string"))
+USERS_SCHEMA: Schema = ((USER_ID, "string"), (USER_IDX, "int"))
+ITEMS_SCHEMA: Schema = ((ITEM_ID, "string"), (ITEM_IDX, "int"))
+PAIRS_SCHEMA: Schema = ((USER_IDX, "int"), (ITEM_IDX, "int"), (LABEL, "tinyint"))
+TOPK_SCHEMA: Schema = ((USER_IDX, "int"), (RANK, "int"), (ITEM_IDX, "int"), (SCORE, "float"))
+
+# Reasons a raw line lands in rejects/ (manifest counts are keyed by these).
+REASON_FIELD_COUNT = "wrong_field_count"
+REASON_NOT_NUMERIC = "not_numeric"
+REASON_OUT_OF_RANGE = "out_of_range"
+REASON_BAD_TIMESTAMP = "bad_timestamp"
+REASON_EMPTY_ID = "empty_id"
+
+# Deployment settings read from the environment by entry points (never by transforms).
+ENV_LAKE_ROOT = "NCF_LAKE_ROOT"
+ENV_RAW_DIR = "NCF_RAW_DIR"
+ENV_CACHE_DIR = "NCF_CACHE_DIR"
+ENV_DB_URL = "NCF_DB_URL"
+DEFAULT_LAKE_ROOT = "data/lake"
+DEFAULT_CACHE_DIR = "data/raw-cache"
+DEFAULT_DB_URL = "sqlite:///data/recommendations.db"
+
+
+def ddl(schema: Schema) -> str:
+    """`user_idx int, item_idx int, ...` for `StructType.fromDDL` / `spark.read.schema`."""
+    return ", ".join(f"{name} {dtype}" for name, dtype in schema)
+
+
+def columns(schema: Schema) -> list[str]:
+    return [name for name, _ in schema]
+
+
+_ARROW_TYPES = {
+    "string": "string", "int": "int32", "tinyint": "int8", "bigint": "int64",
+    "long": "int64", "double": "float64", "float": "float32", "timestamp": "timestamp[us]",
+}
+
+
+def arrow_schema(schema: Schema) -> Any:
+    """The pyarrow schema of a lake dataset (pyarrow imported lazily)."""
+    import pyarrow as pa
+
+    return pa.schema([(name, pa.type_for_alias(_ARROW_TYPES[dtype])) for name, dtype in schema])
+
+
+def lake_root_from_env(default: str = DEFAULT_LAKE_ROOT) -> Path:
+    return Path(os.environ.get(ENV_LAKE_ROOT, default)).resolve()
+
+
+@dataclass(frozen=True)
+class LakePaths:
+    """Where one run (dataset, logical date) of the pipeline reads and writes."""
+
+    root: Path
+    dataset: str
+    logical_date: str
+
+    @property
+    def base(self) -> Path:
+        return Path(self.root) / self.dataset / self.logical_date
+
+    def path(self, name: str) -> Path:
+        return self.base / name
+
+    @property
+    def manifest(self) -> Path:
+        return self.base / MANIFEST
+
+
+@contextlib.contextmanager
+def staged_dir(final: Path) -> Iterator[Path]:
+    """Yield a fresh temporary path beside `final`; on success swap it into place.
+
+    The yielded path does not exist yet (Spark's writer refuses an existing folder);
+    Python writers create it. On an exception the temporary folder is removed and
+    `final` is left as it was, so nothing half-written is ever published.
+    """
+    final = Path(final)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    token = uuid.uuid4().hex[:12]
+    tmp = final.parent / f".tmp-{final.name}-{token}"
+    try:
+        yield tmp
+        if not tmp.exists():
+            raise FileNotFoundError(f"staged output {tmp} was never written for {final}")
+        old = final.parent / f".old-{final.name}-{token}"
+        if final.exists():
+            final.rename(old)
+        tmp.rename(final)
+        if old.exists():
+            shutil.rmtree(old)
+    except BaseException:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def write_json_atomic(path: Path, payload: Mapping[str, Any]) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}")
+    tmp.write_text(json.dumps(payload, indent=2, sort_keys=True, default=str) + "\n")
+    os.replace(tmp, path)
+
+
+def read_manifest(paths: LakePaths) -> dict[str, Any]:
+    if not paths.manifest.exists():
+        return {}
+    loaded: dict[str, Any] = json.loads(paths.manifest.read_text())
+    return loaded
+
+
+def update_manifest(paths: LakePaths, stage: str, entry: Mapping[str, Any]) -> dict[str, Any]:
+    """Record one stage's counts/params/checksums under `stage` (replacing a previous entry)."""
+    manifest = read_manifest(paths)
+    manifest.setdefault("dataset", paths.dataset)
+    manifest.setdefault("logical_date", paths.logical_date)
+    manifest[stage] = {**entry, "written_at": datetime.now(UTC).isoformat(timespec="seconds")}
+    write_json_atomic(paths.manifest, manifest)
+    return manifest
+
+
+def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while block := handle.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def sha256_dir(path: Path) -> str:
+    """One checksum over a dataset folder's data files (names and bytes, in name order)."""
+    digest = hashlib.sha256()
+    for file in sorted(Path(path).rglob("*")):
+        if file.is_file() and not file.name.startswith((".", "_")):
+            digest.update(str(file.relative_to(path)).encode())
+            digest.update(sha256_file(file).encode())
+    return digest.hexdigest()

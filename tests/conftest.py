@@ -1,0 +1,47 @@
+"""Shared fixtures: one local SparkSession for the session, the shared data folder."""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+# Spark and the Airflow-launched subprocesses must find this venv's python and spark-submit.
+os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
+os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
+os.environ.setdefault("PYSPARK_DRIVER_PYTHON", sys.executable)
+_venv_bin = str(Path(sys.executable).parent)
+if _venv_bin not in os.environ.get("PATH", "").split(os.pathsep):
+    os.environ["PATH"] = _venv_bin + os.pathsep + os.environ.get("PATH", "")
+
+
+@pytest.fixture(scope="session")
+def spark() -> Iterator["pyspark.sql.SparkSession"]:  # type: ignore[name-defined]  # noqa: F821
+    from jobs.spark import get_spark
+
+    session = get_spark(
+        "ncf-tests",
+        master="local[2]",
+        conf={
+            "spark.sql.shuffle.partitions": "2",
+            "spark.ui.enabled": "false",
+            "spark.sql.session.timeZone": "UTC",
+        },
+    )
+    yield session
+    session.stop()
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    """The real MovieLens / last.fm files ($NCF_SHARED_DATA, default ../shared/data)."""
+    folder = Path(os.environ.get("NCF_SHARED_DATA", REPO.parent / "shared" / "data"))
+    if not (folder / "ml-100k" / "u.data").is_file():
+        pytest.skip(f"real-data test: {folder} has no ml-100k/u.data "
+                    "(set NCF_SHARED_DATA to the shared data folder)")
+    return folder

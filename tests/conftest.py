@@ -4,12 +4,21 @@ from __future__ import annotations
 
 import os
 import sys
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
+
+# Airflow: an isolated home per test session (its SQLite metadata DB lives there), set
+# before anything imports airflow, whatever AIRFLOW_HOME the caller exported.
+os.environ["AIRFLOW_HOME"] = tempfile.mkdtemp(prefix="ncf-test-airflow-")
+os.environ["AIRFLOW__CORE__LOAD_EXAMPLES"] = "False"
+os.environ["AIRFLOW__CORE__DAGS_FOLDER"] = str(REPO / "dags")
+# The JVM's C1-only mode halves start-up: right for tiny test data, wrong for benchmarks.
+os.environ.setdefault("JAVA_TOOL_OPTIONS", "-XX:TieredStopAtLevel=1")
 
 # Spark and the Airflow-launched subprocesses must find this venv's python and spark-submit.
 os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")

@@ -1,0 +1,70 @@
+# ncf-pipeline — `make help` lists the targets.
+# `make run` and `make test` do all set-up themselves (virtualenv, Airflow metadata DB).
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+VENV     ?= .venv
+PY       := $(VENV)/bin/python
+DATASET  ?= ml-100k
+DATE     ?= $(shell date -u +%F)
+PYTEST_ARGS ?=
+# A folder of pre-built wheels (torch's CPU build lies in /opt/wheels on these machines).
+WHEELS   ?= $(or $(PIP_FIND_LINKS),/opt/wheels)
+
+# Deployment settings: all overridable from the environment.
+export AIRFLOW_HOME ?= $(CURDIR)/.airflow
+export AIRFLOW__CORE__DAGS_FOLDER ?= $(CURDIR)/dags
+export AIRFLOW__CORE__LOAD_EXAMPLES ?= False
+export AIRFLOW_CONN_SPARK_DEFAULT ?= {"conn_type": "spark", "host": "local[*]"}
+export SPARK_LOCAL_IP ?= 127.0.0.1
+export PYSPARK_PYTHON ?= $(CURDIR)/$(VENV)/bin/python
+export PYSPARK_DRIVER_PYTHON ?= $(CURDIR)/$(VENV)/bin/python
+export MLFLOW_TRACKING_URI ?= sqlite:///$(CURDIR)/data/mlflow/mlflow.db
+export NCF_LAKE_ROOT ?= $(CURDIR)/data/lake
+export NCF_CACHE_DIR ?= $(CURDIR)/data/raw-cache
+export NCF_DB_URL ?= sqlite:///$(CURDIR)/data/recommendations.db
+export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
+
+.PHONY: help venv run test test-fast lint typecheck ui query clean bench
+
+help: ## list the targets
+	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-11s %s\n", $$1, $$2}'
+	@echo "  variables: DATASET=$(DATASET) DATE=$(DATE) NCF_RAW_DIR=$${NCF_RAW_DIR:-<unset: download>}"
+
+venv: $(VENV)/.installed ## create .venv and install the project (quick when up to date)
+
+$(VENV)/.installed: pyproject.toml
+	@test -x $(PY) || python3 -m venv $(VENV)
+	@$(PY) -m pip install -q --disable-pip-version-check uv
+	$(VENV)/bin/uv pip install --python $(PY) $(if $(wildcard $(WHEELS)),--find-links $(WHEELS)) -e '.[dev]'
+	@touch $@
+
+$(AIRFLOW_HOME)/.migrated: $(VENV)/.installed
+	@mkdir -p $(AIRFLOW_HOME)
+	airflow db migrate > $(AIRFLOW_HOME)/migrate.log 2>&1 || (cat $(AIRFLOW_HOME)/migrate.log; exit 1)
+	@touch $@
+
+run: venv $(AIRFLOW_HOME)/.migrated ## run the DAG for DATASET end to end through Airflow (dags test)
+	airflow dags test ncf_$(DATASET) $(DATE)
+	@$(PY) -m jobs.report --config configs/$(DATASET).yaml --logical-date $(DATE)
+
+test: venv ## run the test suite (unit, Spark, Airflow dag.test, SQL)
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+test-fast: venv ## the tests that need no JVM and no Airflow run
+	$(PY) -m pytest -m "not spark and not slow" $(PYTEST_ARGS)
+
+lint: venv ## ruff
+	$(VENV)/bin/ruff check dags jobs ncf_model tests bench
+
+typecheck: venv ## mypy
+	$(VENV)/bin/mypy jobs ncf_model dags
+
+ui: venv ## open the MLflow UI on http://127.0.0.1:5000 over the local tracking store
+	$(VENV)/bin/mlflow ui --backend-store-uri $(MLFLOW_TRACKING_URI) --host 127.0.0.1 --port 5000
+
+query: venv ## print a user's recommendations: make query USER_ID=196 [DATASET=ml-100k]
+	@$(PY) -m jobs.report --config configs/$(DATASET).yaml --user "$(USER_ID)"
+
+clean: ## remove the local lake, MLflow store, table and Airflow home (keeps .venv)
+	rm -rf data/lake data/mlflow data/recommendations.db $(AIRFLOW_HOME)

@@ -1,0 +1,66 @@
+"""Top-K recommendations for every user: score all items, mask the seen ones, `torch.topk`.
+
+Users are scored `chunk_users` at a time against every item, so memory is bounded by
+chunk_users * n_items pairs whatever the number of users. An item the user has seen
+(any pair in `seen_user`/`seen_item`: train, validation and test positives) is never
+recommended.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+
+def recommend_top_k(model: nn.Module, *, n_users: int, n_items: int, seen_user: Tensor,
+                    seen_item: Tensor, k: int, chunk_users: int,
+                    device: torch.device) -> tuple[Tensor, Tensor]:
+    """(items, scores) on the CPU: (n_users, k) int64 item_idx, best first, and their
+    (n_users, k) float32 probabilities. The model is moved to `device` and run in eval mode.
+    """
+    if n_users < 1 or n_items < 1:
+        raise ValueError(f"n_users={n_users}, n_items={n_items}: both must be >= 1")
+    if not 1 <= k <= n_items:
+        raise ValueError(f"k={k}: must be in [1, n_items={n_items}]")
+    if chunk_users < 1:
+        raise ValueError(f"chunk_users={chunk_users}: must be >= 1")
+    if seen_user.shape != seen_item.shape:
+        raise ValueError(f"seen_user {tuple(seen_user.shape)} and seen_item "
+                         f"{tuple(seen_item.shape)} must have the same shape")
+    seen_user = seen_user.to(device=device, dtype=torch.int64).flatten()
+    seen_item = seen_item.to(device=device, dtype=torch.int64).flatten()
+    if seen_user.numel() and (int(seen_user.min()) < 0 or int(seen_user.max()) >= n_users
+                              or int(seen_item.min()) < 0 or int(seen_item.max()) >= n_items):
+        raise ValueError(f"seen pairs hold indices outside {n_users} users x {n_items} items")
+    # Sorted unique user * n_items + item: a chunk's seen pairs are one contiguous slice.
+    seen = torch.unique(seen_user * n_items + seen_item)
+    n_unseen = n_items - torch.bincount(seen // n_items, minlength=n_users)  # (n_users,)
+    short = (n_unseen < k).nonzero().flatten()
+    if short.numel():
+        user = int(short[0])
+        raise ValueError(f"user_idx {user} has {int(n_unseen[user])} unseen item(s), fewer than "
+                         f"k={k} ({short.numel()} such user(s)); lower recommend.k")
+
+    model.to(device)
+    was_training = model.training
+    model.eval()
+    items, scores = [], []
+    all_items = torch.arange(n_items, device=device)
+    try:
+        with torch.inference_mode():
+            for start in range(0, n_users, chunk_users):
+                end = min(start + chunk_users, n_users)
+                users = torch.arange(start, end, device=device)  # (C,)
+                logits = model(users.repeat_interleave(n_items),
+                               all_items.repeat(end - start)).float()  # (C * n_items,)
+                logits = logits.view(end - start, n_items)  # (C, n_items)
+                lo, hi = torch.searchsorted(seen, torch.tensor([start * n_items, end * n_items],
+                                                               device=device)).tolist()
+                chunk_seen = seen[lo:hi]
+                logits[chunk_seen // n_items - start, chunk_seen % n_items] = float("-inf")
+                top_logits, top_items = torch.topk(logits, k, dim=1)  # (C, k)
+                items.append(top_items.cpu())
+                scores.append(torch.sigmoid(top_logits).cpu())
+    finally:
+        model.train(was_training)
+    return torch.cat(items), torch.cat(scores)

@@ -1,0 +1,132 @@
+"""The DAG, tested twice: a DagBag import test and a `dag.test()` run end to end."""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+
+from tests.tiny_data import write_tiny_config, write_tiny_u_data
+
+REPO = Path(__file__).resolve().parents[1]
+DAGS = REPO / "dags"
+STAGES = ["ingest", "validate_interactions", "prepare", "validate_splits", "train",
+          "evaluate", "recommend", "publish"]
+
+
+def _dagbag(config_dir: Path, monkeypatch: pytest.MonkeyPatch):  # type: ignore[no-untyped-def]
+    from airflow.dag_processing.dagbag import DagBag
+
+    monkeypatch.setenv("NCF_CONFIG_DIR", str(config_dir))
+    return DagBag(dag_folder=str(DAGS), include_examples=False) \
+        if "include_examples" in DagBag.__init__.__code__.co_varnames \
+        else DagBag(dag_folder=str(DAGS))
+
+
+def test_dagbag_imports_one_dag_per_config(monkeypatch: pytest.MonkeyPatch) -> None:
+    from airflow.sdk import BaseHook
+
+    def refuse(*_args: object, **_kwargs: object) -> None:
+        raise AssertionError("a connection was looked up at DAG parse time")
+
+    monkeypatch.setattr(BaseHook, "get_connection", refuse)
+    bag = _dagbag(REPO / "configs", monkeypatch)
+    assert bag.import_errors == {}
+    configs = sorted(p.stem for p in (REPO / "configs").glob("*.yaml"))
+    assert sorted(bag.dag_ids) == sorted(f"ncf_{name}" for name in configs)
+    dag = bag.dags["ncf_ml-100k"]
+    assert dag is not None
+    assert [t.task_id for t in dag.topological_sort()] == STAGES
+    assert dag.max_active_runs == 1
+    assert dag.catchup is False
+    assert dag.doc_md and "ingest" in dag.doc_md
+    for task in dag.tasks:
+        assert task.retries >= 1, task.task_id
+    assert {t.task_type for t in dag.tasks} == {"SparkSubmitOperator", "BashOperator"}
+    ingest = dag.get_task("ingest")
+    assert ingest.application.endswith("jobs/ingest.py")  # type: ignore[attr-defined]
+    assert Path(ingest.application).is_file()  # type: ignore[attr-defined]
+
+
+def test_dag_file_has_no_heavy_top_level_imports() -> None:
+    source = (DAGS / "ncf_pipeline.py").read_text()
+    top_level = [line for line in source.splitlines()
+                 if line.startswith(("import ", "from "))]
+    for heavy in ("torch", "pandas", "pyspark", "mlflow", "great_expectations"):
+        assert not any(heavy in line for line in top_level), heavy
+
+
+@pytest.mark.slow
+@pytest.mark.spark
+def test_dag_runs_end_to_end_on_tiny_data(tmp_path: Path,
+                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    raw_dir = tmp_path / "raw"
+    raw_file = raw_dir / "ml-100k" / "u.data"
+    rows = write_tiny_u_data(raw_file, bad_lines=("1\t2\tthree\t880000000", "garbage"))
+    config_dir = tmp_path / "configs"
+    write_tiny_config(config_dir, raw_file, epochs=3)
+    db_file = tmp_path / "reco.db"
+    env = {
+        "NCF_RAW_DIR": str(raw_dir),
+        "NCF_LAKE_ROOT": str(tmp_path / "lake"),
+        "NCF_CACHE_DIR": str(tmp_path / "cache"),
+        "NCF_DB_URL": f"sqlite:///{db_file}",
+        "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow' / 'mlflow.db'}",
+        "AIRFLOW_CONN_SPARK_DEFAULT": '{"conn_type": "spark", "host": "local[2]"}',
+        "NCF_SPARK_SHUFFLE_PARTITIONS": "2",
+        "NCF_SPARK_DRIVER_MEMORY": "1g",
+    }
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+
+    from airflow.utils.db import initdb
+
+    initdb()
+    bag = _dagbag(config_dir, monkeypatch)
+    assert bag.import_errors == {}
+    dag = bag.dags["ncf_tiny"]
+    run = dag.test(logical_date=datetime(2026, 11, 23, tzinfo=UTC))
+    assert run.state == "success", [(ti.task_id, ti.state) for ti in run.get_task_instances()]
+
+    # The table: K rows per user, ranks 1..K, never an item the user has seen.
+    seen: dict[str, set[str]] = {}
+    for user, item, _rating, _ts in rows:
+        seen.setdefault(user, set()).add(item)
+    with sqlite3.connect(db_file) as conn:
+        table = conn.execute("SELECT user_id, rank, item_id, score, model_version, run_id "
+                             "FROM recommendations WHERE dataset = 'tiny'").fetchall()
+    assert len(table) == 10 * len(seen)
+    by_user: dict[str, list[tuple[int, str]]] = {}
+    for user, rank, item, _score, _version, _run in table:
+        by_user.setdefault(user, []).append((rank, item))
+    assert set(by_user) == set(seen)
+    for user, recs in by_user.items():
+        assert sorted(rank for rank, _ in recs) == list(range(1, 11))
+        assert not {item for _, item in recs} & seen[user], user
+    run_ids = {row[5] for row in table}
+    assert len(run_ids) == 1
+
+    # MLflow: params, per-epoch metrics, test metrics, a registered version.
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=os.environ["MLFLOW_TRACKING_URI"])
+    mlflow_run = client.get_run(run_ids.pop())
+    assert {"test_hr_10", "test_ndcg_10", "test_auc"} <= set(mlflow_run.data.metrics)
+    assert 0.0 <= mlflow_run.data.metrics["test_hr_10"] <= 1.0
+    assert mlflow_run.data.params["model.kind"] == "neumf"
+    assert len(client.get_metric_history(mlflow_run.info.run_id, "loss")) >= 1
+    versions = client.search_model_versions("name = 'ncf-tiny'")
+    assert len(versions) == 1
+
+    # The lake: rejects kept with a reason, a manifest entry per stage.
+    import json
+
+    manifest = json.loads((tmp_path / "lake" / "tiny" / "2026-11-23" / "_manifest.json")
+                          .read_text())
+    assert manifest["ingest"]["rejected"] == 2
+    assert manifest["ingest"]["kept"] == len(rows)
+    for stage in ("ingest", "prepare", "train", "evaluate", "recommend", "publish"):
+        assert stage in manifest, stage

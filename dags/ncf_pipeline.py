@@ -74,7 +74,7 @@ def _python_job(task_id: str, module: str, config: Path, *extra: str) -> BashOpe
     The last line the module prints becomes the task's XCom (a run id, a version).
     """
     command = " ".join(shlex.quote(part) for part in
-                       [PYTHON, "-m", module, *_stage_args(config), *extra])
+                       [PYTHON, "-m", *module.split(), *_stage_args(config), *extra])
     # The logical date is Jinja: keep it unquoted so it renders ({{ ds }} has no spaces).
     command = command.replace(shlex.quote("{{ ds }}"), "{{ ds }}")
     return BashOperator(task_id=task_id, bash_command=command, cwd=str(REPO),
@@ -100,9 +100,9 @@ def build_dag(config: Path) -> DAG:
         prepare = _spark_job("prepare", config, dataset)
         validate_splits = _python_job("validate_splits", "jobs.validate", config,
                                       "--stage", "splits")
-        train = _python_job("train", "ncf_model.train", config)
-        evaluate = _python_job("evaluate", "ncf_model.evaluate", config)
-        recommend = _python_job("recommend", "ncf_model.topk", config)
+        train = _python_job("train", "ncf_model train", config)
+        evaluate = _python_job("evaluate", "ncf_model evaluate", config)
+        recommend = _python_job("recommend", "ncf_model recommend", config)
         publish = _python_job("publish", "jobs.publish", config)
 
         (ingest >> validate_interactions >> prepare >> validate_splits >> train >> evaluate

@@ -146,12 +146,12 @@ def start_run(dataset: str, *, run_name: str, tags: Mapping[str, Any] | None = N
         yield handle
 
 
-def register_model(run_id: str, name: str, tags: Mapping[str, Any]) -> str:
-    """Register the run's logged model as a new version of `name`; returns the version."""
+def register_model(model_uri: str, name: str, tags: Mapping[str, Any]) -> str:
+    """Register a logged model (`models:/m-...`) as a new version of `name`; returns it."""
     configure()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        version = mlflow.register_model(f"runs:/{run_id}/{MODEL_ARTIFACT}", name,
+        version = mlflow.register_model(model_uri, name,
                                         tags={k: str(v) for k, v in tags.items()})
     return str(version.version)
 

@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import pyarrow.parquet as pq
 import torch
 from torch import Tensor
 
@@ -49,8 +50,6 @@ class Pairs:
 
 def load_pairs(path: Path, device: torch.device | str) -> Pairs:
     """Read a lake pairs folder (or one Parquet file) onto `device`."""
-    import pyarrow.parquet as pq
-
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"{path}: no such Parquet folder (run the prepare stage first)")

@@ -1,0 +1,549 @@
+"""Data validation: Great Expectations suites, written as code, on what ingest and prepare wrote.
+
+Two stages, each a gate in the DAG:
+
+* ``interactions`` (after ingest) reads ``interactions/``: at least one row, no nulls in
+  user_id/item_id/ts/value, no blank ids.
+* ``splits`` (after prepare) reads ``users/``, ``items/``, ``train/``, ``validation/``,
+  ``test/``: dense unique indices, every index of the splits in range, labels in {0, 1},
+  exactly one positive and at least one negative per evaluated user, no sampled negative
+  that is a positive of the same user anywhere, no held-out positive left in train.
+
+Each suite's full GX result goes to ``reports/<suite>.json`` in the run's lake folder, the
+stage's summary to the manifest under ``validate_<stage>``; any failed expectation raises
+`DataValidationError` whose message says which one, on which column, with sample values
+and what to fix.
+
+    python -m jobs.validate --config configs/ml-100k.yaml --logical-date 2026-11-23 \
+        --stage interactions|splits [--lake-root data/lake]
+
+Importing this module imports Great Expectations (~10 s): DAG files run it as a subprocess.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import great_expectations as gx
+import great_expectations.expectations as gxe
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.dataset as pads
+from great_expectations.core import ExpectationSuite
+from great_expectations.data_context import EphemeralDataContext
+from great_expectations.data_context.types.base import (
+    DataContextConfig,
+    InMemoryStoreBackendDefaults,
+    ProgressBarsConfig,
+)
+
+from jobs import cli, layout
+from jobs.config import ConfigError, load_data_config
+from jobs.layout import (
+    INTERACTIONS,
+    INTERACTIONS_SCHEMA,
+    ITEM_ID,
+    ITEM_IDX,
+    ITEMS,
+    ITEMS_SCHEMA,
+    LABEL,
+    PAIRS_SCHEMA,
+    REPORTS,
+    TEST,
+    TRAIN,
+    TS,
+    USER_ID,
+    USER_IDX,
+    USERS,
+    USERS_SCHEMA,
+    VALIDATION,
+    VALUE,
+    LakePaths,
+    Schema,
+)
+
+logger = logging.getLogger(__name__)
+# GX logs at INFO freely, which drowns the task log; one of its modules sets its own logger
+# to INFO explicitly, so the parent's level alone does not cover it.
+for _name in ("great_expectations", "great_expectations.data_context.types.base"):
+    logging.getLogger(_name).setLevel(logging.WARNING)
+
+STAGES = ("interactions", "splits")
+EVAL_SPLITS = (VALIDATION, TEST)  # one held-out positive per user, plus sampled negatives
+SPLITS = (TRAIN, *EVAL_SPLITS)
+
+# Columns of the frames derived for the cross-row checks (not lake columns).
+SPLIT = "split"
+N_POSITIVES = "n_positives"
+N_NEGATIVES = "n_negatives"
+NEGATIVE_IS_POSITIVE = "negative_is_positive"
+IN_TRAIN_POSITIVES = "in_train_positives"
+
+SAMPLE_SIZE = 5  # unexpected values quoted per failed expectation in the error message
+
+_RERUN_PREPARE = "re-run prepare for this date"
+
+
+class DataValidationError(Exception):
+    """The data in the lake breaks an expectation (or is missing); the message says what to fix."""
+
+
+@dataclass(frozen=True)
+class FailedExpectation:
+    """One failed expectation, reduced to what a person needs to act on it."""
+
+    expectation: str  # GX type, e.g. expect_column_values_to_not_be_null
+    column: str | None
+    kwargs: Mapping[str, Any]  # the expectation's bounds/sets (column and batch_id removed)
+    unexpected_count: int | None
+    element_count: int | None
+    observed: Any  # table-level expectations: the observed value
+    samples: tuple[str, ...]
+    hint: str
+    error: str | None  # GX could not evaluate the expectation (e.g. a missing column)
+
+    def describe(self) -> str:
+        target = f" on column {self.column}" if self.column else ""
+        args = ", ".join(f"{key}={value!r}" for key, value in self.kwargs.items())
+        text = f"{self.expectation}{target}" + (f" ({args})" if args else "")
+        if self.error is not None:
+            text += f": could not be evaluated: {self.error}"
+        elif self.unexpected_count is not None:
+            of = f" of {self.element_count}" if self.element_count is not None else ""
+            text += f": {self.unexpected_count}{of} rows unexpected"
+            if self.samples:
+                text += f", e.g. {'; '.join(self.samples)}"
+        elif self.observed is not None:
+            text += f": observed {self.observed!r}"
+        return text + (f"\n      fix: {self.hint}" if self.hint else "")
+
+
+@dataclass(frozen=True)
+class SuiteResult:
+    suite: str
+    dataset: str  # what the suite ran on: a lake folder, or a frame derived from folders
+    success: bool
+    evaluated: int
+    rows: int
+    report: Path
+    failures: tuple[FailedExpectation, ...] = ()
+
+
+@dataclass(frozen=True)
+class ValidationReport:
+    """The outcome of one validation stage (all suites run, even after a failure)."""
+
+    stage: str
+    paths: LakePaths
+    suites: tuple[SuiteResult, ...]
+
+    @property
+    def success(self) -> bool:
+        return all(result.success for result in self.suites)
+
+    @property
+    def evaluated(self) -> int:
+        return sum(result.evaluated for result in self.suites)
+
+    @property
+    def failed(self) -> int:
+        return sum(len(result.failures) for result in self.suites)
+
+    def manifest_entry(self) -> dict[str, Any]:
+        return {
+            "success": self.success,
+            "evaluated_expectations": self.evaluated,
+            "failed_expectations": self.failed,
+            "suites": {
+                result.suite: {
+                    "dataset": result.dataset,
+                    "success": result.success,
+                    "evaluated_expectations": result.evaluated,
+                    "failed_expectations": len(result.failures),
+                    "rows": result.rows,
+                    "report": str(result.report.relative_to(self.paths.base)),
+                }
+                for result in self.suites
+            },
+        }
+
+    def describe(self) -> str:
+        lines = [f"data validation failed for {self.paths.dataset} {self.paths.logical_date} "
+                 f"(stage {self.stage}): {self.failed} of {self.evaluated} expectations failed; "
+                 f"full reports in {self.paths.path(REPORTS)}"]
+        for result in self.suites:
+            for failure in result.failures:
+                lines.append(f"  - suite {result.suite} on {result.dataset}: "
+                             f"{failure.describe()}")
+        return "\n".join(lines)
+
+
+# --- suites -------------------------------------------------------------------------
+
+
+def _suite(name: str, expectations: Sequence[gxe.Expectation]) -> ExpectationSuite:
+    # Passed to the constructor: `suite.add_expectation` needs a current GX context
+    # (DataContextRequiredError), and building a suite should not.
+    return ExpectationSuite(name=name, expectations=list(expectations))
+
+
+def _table_expectations(schema: Schema, dataset: str) -> list[gxe.Expectation]:
+    rerun = f"re-run the stage that writes {dataset}/"
+    return [
+        gxe.ExpectTableColumnsToMatchSet(
+            column_set=layout.columns(schema), exact_match=True,
+            meta={"hint": f"{dataset}/ must hold exactly the columns of the lake contract "
+                          f"(jobs/layout.py); {rerun}"}),
+        gxe.ExpectTableRowCountToBeBetween(
+            min_value=1, meta={"hint": f"{dataset}/ is empty; {rerun}, and check its input "
+                                       "and its rejects"}),
+    ]
+
+
+def interactions_suite() -> ExpectationSuite:
+    """Clean interactions: the columns of the contract, some rows, no nulls, no blank ids."""
+    return _suite(INTERACTIONS, [
+        *_table_expectations(INTERACTIONS_SCHEMA, INTERACTIONS),
+        *(gxe.ExpectColumnValuesToNotBeNull(
+            column=column, meta={"hint": f"ingest must send rows without a {column} to "
+                                         "rejects/ with a reason; fix ingest and re-run it"})
+          for column in (USER_ID, ITEM_ID, TS, VALUE)),
+        *(gxe.ExpectColumnValuesToNotMatchRegex(
+            column=column, regex=r"^\s*$",
+            meta={"hint": f"blank {column}s must go to rejects/ as "
+                          f"{layout.REASON_EMPTY_ID!r}; fix ingest and re-run it"})
+          for column in (USER_ID, ITEM_ID)),
+    ])
+
+
+def index_suite(dataset: str, *, n: int) -> ExpectationSuite:
+    """users/ or items/: one row per raw id, indices unique and dense in [0, n)."""
+    schema = USERS_SCHEMA if dataset == USERS else ITEMS_SCHEMA
+    id_column, idx_column = layout.columns(schema)
+    hint = {"hint": f"prepare must index every {id_column} exactly once, densely from 0; "
+                    f"{_RERUN_PREPARE}"}
+    return _suite(dataset, [
+        *_table_expectations(schema, dataset),
+        *(expectation(column=column, meta=hint)
+          for column in (id_column, idx_column)
+          for expectation in (gxe.ExpectColumnValuesToNotBeNull,
+                              gxe.ExpectColumnValuesToBeUnique)),
+        gxe.ExpectColumnValuesToBeBetween(column=idx_column, min_value=0,
+                                          max_value=max(n - 1, 0), meta=hint),
+    ])
+
+
+def pairs_suite(split: str, *, n_users: int, n_items: int) -> ExpectationSuite:
+    """train/, validation/ or test/: indices within users/ and items/, labels 0 or 1."""
+    return _suite(split, [
+        *_table_expectations(PAIRS_SCHEMA, split),
+        *(gxe.ExpectColumnValuesToNotBeNull(
+            column=column, meta={"hint": f"every {split}/ row needs a {column}; {_RERUN_PREPARE}"})
+          for column in (USER_IDX, ITEM_IDX, LABEL)),
+        *(gxe.ExpectColumnValuesToBeBetween(
+            column=column, min_value=0, max_value=max(n - 1, 0),
+            meta={"hint": f"{column} must index a row of {mapping}/ ({n} rows): {split}/ and "
+                          f"{mapping}/ come from different runs or the index is broken; "
+                          f"{_RERUN_PREPARE}"})
+          for column, n, mapping in ((USER_IDX, n_users, USERS), (ITEM_IDX, n_items, ITEMS))),
+        gxe.ExpectColumnValuesToBeInSet(
+            column=LABEL, value_set=[0, 1],
+            meta={"hint": f"labels are 1 (positive) or 0 (sampled negative); {_RERUN_PREPARE}"}),
+    ])
+
+
+def per_user_suite(split: str) -> ExpectationSuite:
+    """On `per_user_labels(<split>)`: one held-out positive and some negatives per user."""
+    return _suite(f"{split}_per_user", [
+        gxe.ExpectColumnValuesToBeInSet(
+            column=N_POSITIVES, value_set=[1],
+            meta={"hint": f"leave-one-out holds out exactly one positive per user in {split}/ "
+                          f"(each ranking is scored on one positive); {_RERUN_PREPARE}"}),
+        gxe.ExpectColumnValuesToBeBetween(
+            column=N_NEGATIVES, min_value=1,
+            meta={"hint": f"each evaluated user needs sampled negatives in {split}/ to rank the "
+                          f"positive against (prepare.n_eval_negatives); {_RERUN_PREPARE}"}),
+    ])
+
+
+def negatives_suite() -> ExpectationSuite:
+    """On `negative_collisions(...)`: no sampled negative is a positive of that user."""
+    return _suite("negatives", [gxe.ExpectColumnValuesToBeInSet(
+        column=NEGATIVE_IS_POSITIVE, value_set=[False],
+        meta={"hint": "negative sampling must exclude every item the user interacted with, "
+                      "in any split (a positive labelled 0 teaches the model the opposite "
+                      f"and deflates the metrics); {_RERUN_PREPARE}"})])
+
+
+def leakage_suite() -> ExpectationSuite:
+    """On `eval_positives_in_train(...)`: held-out positives are not training positives."""
+    return _suite("leakage", [gxe.ExpectColumnValuesToBeInSet(
+        column=IN_TRAIN_POSITIVES, value_set=[False],
+        meta={"hint": "a validation/test positive must be removed from train/, or the "
+                      f"evaluation measures memorisation; {_RERUN_PREPARE}"})])
+
+
+# --- derived frames (pure) ----------------------------------------------------------
+
+
+def _valid_pairs(frame: pd.DataFrame) -> pd.DataFrame:
+    """Rows with all of user_idx, item_idx, label, as int64 (nulls are the pairs suite's job)."""
+    needed = [USER_IDX, ITEM_IDX, LABEL]
+    if any(column not in frame.columns for column in needed):
+        return pd.DataFrame({column: pd.Series(dtype="int64") for column in needed})
+    return frame[needed].dropna().astype("int64")
+
+
+def _pair_keys(frame: pd.DataFrame) -> np.ndarray:
+    """(user_idx, item_idx) packed into one int64, exact for any pair of int32 values."""
+    users = frame[USER_IDX].to_numpy(dtype=np.int64)
+    items = frame[ITEM_IDX].to_numpy(dtype=np.int64)
+    keys: np.ndarray = (users << 32) | (items & 0xFFFFFFFF)
+    return keys
+
+
+def _isin(keys: np.ndarray, among: np.ndarray) -> np.ndarray:
+    # pandas' hash table: several times faster than np.isin's sort/unique on millions of keys
+    flags: np.ndarray = pd.Series(keys, dtype="int64").isin(among).to_numpy()
+    return flags
+
+
+def per_user_labels(split: pd.DataFrame) -> pd.DataFrame:
+    """One row per user of an evaluation split: user_idx, n_positives, n_negatives."""
+    pairs = _valid_pairs(split)
+    positive = pairs[LABEL] == 1
+    counts = pd.DataFrame({USER_IDX: pairs[USER_IDX], N_POSITIVES: positive.astype("int64"),
+                           N_NEGATIVES: (~positive).astype("int64")})
+    return counts.groupby(USER_IDX, as_index=False, sort=True).sum()
+
+
+def negative_collisions(splits: Mapping[str, pd.DataFrame]) -> pd.DataFrame:
+    """Every label-0 row of every split, flagged when that user has the item as a positive."""
+    pairs = {name: _valid_pairs(frame) for name, frame in splits.items()}
+    positive_keys = np.concatenate(
+        [_pair_keys(frame[frame[LABEL] == 1]) for frame in pairs.values()]
+        or [np.empty(0, dtype=np.int64)])
+    parts = []
+    for name, frame in pairs.items():
+        negatives = frame.loc[frame[LABEL] == 0, [USER_IDX, ITEM_IDX]]
+        parts.append(negatives.assign(
+            **{SPLIT: name, NEGATIVE_IS_POSITIVE: _isin(_pair_keys(negatives), positive_keys)}))
+    columns = [SPLIT, USER_IDX, ITEM_IDX, NEGATIVE_IS_POSITIVE]
+    if not parts:
+        return pd.DataFrame(columns=columns)
+    return pd.concat(parts, ignore_index=True)[columns]
+
+
+def eval_positives_in_train(train: pd.DataFrame,
+                            evaluation: Mapping[str, pd.DataFrame]) -> pd.DataFrame:
+    """Every positive of the evaluation splits, flagged when it is also a train positive."""
+    train_pairs = _valid_pairs(train)
+    train_keys = _pair_keys(train_pairs[train_pairs[LABEL] == 1])
+    parts = []
+    for name, frame in evaluation.items():
+        pairs = _valid_pairs(frame)
+        positives = pairs.loc[pairs[LABEL] == 1, [USER_IDX, ITEM_IDX]]
+        parts.append(positives.assign(
+            **{SPLIT: name, IN_TRAIN_POSITIVES: _isin(_pair_keys(positives), train_keys)}))
+    columns = [SPLIT, USER_IDX, ITEM_IDX, IN_TRAIN_POSITIVES]
+    if not parts:
+        return pd.DataFrame(columns=columns)
+    return pd.concat(parts, ignore_index=True)[columns]
+
+
+# --- running suites -----------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Check:
+    suite: ExpectationSuite
+    frame: pd.DataFrame
+    dataset: str
+    # columns quoted next to each unexpected value, e.g. the user of a bad per-user count
+    index_columns: tuple[str, ...] = field(default=())
+
+
+def read_lake_folder(path: Path, schema: Schema) -> pd.DataFrame:
+    """A lake dataset folder as pandas; an existing folder without data files is 0 rows."""
+    if not path.is_dir():
+        raise DataValidationError(f"{path} does not exist: the stage that writes "
+                                  f"{path.name}/ has not run (or failed) for this date")
+    try:
+        dataset = pads.dataset(path, format="parquet")  # skips _SUCCESS, .crc, .tmp-*
+        table = dataset.to_table() if dataset.files else layout.arrow_schema(schema).empty_table()
+    except (pa.ArrowException, OSError) as exc:
+        raise DataValidationError(f"{path}: not a readable Parquet folder: {exc}") from exc
+    frame = table.to_pandas()
+    # GX 1.24 vectorises expect_column_values_to_be_between only for int64/float64 columns;
+    # int32 indices would go through a Python call per value (~20x slower on 5M rows).
+    # Columns with nulls are float64 already.
+    wide = {name: "int64" for name, dtype in frame.dtypes.items()
+            if pd.api.types.is_integer_dtype(dtype) and dtype != np.int64}
+    return frame.astype(wide) if wide else frame
+
+
+def _context() -> EphemeralDataContext:
+    # In memory, no temporary data-docs folder, no tqdm bars in the task log.
+    config = DataContextConfig(
+        store_backend_defaults=InMemoryStoreBackendDefaults(init_temp_docs_sites=False),
+        progress_bars=ProgressBarsConfig(globally=False),
+        analytics_enabled=False,
+    )
+    return gx.get_context(mode="ephemeral", project_config=config)
+
+
+def _sample(result: Mapping[str, Any], column: str | None,
+            index_columns: Sequence[str]) -> tuple[str, ...]:
+    if index_columns and result.get("partial_unexpected_index_list"):
+        rows = result["partial_unexpected_index_list"][:SAMPLE_SIZE]
+        order = [*index_columns, *([column] if column and column not in index_columns else [])]
+        return tuple(" ".join(f"{key}={row.get(key)!r}" for key in order) for row in rows)
+    counts = result.get("partial_unexpected_counts") or []
+    return tuple(f"{entry['value']!r} (x{entry['count']})" for entry in counts[:SAMPLE_SIZE])
+
+
+def _failure(result: Mapping[str, Any], index_columns: Sequence[str]) -> FailedExpectation:
+    config = result.get("expectation_config") or {}
+    kwargs = dict(config.get("kwargs") or {})
+    column = kwargs.pop("column", None)
+    kwargs.pop("batch_id", None)
+    details = result.get("result") or {}
+    errors = [info.get("exception_message") for info in _exception_infos(result)]
+    observed = details.get("observed_value")
+    mismatched = (details.get("details") or {}).get("mismatched")
+    return FailedExpectation(
+        expectation=str(config.get("type", "?")),
+        column=column,
+        kwargs=kwargs,
+        unexpected_count=details.get("unexpected_count"),
+        element_count=details.get("element_count"),
+        observed=mismatched if mismatched else observed,
+        samples=_sample(details, column, index_columns),
+        hint=str((config.get("meta") or {}).get("hint", "")),
+        error="; ".join(sorted({str(e) for e in errors if e})) or None,
+    )
+
+
+def _exception_infos(result: Mapping[str, Any]) -> list[Mapping[str, Any]]:
+    """GX puts one exception_info per expectation, or one per metric when metrics fail."""
+    info = result.get("exception_info") or {}
+    if "raised_exception" in info:
+        return [info] if info.get("raised_exception") else []
+    return [value for value in info.values()
+            if isinstance(value, Mapping) and value.get("raised_exception")]
+
+
+def _run_checks(checks: Sequence[_Check], reports: Path) -> tuple[SuiteResult, ...]:
+    """Validate every frame against its suite; write each GX result to reports/<suite>.json."""
+    context = _context()
+    source = context.data_sources.add_pandas("lake")
+    results = []
+    for check in checks:
+        name = check.suite.name
+        batch = (source.add_dataframe_asset(name)
+                 .add_batch_definition_whole_dataframe("whole")
+                 .get_batch(batch_parameters={"dataframe": check.frame}))
+        result_format: dict[str, Any] = {"result_format": "SUMMARY"}
+        if check.index_columns:
+            result_format["unexpected_index_column_names"] = list(check.index_columns)
+        outcome = batch.validate(check.suite, result_format=result_format).to_json_dict()
+        report = reports / f"{name}.json"
+        layout.write_json_atomic(report, outcome)
+        failures = tuple(_failure(r, check.index_columns)
+                         for r in outcome["results"] if not r["success"])
+        results.append(SuiteResult(
+            suite=name, dataset=check.dataset, success=bool(outcome["success"]),
+            evaluated=int(outcome["statistics"]["evaluated_expectations"]),
+            rows=len(check.frame), report=report, failures=failures))
+        logger.info("suite %s on %s: %d rows, %d expectations, %d failed", name, check.dataset,
+                    len(check.frame), results[-1].evaluated, len(failures))
+    return tuple(results)
+
+
+def _finish(stage: str, paths: LakePaths, checks: Sequence[_Check]) -> ValidationReport:
+    report = ValidationReport(stage, paths, _run_checks(checks, paths.path(REPORTS)))
+    layout.update_manifest(paths, f"validate_{stage}", report.manifest_entry())
+    if not report.success:
+        raise DataValidationError(report.describe())
+    return report
+
+
+def _require(paths: LakePaths, names: Sequence[str]) -> None:
+    missing = [str(paths.path(name)) for name in names if not paths.path(name).is_dir()]
+    if missing:
+        raise DataValidationError(f"missing lake folder(s) {', '.join(missing)}: the stage that "
+                                  "writes them has not run (or failed) for this date")
+
+
+# --- stages -------------------------------------------------------------------------
+
+
+def validate_interactions(paths: LakePaths) -> ValidationReport:
+    """Gate after ingest: the clean interactions of this run."""
+    _require(paths, [INTERACTIONS])
+    frame = read_lake_folder(paths.path(INTERACTIONS), INTERACTIONS_SCHEMA)
+    return _finish("interactions", paths,
+                   [_Check(interactions_suite(), frame, f"{INTERACTIONS}/")])
+
+
+def validate_splits(paths: LakePaths) -> ValidationReport:
+    """Gate after prepare: the id mappings, the three splits and how they relate."""
+    _require(paths, [USERS, ITEMS, *SPLITS])
+    users = read_lake_folder(paths.path(USERS), USERS_SCHEMA)
+    items = read_lake_folder(paths.path(ITEMS), ITEMS_SCHEMA)
+    splits = {name: read_lake_folder(paths.path(name), PAIRS_SCHEMA) for name in SPLITS}
+    n_users, n_items = len(users), len(items)
+    evaluation = {name: splits[name] for name in EVAL_SPLITS}
+    checks = [
+        _Check(index_suite(USERS, n=n_users), users, f"{USERS}/"),
+        _Check(index_suite(ITEMS, n=n_items), items, f"{ITEMS}/"),
+        *(_Check(pairs_suite(name, n_users=n_users, n_items=n_items), frame, f"{name}/")
+          for name, frame in splits.items()),
+        *(_Check(per_user_suite(name), per_user_labels(frame),
+                 f"{name}/ counted per user", (USER_IDX,))
+          for name, frame in evaluation.items()),
+        _Check(negatives_suite(), negative_collisions(splits),
+               f"label-0 rows of {', '.join(f'{s}/' for s in SPLITS)}",
+               (SPLIT, USER_IDX, ITEM_IDX)),
+        _Check(leakage_suite(), eval_positives_in_train(splits[TRAIN], evaluation),
+               f"positives of {', '.join(f'{s}/' for s in EVAL_SPLITS)}",
+               (SPLIT, USER_IDX, ITEM_IDX)),
+    ]
+    return _finish("splits", paths, checks)
+
+
+_STAGE_RUNNERS: dict[str, Callable[[LakePaths], ValidationReport]] = {
+    "interactions": validate_interactions,
+    "splits": validate_splits,
+}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = cli.stage_parser(__doc__)
+    parser.prog = "python -m jobs.validate"
+    parser.add_argument("--stage", required=True, choices=STAGES)
+    args = parser.parse_args(argv)
+    try:
+        cfg = load_data_config(args.config)
+    except ConfigError as exc:
+        logger.error("%s", exc)
+        return 2
+    paths = LakePaths(cli.lake_root(args.lake_root), cfg.dataset, args.logical_date)
+    try:
+        report = _STAGE_RUNNERS[args.stage](paths)
+    except DataValidationError as exc:
+        logger.error("%s", exc)
+        return 1
+    logger.info("validate_%s passed: %d expectations in %d suite(s); reports in %s",
+                args.stage, report.evaluated, len(report.suites), paths.path(REPORTS))
+    return 0
+
+
+if __name__ == "__main__":
+    cli.configure_logging()
+    raise SystemExit(main())

@@ -1,0 +1,153 @@
+"""jobs.sources: raw folder, download cache, or a zip served over HTTP on 127.0.0.1."""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import http.server
+import io
+import socket
+import threading
+import zipfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from jobs.config import SourceConfig
+from jobs.layout import ENV_RAW_DIR
+from jobs.sources import RawDataError, resolve_raw_file
+
+RAW = b"1\t10\t4\t881250949\n2\t20\t3\t891717742\n"
+MEMBER = "ml-100k/u.data"
+
+
+def _sha(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def _source(url: str | None, sha256: str = _sha(RAW), member: str | None = MEMBER) -> SourceConfig:
+    return SourceConfig(format="movielens-100k", path=MEMBER, sha256=sha256, url=url,
+                        archive_member=member)
+
+
+class _Server:
+    """A static file server on a free port of 127.0.0.1 that counts its requests."""
+
+    def __init__(self, folder: Path) -> None:
+        self.requests = 0
+        outer = self
+
+        class Handler(http.server.SimpleHTTPRequestHandler):
+            def do_GET(self) -> None:  # noqa: N802 (http.server's name)
+                outer.requests += 1
+                super().do_GET()
+
+            def log_message(self, *_args: object) -> None:
+                pass
+
+        handler = functools.partial(Handler, directory=str(folder))
+        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+        self.port = self.httpd.server_address[1]
+        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+
+    def url(self, name: str) -> str:
+        return f"http://127.0.0.1:{self.port}/{name}"
+
+
+@pytest.fixture
+def server(tmp_path: Path) -> Iterator[_Server]:
+    folder = tmp_path / "www"
+    folder.mkdir()
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as archive:
+        archive.writestr(MEMBER, RAW)
+        archive.writestr("ml-100k/README", b"not the data")
+    (folder / "ml-100k.zip").write_bytes(buffer.getvalue())
+    (folder / "u.data").write_bytes(RAW)
+    served = _Server(folder)
+    served.thread.start()
+    yield served
+    served.httpd.shutdown()
+    served.httpd.server_close()
+
+
+def test_download_unpacks_verifies_then_cache_is_used(server: _Server, tmp_path: Path) -> None:
+    cache = tmp_path / "cache"
+    source = _source(server.url("ml-100k.zip"))
+
+    first = resolve_raw_file(source, raw_dir=None, cache_dir=cache)
+    assert first == cache / MEMBER
+    assert first.read_bytes() == RAW
+    assert server.requests == 1
+    assert sorted(p.name for p in cache.rglob("*")) == ["ml-100k", "u.data"]  # no temp left
+
+    second = resolve_raw_file(source, raw_dir=None, cache_dir=cache)
+    assert second == first
+    assert server.requests == 1  # served from the cache, no network
+
+
+def test_a_plain_file_url_is_the_raw_file(server: _Server, tmp_path: Path) -> None:
+    got = resolve_raw_file(_source(server.url("u.data"), member=None), raw_dir=None,
+                           cache_dir=tmp_path / "cache")
+    assert got.read_bytes() == RAW
+
+
+def test_downloaded_checksum_mismatch_names_file_and_both_sums(server: _Server,
+                                                               tmp_path: Path) -> None:
+    wrong = "0" * 64
+    with pytest.raises(RawDataError) as error:
+        resolve_raw_file(_source(server.url("ml-100k.zip"), sha256=wrong), raw_dir=None,
+                         cache_dir=tmp_path / "cache")
+    message = str(error.value)
+    assert MEMBER in message and wrong in message and _sha(RAW) in message
+    assert not (tmp_path / "cache" / MEMBER).exists()  # a bad file never enters the cache
+
+
+def test_cached_checksum_mismatch(tmp_path: Path) -> None:
+    cached = tmp_path / "cache" / MEMBER
+    cached.parent.mkdir(parents=True)
+    cached.write_bytes(RAW + b"3\t30\t5\t891717743\n")
+    with pytest.raises(RawDataError, match="does not match") as error:
+        resolve_raw_file(_source(None), raw_dir=None, cache_dir=tmp_path / "cache")
+    assert str(cached) in str(error.value)
+
+
+def test_unreachable_url_says_to_set_the_raw_dir(tmp_path: Path) -> None:
+    with socket.socket() as sock:  # a port that was free a moment ago: nobody listens
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    url = f"http://127.0.0.1:{port}/ml-100k.zip"
+    with pytest.raises(RawDataError) as error:
+        resolve_raw_file(_source(url), raw_dir=None, cache_dir=tmp_path / "cache", timeout=5)
+    assert url in str(error.value)
+    assert ENV_RAW_DIR in str(error.value)
+    assert [p for p in (tmp_path / "cache").rglob("*") if p.is_file()] == []
+
+
+def test_http_error_is_a_raw_data_error(server: _Server, tmp_path: Path) -> None:
+    with pytest.raises(RawDataError, match="404"):
+        resolve_raw_file(_source(server.url("missing.zip")), raw_dir=None,
+                         cache_dir=tmp_path / "cache")
+
+
+def test_raw_dir_is_preferred_over_cache(server: _Server, tmp_path: Path) -> None:
+    raw = tmp_path / "raw" / MEMBER
+    raw.parent.mkdir(parents=True)
+    raw.write_bytes(RAW)
+    cached = tmp_path / "cache" / MEMBER
+    cached.parent.mkdir(parents=True)
+    cached.write_bytes(RAW)
+    got = resolve_raw_file(_source(server.url("ml-100k.zip")), raw_dir=tmp_path / "raw",
+                           cache_dir=tmp_path / "cache")
+    assert got == raw
+    assert server.requests == 0
+
+
+def test_no_url_and_no_file_names_the_paths_looked_at(tmp_path: Path) -> None:
+    with pytest.raises(RawDataError) as error:
+        resolve_raw_file(_source(None), raw_dir=tmp_path / "raw", cache_dir=tmp_path / "cache")
+    message = str(error.value)
+    assert str(tmp_path / "raw" / MEMBER) in message
+    assert str(tmp_path / "cache" / MEMBER) in message
+    assert ENV_RAW_DIR in message

@@ -1,0 +1,121 @@
+"""ncf_model.train: learning a planted structure, reproducibility, early stopping."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+
+import pytest
+import torch
+
+from ncf_model.config import ModelConfig, TrainConfig
+from ncf_model.data import Pairs, TrainingData
+from ncf_model.evaluate import evaluate
+from ncf_model.models import build_model
+from ncf_model.train import select_device, train
+
+N_USERS, N_ITEMS, N_GROUPS, BLOCK = 30, 40, 3, 13
+CPU = torch.device("cpu")
+
+
+@pytest.fixture(autouse=True)
+def one_cpu_thread() -> Iterator[None]:
+    """Tiny tensors: with two threads OpenMP hand-offs dominate each step, and stall for
+    seconds when other jobs share the cores. The results are the same either way."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def planted(seed: int = 0) -> tuple[TrainingData, Pairs]:
+    """Users in 3 groups, each group likes its own block of 13 items. Each user has 8 train
+    positives and 1 validation positive in the block, ranked among 19 never-touched items."""
+    g = torch.Generator().manual_seed(seed)
+    train_user, train_item, val_user, val_item, val_label = [], [], [], [], []
+    for user in range(N_USERS):
+        block = (user % N_GROUPS) * BLOCK + torch.randperm(BLOCK, generator=g)
+        liked = block[:9].tolist()
+        train_user += [user] * 8
+        train_item += liked[:8]
+        untouched = [i for i in torch.randperm(N_ITEMS, generator=g).tolist() if i not in liked]
+        val_user += [user] * 20
+        val_item += [liked[8], *untouched[:19]]
+        val_label += [1.0] + [0.0] * 19
+    train_pairs = Pairs(torch.tensor(train_user), torch.tensor(train_item),
+                        torch.ones(len(train_user)))
+    validation = Pairs(torch.tensor(val_user), torch.tensor(val_item), torch.tensor(val_label))
+    return TrainingData(train_pairs, n_users=N_USERS, n_items=N_ITEMS), validation
+
+
+def _fit(cfg: TrainConfig, kind: str = "neumf", **kwargs):
+    data, validation = planted()
+    torch.manual_seed(cfg.seed)
+    model = build_model(ModelConfig(kind=kind, factors=8, mlp_layers=(16, 8)), N_USERS, N_ITEMS)
+    generator = torch.Generator().manual_seed(cfg.seed)
+    result = train(model, data, validation, cfg, device=CPU, generator=generator, **kwargs)
+    return model, result, validation
+
+
+def test_training_learns_the_planted_groups(caplog: pytest.LogCaptureFixture) -> None:
+    cfg = TrainConfig(epochs=15, batch_size=64, lr=0.02, n_negatives=4, patience=15, k=5)
+    with caplog.at_level(logging.INFO, logger="ncf_model.train"):
+        model, result, validation = _fit(cfg)
+
+    untrained = build_model(ModelConfig(factors=8, mlp_layers=(16, 8)), N_USERS, N_ITEMS)
+    assert evaluate(untrained, validation, k=5)["hr_5"] < 0.5  # random: 5 of 20 -> 0.25
+    assert result.best_metrics["val_hr_5"] >= 0.9
+    assert evaluate(model, validation, k=5)["hr_5"] == result.best_metrics["val_hr_5"]
+    assert result.history[-1]["loss"] < result.history[0]["loss"]
+    assert result.best_epoch == 1 + max(range(len(result.history)),
+                                        key=lambda e: (result.history[e]["val_hr_5"], -e))
+    epoch_lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("epoch")]
+    assert len(epoch_lines) == len(result.history) == 15
+    assert "samples/s" in epoch_lines[0] and "hr_5" in epoch_lines[0]
+
+
+def test_same_seed_gives_identical_weights() -> None:
+    cfg = TrainConfig(epochs=3, batch_size=32, lr=0.01, patience=3, k=5, seed=3)
+    first, result_a, _ = _fit(cfg)
+    second, result_b, _ = _fit(cfg)
+    assert result_a.best_state.keys() == first.state_dict().keys()
+    for name, tensor in first.state_dict().items():
+        assert torch.equal(tensor, second.state_dict()[name]), name
+    assert [h["loss"] for h in result_a.history] == [h["loss"] for h in result_b.history]
+
+
+def test_early_stopping_respects_patience_and_restores_the_best_epoch() -> None:
+    # k=50 > 20 candidates: validation HR is 1.0 from epoch 1 on and never strictly improves.
+    seen: list[tuple[int, dict[str, float]]] = []
+    cfg = TrainConfig(epochs=30, batch_size=64, lr=0.01, patience=3, k=50)
+    model, result, _ = _fit(cfg, kind="gmf", on_epoch=lambda e, m: seen.append((e, m)))
+
+    assert result.best_epoch == 1
+    assert len(result.history) == 1 + cfg.patience
+    assert [e for e, _ in seen] == [1, 2, 3, 4]
+    assert set(seen[0][1]) == {"loss", "samples_per_s", "val_hr_50", "val_ndcg_50"}
+    assert seen[0][1]["val_hr_50"] == 1.0 and seen[0][1]["samples_per_s"] > 0
+    assert result.best_metrics == result.history[0]
+    for name, tensor in model.state_dict().items():  # trained on, then rolled back to epoch 1
+        assert torch.equal(tensor, result.best_state[name]), name
+
+
+def test_select_device_falls_back_to_cpu() -> None:
+    expected = "cuda" if torch.cuda.is_available() else "cpu"
+    assert select_device().type == expected
+    assert select_device("cpu") == CPU
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_training_on_cuda_with_bf16_autocast() -> None:
+    data, validation = planted()
+    device = torch.device("cuda")
+    data = TrainingData(Pairs(data.user, data.item, torch.ones(data.n_positives)).to(device),
+                        n_users=N_USERS, n_items=N_ITEMS)
+    torch.manual_seed(0)
+    model = build_model(ModelConfig(factors=8, mlp_layers=(16, 8)), N_USERS, N_ITEMS)
+    cfg = TrainConfig(epochs=15, batch_size=64, lr=0.02, patience=15, k=5)
+    result = train(model, data, validation, cfg, device=device,
+                   generator=torch.Generator(device=device).manual_seed(0))
+    assert result.best_metrics["val_hr_5"] >= 0.9
+    assert all(t.device.type == "cpu" for t in result.best_state.values())

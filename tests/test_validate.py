@@ -1,0 +1,235 @@
+"""jobs.validate: GX suites on tiny Parquet folders written with pyarrow in a tmp lake."""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from jobs import layout
+from jobs.layout import (
+    INTERACTIONS,
+    INTERACTIONS_SCHEMA,
+    ITEM_ID,
+    ITEM_IDX,
+    ITEMS,
+    ITEMS_SCHEMA,
+    LABEL,
+    PAIRS_SCHEMA,
+    TEST,
+    TRAIN,
+    TS,
+    USER_ID,
+    USER_IDX,
+    USERS,
+    USERS_SCHEMA,
+    VALIDATION,
+    VALUE,
+    LakePaths,
+    Schema,
+)
+from jobs.validate import (
+    N_POSITIVES,
+    NEGATIVE_IS_POSITIVE,
+    DataValidationError,
+    main,
+    negative_collisions,
+    per_user_labels,
+    validate_interactions,
+    validate_splits,
+)
+
+REPO = Path(__file__).resolve().parents[1]
+DATASET = "ml-100k"  # matches configs/ml-100k.yaml, used by the CLI test
+DATE = "2026-11-23"
+N_USERS, N_ITEMS = 3, 8
+
+
+def write_folder(folder: Path, schema: Schema, rows: list[dict[str, Any]]) -> None:
+    """One Parquet part file (or none when `rows` is empty), as Spark would leave it."""
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "_SUCCESS").touch()
+    if rows:
+        table = pa.Table.from_pylist(rows, schema=layout.arrow_schema(schema))
+        pq.write_table(table, folder / "part-00000.parquet")
+
+
+def pair(user: int, item: int, label: int) -> dict[str, int]:
+    return {USER_IDX: user, ITEM_IDX: item, LABEL: label}
+
+
+def good_splits() -> dict[str, list[dict[str, int]]]:
+    """User u touched items u..u+3: two train positives, then validation, then test.
+
+    Items 6 and 7 are touched by nobody; the two items after a user's four are its negatives.
+    """
+    splits: dict[str, list[dict[str, int]]] = {TRAIN: [], VALIDATION: [], TEST: []}
+    for user in range(N_USERS):
+        negatives = [(user + 4) % 6, (user + 5) % 6]
+        splits[TRAIN] += [pair(user, user, 1), pair(user, user + 1, 1)]
+        splits[TRAIN] += [pair(user, item, 0) for item in negatives]
+        for offset, split in ((2, VALIDATION), (3, TEST)):
+            splits[split] += [pair(user, user + offset, 1)]
+            splits[split] += [pair(user, item, 0) for item in negatives]
+    return splits
+
+
+@pytest.fixture()
+def paths(tmp_path: Path) -> LakePaths:
+    return LakePaths(tmp_path / "lake", DATASET, DATE)
+
+
+def write_splits(paths: LakePaths, splits: dict[str, list[dict[str, int]]]) -> None:
+    write_folder(paths.path(USERS), USERS_SCHEMA,
+                 [{USER_ID: f"u{u}", USER_IDX: u} for u in range(N_USERS)])
+    write_folder(paths.path(ITEMS), ITEMS_SCHEMA,
+                 [{ITEM_ID: f"i{i}", ITEM_IDX: i} for i in range(N_ITEMS)])
+    for name, rows in splits.items():
+        write_folder(paths.path(name), PAIRS_SCHEMA, rows)
+
+
+def write_interactions(paths: LakePaths, user_ids: list[str | None]) -> None:
+    rows = [{USER_ID: user, ITEM_ID: f"i{n}", TS: datetime(2026, 1, 1, 0, n), VALUE: 4.0}
+            for n, user in enumerate(user_ids)]
+    write_folder(paths.path(INTERACTIONS), INTERACTIONS_SCHEMA, rows)
+
+
+def test_interactions_pass_and_report_written(paths: LakePaths) -> None:
+    write_interactions(paths, ["u1", "u2", "u1"])
+    report = validate_interactions(paths)
+    assert report.success and report.failed == 0 and report.evaluated == 8
+    saved = json.loads(paths.path("reports/interactions.json").read_text())
+    assert saved["success"] is True
+    entry = layout.read_manifest(paths)["validate_interactions"]
+    assert (entry["success"], entry["evaluated_expectations"], entry["failed_expectations"]) == (
+        True, 8, 0)
+
+
+def test_null_user_id_fails_naming_column_and_fix(paths: LakePaths) -> None:
+    write_interactions(paths, ["u1", None, "u3"])
+    with pytest.raises(DataValidationError) as raised:
+        validate_interactions(paths)
+    message = str(raised.value)
+    assert "expect_column_values_to_not_be_null on column user_id" in message
+    assert "1 of 3 rows unexpected" in message
+    assert "fix: ingest must send rows without a user_id to rejects/" in message
+    saved = json.loads(paths.path("reports/interactions.json").read_text())
+    assert saved["success"] is False
+    assert layout.read_manifest(paths)["validate_interactions"]["failed_expectations"] == 1
+
+
+def test_blank_item_id_fails(paths: LakePaths) -> None:
+    rows = [{USER_ID: "u1", ITEM_ID: " ", TS: datetime(2026, 1, 1), VALUE: 1.0}]
+    write_folder(paths.path(INTERACTIONS), INTERACTIONS_SCHEMA, rows)
+    with pytest.raises(DataValidationError, match=r"not_match_regex on column item_id.*' '"):
+        validate_interactions(paths)
+
+
+def test_empty_interactions_folder_fails_on_row_count(paths: LakePaths) -> None:
+    write_folder(paths.path(INTERACTIONS), INTERACTIONS_SCHEMA, [])
+    with pytest.raises(DataValidationError) as raised:
+        validate_interactions(paths)
+    assert "expect_table_row_count_to_be_between (min_value=1): observed 0" in str(raised.value)
+    assert "interactions/ is empty" in str(raised.value)
+
+
+def test_missing_folder_names_the_path(paths: LakePaths) -> None:
+    with pytest.raises(DataValidationError, match=str(paths.path(INTERACTIONS))):
+        validate_interactions(paths)
+    assert not paths.manifest.exists()
+
+
+def test_splits_pass(paths: LakePaths) -> None:
+    write_splits(paths, good_splits())
+    report = validate_splits(paths)
+    assert report.success
+    assert [s.suite for s in report.suites] == [
+        USERS, ITEMS, TRAIN, VALIDATION, TEST, "validation_per_user", "test_per_user",
+        "negatives", "leakage"]
+    entry = layout.read_manifest(paths)["validate_splits"]
+    assert entry["success"] is True and entry["failed_expectations"] == 0
+    assert entry["evaluated_expectations"] == report.evaluated > 30
+    assert entry["suites"]["test"]["rows"] == 9
+    assert (paths.base / entry["suites"]["negatives"]["report"]).is_file()
+
+
+def test_two_test_positives_for_one_user(paths: LakePaths) -> None:
+    splits = good_splits()
+    splits[TEST].append(pair(0, 6, 1))  # item 6 is nobody's negative: only this check fails
+    write_splits(paths, splits)
+    with pytest.raises(DataValidationError) as raised:
+        validate_splits(paths)
+    message = str(raised.value)
+    assert "1 of 44 expectations failed" in message
+    assert "suite test_per_user" in message
+    assert f"on column {N_POSITIVES}" in message and "user_idx=0 n_positives=2" in message
+    assert "exactly one positive per user in test/" in message
+    saved = json.loads(paths.path("reports/test_per_user.json").read_text())
+    assert saved["success"] is False
+    assert layout.read_manifest(paths)["validate_splits"]["failed_expectations"] == 1
+
+
+def test_negative_equal_to_a_positive_of_the_same_user(paths: LakePaths) -> None:
+    splits = good_splits()
+    splits[TRAIN].append(pair(0, 2, 0))  # item 2 is user 0's validation positive
+    write_splits(paths, splits)
+    with pytest.raises(DataValidationError) as raised:
+        validate_splits(paths)
+    message = str(raised.value)
+    assert f"on column {NEGATIVE_IS_POSITIVE}" in message
+    assert "split='train' user_idx=0 item_idx=2" in message
+    assert "1 of 19 rows unexpected" in message
+
+
+def test_test_positive_left_in_train(paths: LakePaths) -> None:
+    splits = good_splits()
+    splits[TRAIN].append(pair(1, 4, 1))  # user 1's test positive
+    write_splits(paths, splits)
+    with pytest.raises(DataValidationError, match=r"suite leakage.*split='test' user_idx=1 "
+                                                  r"item_idx=4"):
+        validate_splits(paths)
+
+
+def test_out_of_range_item_idx(paths: LakePaths) -> None:
+    splits = good_splits()
+    splits[TEST].append(pair(1, 99, 0))
+    write_splits(paths, splits)
+    with pytest.raises(DataValidationError) as raised:
+        validate_splits(paths)
+    message = str(raised.value)
+    assert "suite test on test/: expect_column_values_to_be_between on column item_idx" in message
+    assert "max_value=7" in message and "99 (x1)" in message
+    assert "must index a row of items/ (8 rows)" in message
+
+
+def test_missing_split_folder_names_the_path(paths: LakePaths) -> None:
+    splits = good_splits()
+    del splits[VALIDATION]
+    write_splits(paths, splits)
+    with pytest.raises(DataValidationError, match=str(paths.path(VALIDATION))):
+        validate_splits(paths)
+
+
+def test_derived_frames() -> None:
+    test = pd.DataFrame([pair(0, 1, 1), pair(0, 2, 1), pair(0, 3, 0), pair(1, 4, 0)])
+    counts = per_user_labels(test)
+    assert counts.to_dict("records") == [
+        {USER_IDX: 0, N_POSITIVES: 2, "n_negatives": 1},
+        {USER_IDX: 1, N_POSITIVES: 0, "n_negatives": 1}]
+    train = pd.DataFrame([pair(0, 3, 1), pair(1, 1, 0)])
+    flagged = negative_collisions({TRAIN: train, TEST: test})
+    assert flagged[NEGATIVE_IS_POSITIVE].tolist() == [False, True, False]  # (0, 3) collides
+
+
+def test_cli(paths: LakePaths) -> None:
+    write_splits(paths, good_splits())
+    args = ["--config", str(REPO / "configs" / "ml-100k.yaml"), "--logical-date", DATE,
+            "--lake-root", str(paths.root)]
+    assert main([*args, "--stage", "splits"]) == 0
+    assert main([*args, "--stage", "interactions"]) == 1  # interactions/ was never written

@@ -62,7 +62,7 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
     return loaded
 
 
-def _coerce(value: Any, hint: Any, where: str) -> Any:
+def _coerce(value: Any, hint: Any, where: str) -> Any:  # noqa: PLR0911 (one return per type)
     """Check `value` against a dataclass field's type hint, converting lists to tuples."""
     origin = typing.get_origin(hint)
     if origin in (typing.Union, types.UnionType):

@@ -331,8 +331,9 @@ def write_outputs(interactions: DataFrame, paths: layout.LakePaths,
         for df in kept:
             df.persist()
             stack.callback(df.unpersist)
-        touched, *splits = kept
-        pairs = build_pairs(*splits, touched, n_items=n_items, cfg=cfg)
+        touched, train_positives, validation_positives, test_positives = kept
+        pairs = build_pairs(train_positives, validation_positives, test_positives, touched,
+                            n_items=n_items, cfg=cfg)
         written = {}
         for name, df in zip((layout.TRAIN, layout.VALIDATION, layout.TEST), pairs, strict=True):
             write_parquet(df, staged[name], files=cfg.output_partitions, key=layout.USER_IDX,

@@ -38,7 +38,8 @@ def save_model(model: nn.Module, cfg: ModelConfig, *, n_users: int, n_items: int
         (tmp / META_FILE).write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
 
 
-def load_model(folder: Path, device: torch.device | str = "cpu") -> tuple[nn.Module, dict[str, Any]]:
+def load_model(folder: Path,
+               device: torch.device | str = "cpu") -> tuple[nn.Module, dict[str, Any]]:
     """Rebuild the architecture from model.json and load the weights; eval mode."""
     folder = Path(folder)
     meta_path, state_path = folder / META_FILE, folder / STATE_FILE

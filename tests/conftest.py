@@ -30,7 +30,7 @@ if _venv_bin not in os.environ.get("PATH", "").split(os.pathsep):
 
 
 @pytest.fixture(scope="session")
-def spark() -> Iterator["pyspark.sql.SparkSession"]:  # type: ignore[name-defined]  # noqa: F821
+def spark() -> Iterator[pyspark.sql.SparkSession]:  # type: ignore[name-defined]  # noqa: F821
     from jobs.spark import get_spark
 
     session = get_spark(

@@ -29,7 +29,6 @@ from pathlib import Path
 from typing import Any
 
 import great_expectations as gx
-import great_expectations.expectations as gxe
 import numpy as np
 import pandas as pd
 import pyarrow as pa
@@ -44,25 +43,32 @@ from great_expectations.data_context.types.base import (
 
 from jobs import cli, layout
 from jobs.config import ConfigError, load_data_config
+from jobs.expectations import (
+    EVAL_SPLITS,
+    SPLIT,
+    SPLITS,
+    eval_positives_in_train,
+    index_suite,
+    interactions_suite,
+    leakage_suite,
+    negative_collisions,
+    negatives_suite,
+    pairs_suite,
+    per_user_labels,
+    per_user_suite,
+)
 from jobs.layout import (
     INTERACTIONS,
     INTERACTIONS_SCHEMA,
-    ITEM_ID,
     ITEM_IDX,
     ITEMS,
     ITEMS_SCHEMA,
-    LABEL,
     PAIRS_SCHEMA,
     REPORTS,
-    TEST,
     TRAIN,
-    TS,
-    USER_ID,
     USER_IDX,
     USERS,
     USERS_SCHEMA,
-    VALIDATION,
-    VALUE,
     LakePaths,
     Schema,
 )
@@ -74,19 +80,8 @@ for _name in ("great_expectations", "great_expectations.data_context.types.base"
     logging.getLogger(_name).setLevel(logging.WARNING)
 
 STAGES = ("interactions", "splits")
-EVAL_SPLITS = (VALIDATION, TEST)  # one held-out positive per user, plus sampled negatives
-SPLITS = (TRAIN, *EVAL_SPLITS)
-
-# Columns of the frames derived for the cross-row checks (not lake columns).
-SPLIT = "split"
-N_POSITIVES = "n_positives"
-N_NEGATIVES = "n_negatives"
-NEGATIVE_IS_POSITIVE = "negative_is_positive"
-IN_TRAIN_POSITIVES = "in_train_positives"
-
 SAMPLE_SIZE = 5  # unexpected values quoted per failed expectation in the error message
 
-_RERUN_PREPARE = "re-run prepare for this date"
 
 
 class DataValidationError(Exception):
@@ -181,179 +176,6 @@ class ValidationReport:
                 lines.append(f"  - suite {result.suite} on {result.dataset}: "
                              f"{failure.describe()}")
         return "\n".join(lines)
-
-
-# --- suites -------------------------------------------------------------------------
-
-
-def _suite(name: str, expectations: Sequence[gxe.Expectation]) -> ExpectationSuite:
-    # Passed to the constructor: `suite.add_expectation` needs a current GX context
-    # (DataContextRequiredError), and building a suite should not.
-    return ExpectationSuite(name=name, expectations=list(expectations))
-
-
-def _table_expectations(schema: Schema, dataset: str) -> list[gxe.Expectation]:
-    rerun = f"re-run the stage that writes {dataset}/"
-    return [
-        gxe.ExpectTableColumnsToMatchSet(
-            column_set=layout.columns(schema), exact_match=True,
-            meta={"hint": f"{dataset}/ must hold exactly the columns of the lake contract "
-                          f"(jobs/layout.py); {rerun}"}),
-        gxe.ExpectTableRowCountToBeBetween(
-            min_value=1, meta={"hint": f"{dataset}/ is empty; {rerun}, and check its input "
-                                       "and its rejects"}),
-    ]
-
-
-def interactions_suite() -> ExpectationSuite:
-    """Clean interactions: the columns of the contract, some rows, no nulls, no blank ids."""
-    return _suite(INTERACTIONS, [
-        *_table_expectations(INTERACTIONS_SCHEMA, INTERACTIONS),
-        *(gxe.ExpectColumnValuesToNotBeNull(
-            column=column, meta={"hint": f"ingest must send rows without a {column} to "
-                                         "rejects/ with a reason; fix ingest and re-run it"})
-          for column in (USER_ID, ITEM_ID, TS, VALUE)),
-        *(gxe.ExpectColumnValuesToNotMatchRegex(
-            column=column, regex=r"^\s*$",
-            meta={"hint": f"blank {column}s must go to rejects/ as "
-                          f"{layout.REASON_EMPTY_ID!r}; fix ingest and re-run it"})
-          for column in (USER_ID, ITEM_ID)),
-    ])
-
-
-def index_suite(dataset: str, *, n: int) -> ExpectationSuite:
-    """users/ or items/: one row per raw id, indices unique and dense in [0, n)."""
-    schema = USERS_SCHEMA if dataset == USERS else ITEMS_SCHEMA
-    id_column, idx_column = layout.columns(schema)
-    hint = {"hint": f"prepare must index every {id_column} exactly once, densely from 0; "
-                    f"{_RERUN_PREPARE}"}
-    return _suite(dataset, [
-        *_table_expectations(schema, dataset),
-        *(expectation(column=column, meta=hint)
-          for column in (id_column, idx_column)
-          for expectation in (gxe.ExpectColumnValuesToNotBeNull,
-                              gxe.ExpectColumnValuesToBeUnique)),
-        gxe.ExpectColumnValuesToBeBetween(column=idx_column, min_value=0,
-                                          max_value=max(n - 1, 0), meta=hint),
-    ])
-
-
-def pairs_suite(split: str, *, n_users: int, n_items: int) -> ExpectationSuite:
-    """train/, validation/ or test/: indices within users/ and items/, labels 0 or 1."""
-    return _suite(split, [
-        *_table_expectations(PAIRS_SCHEMA, split),
-        *(gxe.ExpectColumnValuesToNotBeNull(
-            column=column, meta={"hint": f"every {split}/ row needs a {column}; {_RERUN_PREPARE}"})
-          for column in (USER_IDX, ITEM_IDX, LABEL)),
-        *(gxe.ExpectColumnValuesToBeBetween(
-            column=column, min_value=0, max_value=max(n - 1, 0),
-            meta={"hint": f"{column} must index a row of {mapping}/ ({n} rows): {split}/ and "
-                          f"{mapping}/ come from different runs or the index is broken; "
-                          f"{_RERUN_PREPARE}"})
-          for column, n, mapping in ((USER_IDX, n_users, USERS), (ITEM_IDX, n_items, ITEMS))),
-        gxe.ExpectColumnValuesToBeInSet(
-            column=LABEL, value_set=[0, 1],
-            meta={"hint": f"labels are 1 (positive) or 0 (sampled negative); {_RERUN_PREPARE}"}),
-    ])
-
-
-def per_user_suite(split: str) -> ExpectationSuite:
-    """On `per_user_labels(<split>)`: one held-out positive and some negatives per user."""
-    return _suite(f"{split}_per_user", [
-        gxe.ExpectColumnValuesToBeInSet(
-            column=N_POSITIVES, value_set=[1],
-            meta={"hint": f"leave-one-out holds out exactly one positive per user in {split}/ "
-                          f"(each ranking is scored on one positive); {_RERUN_PREPARE}"}),
-        gxe.ExpectColumnValuesToBeBetween(
-            column=N_NEGATIVES, min_value=1,
-            meta={"hint": f"each evaluated user needs sampled negatives in {split}/ to rank the "
-                          f"positive against (prepare.n_eval_negatives); {_RERUN_PREPARE}"}),
-    ])
-
-
-def negatives_suite() -> ExpectationSuite:
-    """On `negative_collisions(...)`: no sampled negative is a positive of that user."""
-    return _suite("negatives", [gxe.ExpectColumnValuesToBeInSet(
-        column=NEGATIVE_IS_POSITIVE, value_set=[False],
-        meta={"hint": "negative sampling must exclude every item the user interacted with, "
-                      "in any split (a positive labelled 0 teaches the model the opposite "
-                      f"and deflates the metrics); {_RERUN_PREPARE}"})])
-
-
-def leakage_suite() -> ExpectationSuite:
-    """On `eval_positives_in_train(...)`: held-out positives are not training positives."""
-    return _suite("leakage", [gxe.ExpectColumnValuesToBeInSet(
-        column=IN_TRAIN_POSITIVES, value_set=[False],
-        meta={"hint": "a validation/test positive must be removed from train/, or the "
-                      f"evaluation measures memorisation; {_RERUN_PREPARE}"})])
-
-
-# --- derived frames (pure) ----------------------------------------------------------
-
-
-def _valid_pairs(frame: pd.DataFrame) -> pd.DataFrame:
-    """Rows with all of user_idx, item_idx, label, as int64 (nulls are the pairs suite's job)."""
-    needed = [USER_IDX, ITEM_IDX, LABEL]
-    if any(column not in frame.columns for column in needed):
-        return pd.DataFrame({column: pd.Series(dtype="int64") for column in needed})
-    return frame[needed].dropna().astype("int64")
-
-
-def _pair_keys(frame: pd.DataFrame) -> np.ndarray:
-    """(user_idx, item_idx) packed into one int64, exact for any pair of int32 values."""
-    users = frame[USER_IDX].to_numpy(dtype=np.int64)
-    items = frame[ITEM_IDX].to_numpy(dtype=np.int64)
-    keys: np.ndarray = (users << 32) | (items & 0xFFFFFFFF)
-    return keys
-
-
-def _isin(keys: np.ndarray, among: np.ndarray) -> np.ndarray:
-    # pandas' hash table: several times faster than np.isin's sort/unique on millions of keys
-    flags: np.ndarray = pd.Series(keys, dtype="int64").isin(among).to_numpy()
-    return flags
-
-
-def per_user_labels(split: pd.DataFrame) -> pd.DataFrame:
-    """One row per user of an evaluation split: user_idx, n_positives, n_negatives."""
-    pairs = _valid_pairs(split)
-    positive = pairs[LABEL] == 1
-    counts = pd.DataFrame({USER_IDX: pairs[USER_IDX], N_POSITIVES: positive.astype("int64"),
-                           N_NEGATIVES: (~positive).astype("int64")})
-    return counts.groupby(USER_IDX, as_index=False, sort=True).sum()
-
-
-def negative_collisions(splits: Mapping[str, pd.DataFrame]) -> pd.DataFrame:
-    """Every label-0 row of every split, flagged when that user has the item as a positive."""
-    pairs = {name: _valid_pairs(frame) for name, frame in splits.items()}
-    positive_keys = np.concatenate(
-        [_pair_keys(frame[frame[LABEL] == 1]) for frame in pairs.values()]
-        or [np.empty(0, dtype=np.int64)])
-    parts = []
-    for name, frame in pairs.items():
-        negatives = frame.loc[frame[LABEL] == 0, [USER_IDX, ITEM_IDX]]
-        parts.append(negatives.assign(
-            **{SPLIT: name, NEGATIVE_IS_POSITIVE: _isin(_pair_keys(negatives), positive_keys)}))
-    columns = [SPLIT, USER_IDX, ITEM_IDX, NEGATIVE_IS_POSITIVE]
-    if not parts:
-        return pd.DataFrame(columns=columns)
-    return pd.concat(parts, ignore_index=True)[columns]
-
-
-def eval_positives_in_train(train: pd.DataFrame,
-                            evaluation: Mapping[str, pd.DataFrame]) -> pd.DataFrame:
-    """Every positive of the evaluation splits, flagged when it is also a train positive."""
-    train_pairs = _valid_pairs(train)
-    train_keys = _pair_keys(train_pairs[train_pairs[LABEL] == 1])
-    parts = []
-    for name, frame in evaluation.items():
-        pairs = _valid_pairs(frame)
-        positives = pairs.loc[pairs[LABEL] == 1, [USER_IDX, ITEM_IDX]]
-        parts.append(positives.assign(
-            **{SPLIT: name, IN_TRAIN_POSITIVES: _isin(_pair_keys(positives), train_keys)}))
-    columns = [SPLIT, USER_IDX, ITEM_IDX, IN_TRAIN_POSITIVES]
-    if not parts:
-        return pd.DataFrame(columns=columns)
-    return pd.concat(parts, ignore_index=True)[columns]
 
 
 # --- running suites -----------------------------------------------------------------

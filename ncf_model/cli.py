@@ -23,12 +23,12 @@ import logging
 import sys
 import time
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 import torch
 
 from jobs import layout
+from jobs.cli import configure_logging, lake_root, stage_parser
 from ncf_model import checkpoint, tracking
 from ncf_model.config import NCFConfig, load_ncf_config
 from ncf_model.data import Pairs, TrainingData, load_pairs
@@ -49,8 +49,7 @@ class PromotionRefused(RuntimeError):
 
 
 def _paths(cfg: NCFConfig, args: argparse.Namespace) -> layout.LakePaths:
-    root = Path(args.lake_root) if args.lake_root else layout.lake_root_from_env()
-    return layout.LakePaths(root, cfg.dataset, args.logical_date)
+    return layout.LakePaths(lake_root(args.lake_root), cfg.dataset, args.logical_date)
 
 
 def _manifest_entry(paths: layout.LakePaths, stage: str, needed_by: str) -> dict[str, Any]:
@@ -192,18 +191,13 @@ def run_recommend(cfg: NCFConfig, paths: layout.LakePaths, device: torch.device)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m ncf_model",
-                                     description="NCF torch stages: train, evaluate, recommend")
+    parser = stage_parser("NCF torch stages: train, evaluate, recommend")
+    parser.prog = "python -m ncf_model"
     parser.add_argument("stage", choices=("train", "evaluate", "recommend"))
-    parser.add_argument("--config", required=True, help="configs/<dataset>.yaml")
-    parser.add_argument("--logical-date", required=True, help="YYYY-MM-DD (the lake partition)")
-    parser.add_argument("--lake-root", help=f"default ${layout.ENV_LAKE_ROOT} or "
-                                            f"{layout.DEFAULT_LAKE_ROOT}")
     parser.add_argument("--device", help="cuda, cuda:1, cpu (default: CUDA when available)")
     parser.add_argument("--model-name", help="registered model (default ncf-<dataset>)")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    configure_logging()
 
     cfg = load_ncf_config(args.config)
     paths = _paths(cfg, args)

@@ -13,6 +13,12 @@ import pyarrow.parquet as pq
 import pytest
 
 from jobs import layout
+from jobs.expectations import (
+    N_POSITIVES,
+    NEGATIVE_IS_POSITIVE,
+    negative_collisions,
+    per_user_labels,
+)
 from jobs.layout import (
     INTERACTIONS,
     INTERACTIONS_SCHEMA,
@@ -35,12 +41,8 @@ from jobs.layout import (
     Schema,
 )
 from jobs.validate import (
-    N_POSITIVES,
-    NEGATIVE_IS_POSITIVE,
     DataValidationError,
     main,
-    negative_collisions,
-    per_user_labels,
     validate_interactions,
     validate_splits,
 )

@@ -76,10 +76,11 @@ def _dense_index(ids: DataFrame, id_col: str, idx_col: str) -> DataFrame:
         F.coalesce(F.min(F.col(id_col).rlike(r"^[0-9]+$").cast("int")), F.lit(0))
         .alias("_all_digits"))
     # Shorter digit strings first, then text order: numeric order without casting, so
-    # ids past the range of a long still sort. One partition on purpose: one task numbers
-    # all ids, which is what makes them dense, and is fine up to tens of millions of ids.
+    # ids past the range of a long still sort. The window has no partition on purpose
+    # (Spark warns about it): one task numbers all ids, which is what makes them dense,
+    # and is fine up to tens of millions of ids.
     length = F.when(F.col("_all_digits") == 1, F.length(id_col)).otherwise(F.lit(0))
-    order = Window.partitionBy(F.lit(0)).orderBy(length, F.col(id_col))
+    order = Window.orderBy(length, F.col(id_col))
     return ids.crossJoin(all_digits).select(
         F.col(id_col), (F.row_number().over(order) - 1).cast("int").alias(idx_col))
 

@@ -123,7 +123,8 @@ def build_section(cls: type[T], mapping: Mapping[str, Any] | None, where: str) -
         raise ConfigError(f"{where}.{exc}") from exc
 
 
-def _check(condition: bool, field: str, message: str) -> None:
+def check_field(condition: bool, field: str, message: str) -> None:
+    """Raise ConfigError naming `field` unless `condition` (the sections' __post_init__)."""
     if not condition:
         raise ConfigError(f"{field}: {message}")
 
@@ -139,11 +140,11 @@ class SourceConfig:
     archive_member: str | None = None
 
     def __post_init__(self) -> None:
-        _check(self.format in SOURCE_FORMATS, "format",
+        check_field(self.format in SOURCE_FORMATS, "format",
                f"{self.format!r} is not one of {list(SOURCE_FORMATS)}")
-        _check(bool(re.fullmatch(r"[0-9a-f]{64}", self.sha256)), "sha256",
+        check_field(bool(re.fullmatch(r"[0-9a-f]{64}", self.sha256)), "sha256",
                "must be 64 lower-case hex digits (sha256sum of the raw file)")
-        _check(not Path(self.path).is_absolute() and ".." not in Path(self.path).parts, "path",
+        check_field(not Path(self.path).is_absolute() and ".." not in Path(self.path).parts, "path",
                "must be relative to the raw folder, without '..'")
 
 
@@ -156,7 +157,7 @@ class IngestConfig:
 
     def __post_init__(self) -> None:
         if self.min_value is not None and self.max_value is not None:
-            _check(self.min_value <= self.max_value, "min_value", "must be <= max_value")
+            check_field(self.min_value <= self.max_value, "min_value", "must be <= max_value")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -170,9 +171,9 @@ class PrepareConfig:
     output_partitions: int = 1
 
     def __post_init__(self) -> None:
-        _check(self.n_negatives >= 0, "n_negatives", "must be >= 0")
-        _check(self.n_eval_negatives >= 1, "n_eval_negatives", "must be >= 1")
-        _check(self.output_partitions >= 1, "output_partitions", "must be >= 1")
+        check_field(self.n_negatives >= 0, "n_negatives", "must be >= 0")
+        check_field(self.n_eval_negatives >= 1, "n_eval_negatives", "must be >= 1")
+        check_field(self.output_partitions >= 1, "output_partitions", "must be >= 1")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -183,7 +184,7 @@ class PublishConfig:
     model_name: str | None = None  # registered model name; default ncf-<dataset>
 
     def __post_init__(self) -> None:
-        _check(bool(re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", self.table)), "table",
+        check_field(bool(re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", self.table)), "table",
                "must be a plain SQL identifier")
 
 

@@ -9,15 +9,10 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
-from jobs.config import ConfigError, build_section, read_yaml
+from jobs.config import build_section, check_field, read_yaml
 
 MODEL_KINDS = ("gmf", "mlp", "neumf")
 NEGATIVE_MODES = ("resample", "lake")
-
-
-def _check(condition: bool, field: str, message: str) -> None:
-    if not condition:
-        raise ConfigError(f"{field}: {message}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -31,13 +26,13 @@ class ModelConfig:
     dropout: float = 0.0
 
     def __post_init__(self) -> None:
-        _check(self.kind in MODEL_KINDS, "kind", f"{self.kind!r} is not one of {MODEL_KINDS}")
-        _check(self.factors >= 1, "factors", "must be >= 1")
-        _check(len(self.mlp_layers) >= 1 and all(n >= 1 for n in self.mlp_layers),
+        check_field(self.kind in MODEL_KINDS, "kind", f"{self.kind!r} is not one of {MODEL_KINDS}")
+        check_field(self.factors >= 1, "factors", "must be >= 1")
+        check_field(len(self.mlp_layers) >= 1 and all(n >= 1 for n in self.mlp_layers),
                "mlp_layers", "must be a non-empty list of positive sizes")
-        _check(self.mlp_layers[0] % 2 == 0, "mlp_layers",
+        check_field(self.mlp_layers[0] % 2 == 0, "mlp_layers",
                "the first size must be even (user and item embeddings are half each)")
-        _check(0.0 <= self.dropout < 1.0, "dropout", "must be in [0, 1)")
+        check_field(0.0 <= self.dropout < 1.0, "dropout", "must be in [0, 1)")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -55,15 +50,15 @@ class TrainConfig:
     seed: int = 42
 
     def __post_init__(self) -> None:
-        _check(self.epochs >= 1, "epochs", "must be >= 1")
-        _check(self.batch_size >= 1, "batch_size", "must be >= 1")
-        _check(self.lr > 0, "lr", "must be > 0")
-        _check(self.weight_decay >= 0, "weight_decay", "must be >= 0")
-        _check(self.negatives in NEGATIVE_MODES, "negatives",
+        check_field(self.epochs >= 1, "epochs", "must be >= 1")
+        check_field(self.batch_size >= 1, "batch_size", "must be >= 1")
+        check_field(self.lr > 0, "lr", "must be > 0")
+        check_field(self.weight_decay >= 0, "weight_decay", "must be >= 0")
+        check_field(self.negatives in NEGATIVE_MODES, "negatives",
                f"{self.negatives!r} is not one of {NEGATIVE_MODES}")
-        _check(self.n_negatives >= 1, "n_negatives", "must be >= 1")
-        _check(self.patience >= 1, "patience", "must be >= 1")
-        _check(self.k >= 1, "k", "must be >= 1")
+        check_field(self.n_negatives >= 1, "n_negatives", "must be >= 1")
+        check_field(self.patience >= 1, "patience", "must be >= 1")
+        check_field(self.k >= 1, "k", "must be >= 1")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -74,8 +69,8 @@ class EvaluateConfig:
     min_hr: float = 0.0  # absolute floor on test HR@k for promotion to champion
 
     def __post_init__(self) -> None:
-        _check(self.k >= 1, "k", "must be >= 1")
-        _check(0.0 <= self.min_hr <= 1.0, "min_hr", "must be in [0, 1]")
+        check_field(self.k >= 1, "k", "must be >= 1")
+        check_field(0.0 <= self.min_hr <= 1.0, "min_hr", "must be in [0, 1]")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -84,8 +79,8 @@ class RecommendConfig:
     chunk_users: int = 1024  # users scored at once against all items (bounds memory)
 
     def __post_init__(self) -> None:
-        _check(self.k >= 1, "k", "must be >= 1")
-        _check(self.chunk_users >= 1, "chunk_users", "must be >= 1")
+        check_field(self.k >= 1, "k", "must be >= 1")
+        check_field(self.chunk_users >= 1, "chunk_users", "must be >= 1")
 
 
 @dataclasses.dataclass(frozen=True)

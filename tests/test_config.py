@@ -1,0 +1,84 @@
+"""jobs.config / ncf_model.config: the strict YAML loader."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import pytest
+import yaml
+
+from jobs.config import ConfigError, load_data_config
+from ncf_model.config import load_ncf_config
+
+REPO = Path(__file__).resolve().parents[1]
+GOOD_SHA = "a" * 64
+
+
+def _write(tmp_path: Path, payload: object) -> Path:
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump(payload))
+    return path
+
+
+def _base(**sections: object) -> dict[str, object]:
+    return {"dataset": "tiny",
+            "source": {"format": "movielens-100k", "path": "u.data", "sha256": GOOD_SHA},
+            **sections}
+
+
+def test_every_shipped_config_loads_for_both_sides() -> None:
+    for path in sorted((REPO / "configs").glob("*.yaml")):
+        data, model = load_data_config(path), load_ncf_config(path)
+        assert data.dataset == model.dataset == path.stem
+        assert data.model_name == f"ncf-{path.stem}"
+
+
+def test_defaults_fill_missing_sections_and_asdict_is_plain(tmp_path: Path) -> None:
+    data = load_data_config(_write(tmp_path, _base()))
+    model = load_ncf_config(_write(tmp_path, _base(model={"mlp_layers": [32, 16]})))
+    assert data.prepare.n_negatives == 4 and data.prepare.n_eval_negatives == 99
+    assert model.model.mlp_layers == (32, 16)
+    assert dataclasses.asdict(model.train)["lr"] == pytest.approx(0.001)
+
+
+@pytest.mark.parametrize(("payload", "message"), [
+    (["not", "a", "mapping"], "expected a mapping"),
+    ({**_base(), "surprise": {}}, r"unknown section\(s\) \['surprise'\]"),
+    (_base(prepare={"n_negatives": 4, "typo_key": 1}), r"prepare: unknown key\(s\) \['typo_key'\]"),
+    (_base(prepare={"n_negatives": "four"}), "prepare.n_negatives: expected a whole number"),
+    (_base(prepare={"n_negatives": -1}), "prepare.n_negatives: must be >= 0"),
+    (_base(source={"format": "csv", "path": "u.data", "sha256": GOOD_SHA}), "source.format"),
+    (_base(source={"format": "movielens-100k", "path": "u.data", "sha256": "xyz"}),
+     "source.sha256: must be 64"),
+    (_base(source={"format": "movielens-100k", "path": "../u.data", "sha256": GOOD_SHA}),
+     "source.path"),
+    ({**_base(), "dataset": "no spaces please"}, "'dataset'"),
+])
+def test_bad_data_config_names_file_and_field(tmp_path: Path, payload: object,
+                                              message: str) -> None:
+    path = _write(tmp_path, payload)
+    with pytest.raises(ConfigError, match=message) as error:
+        load_data_config(path)
+    assert str(path) in str(error.value)
+
+
+@pytest.mark.parametrize(("section", "message"), [
+    ({"model": {"kind": "transformer"}}, "model.kind"),
+    ({"model": {"mlp_layers": [63, 8]}}, "model.mlp_layers: the first size must be even"),
+    ({"model": {"dropout": 1.5}}, "model.dropout"),
+    ({"train": {"negatives": "sometimes"}}, "train.negatives"),
+    ({"train": {"lr": 0}}, "train.lr: must be > 0"),
+    ({"evaluate": {"min_hr": 2}}, "evaluate.min_hr"),
+    ({"recommend": {"k": 0}}, "recommend.k"),
+    ({"train": {"epochs": True}}, "train.epochs: expected a whole number"),
+])
+def test_bad_model_config_names_the_field(tmp_path: Path, section: dict[str, object],
+                                          message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        load_ncf_config(_write(tmp_path, _base(**section)))
+
+
+def test_missing_file_is_a_config_error(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_data_config(tmp_path / "absent.yaml")

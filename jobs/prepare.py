@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import logging
 from pathlib import Path
 from typing import Any
@@ -308,7 +309,7 @@ def write_outputs(interactions: DataFrame, paths: layout.LakePaths,
     with contextlib.ExitStack() as stack:
         staged = {name: stack.enter_context(layout.staged_dir(paths.path(name)))
                   for name in names}
-        positives = binarise(interactions, threshold=cfg.binarise_threshold)
+        positives = interactions.transform(binarise, threshold=cfg.binarise_threshold)
         users, items = index_ids(positives)
         write_parquet(users, staged[layout.USERS], files=cfg.output_partitions,
                       key=layout.USER_IDX, sort_by=[layout.USER_IDX])
@@ -327,8 +328,8 @@ def write_outputs(interactions: DataFrame, paths: layout.LakePaths,
                     .drop(layout.USER_ID, layout.ITEM_ID))
 
         # Each sampling round and each write reads these again: compute them once.
-        touched = indexed(interactions.select(layout.USER_ID, layout.ITEM_ID).distinct())
-        kept = [touched, *split_leave_one_out(indexed(positives))]
+        touched = interactions.select(layout.USER_ID, layout.ITEM_ID).distinct().transform(indexed)
+        kept = [touched, *split_leave_one_out(positives.transform(indexed))]
         for df in kept:
             df.persist()
             stack.callback(df.unpersist)
@@ -341,18 +342,23 @@ def write_outputs(interactions: DataFrame, paths: layout.LakePaths,
                           sort_by=pairs_order())
             written[name] = read_parquet(spark, staged[name])
 
-        test, validation = written[layout.TEST], written[layout.VALIDATION]
-        n_evaluated = test.where(F.col(layout.LABEL) == 1).count()
+        # One pass over the written files: (rows, positives) of each split.
+        tallies = functools.reduce(DataFrame.unionByName, [
+            df.select(F.lit(name).alias("_split"), layout.LABEL) for name, df in written.items()
+        ]).groupBy("_split").agg(F.count(F.lit(1)), F.sum(layout.LABEL)).collect()
+        split_rows = {name: 0 for name in written}
+        split_positives = {name: 0 for name in written}
+        for split, n_rows, n_positive in tallies:
+            split_rows[split], split_positives[split] = int(n_rows), int(n_positive)
+        short = (_users_short(written[layout.VALIDATION], cfg.n_eval_negatives)
+                 .unionByName(_users_short(written[layout.TEST], cfg.n_eval_negatives)))
         counts = {
             "n_users": n_users,
             "n_items": n_items,
-            "n_positives": sum(df.where(F.col(layout.LABEL) == 1).count()
-                               for df in written.values()),
-            **{f"{name}_rows": df.count() for name, df in written.items()},
-            "users_train_only": n_users - n_evaluated,
-            "users_short_of_eval_negatives": (
-                _users_short(validation, cfg.n_eval_negatives)
-                .unionByName(_users_short(test, cfg.n_eval_negatives)).distinct().count()),
+            "n_positives": sum(split_positives.values()),
+            **{f"{name}_rows": n for name, n in split_rows.items()},
+            "users_train_only": n_users - split_positives[layout.TEST],  # one per test user
+            "users_short_of_eval_negatives": short.distinct().count(),
         }
     return counts
 

@@ -40,11 +40,11 @@ class TrainConfig:
     """Optimisation. The best epoch is chosen on validation HR@k, never on test."""
 
     epochs: int = 20
-    batch_size: int = 256
+    batch_size: int = 1024
     lr: float = 0.001
     weight_decay: float = 0.0
     negatives: str = "resample"  # resample on the device each epoch, or use the lake's as-is
-    n_negatives: int = 4  # per positive when resampling
+    n_negatives: int = 8  # per positive when resampling
     patience: int = 5  # epochs without a better validation HR@k before stopping
     k: int = 10
     seed: int = 42

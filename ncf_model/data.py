@@ -105,8 +105,8 @@ class TrainingData:
         at = torch.searchsorted(self._positive_keys, keys).clamp_(max=len(self._positive_keys) - 1)
         return self._positive_keys[at] == keys
 
-    def sample_negatives(self, n_negatives: int, generator: torch.Generator) -> tuple[Tensor,
-                                                                                     Tensor]:
+    def sample_negatives(self, n_negatives: int,
+                         generator: torch.Generator) -> tuple[Tensor, Tensor]:
         """`n_negatives` items per positive, uniform over the items the user has no positive on."""
         per_user = torch.bincount(self._positive_keys // self.n_items, minlength=self.n_users)
         full = (per_user >= self.n_items).nonzero().flatten()

@@ -8,7 +8,6 @@ hands each epoch's metrics to `on_epoch` (where the caller logs them to MLflow).
 
 from __future__ import annotations
 
-import copy
 import logging
 import time
 from collections.abc import Callable
@@ -65,8 +64,9 @@ def train(model: nn.Module, data: TrainingData, validation: Pairs, cfg: TrainCon
     model.to(device)
     validation = validation.to(device)
     cuda = device.type == "cuda"
+    # fused: one kernel for the whole update on CUDA; None lets torch pick on the CPU.
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay,
-                                 fused=cuda or None)
+                                 fused=True if cuda else None)
     loss_fn = nn.BCEWithLogitsLoss()
     hr_key, ndcg_key = f"hr_{cfg.k}", f"ndcg_{cfg.k}"
 
@@ -109,5 +109,5 @@ def train(model: nn.Module, data: TrainingData, validation: Pairs, cfg: TrainCon
             break
 
     model.load_state_dict(best_state)
-    return TrainResult(best_epoch=best_epoch, best_metrics=copy.deepcopy(history[best_epoch - 1]),
+    return TrainResult(best_epoch=best_epoch, best_metrics=dict(history[best_epoch - 1]),
                        history=history, best_state=best_state)

@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import logging
+import os
 import sys
 import time
 from collections.abc import Sequence
@@ -38,6 +39,7 @@ from ncf_model.topk import recommend_top_k
 from ncf_model.train import select_device, train
 
 log = logging.getLogger("ncf_model")
+ENV_TORCH_THREADS = "NCF_TORCH_THREADS"  # deployment setting: torch CPU threads
 
 
 class StageError(RuntimeError):
@@ -199,6 +201,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     configure_logging()
 
+    threads = os.environ.get(ENV_TORCH_THREADS)
+    if threads:
+        # On a small shared node, torch's intra-op threads spin against other processes
+        # (measured: 2 threads ran 5-25x slower than 1 beside a Spark JVM on 2 cores).
+        torch.set_num_threads(int(threads))
     cfg = load_ncf_config(args.config)
     paths = _paths(cfg, args)
     device = select_device(args.device)

@@ -82,16 +82,36 @@ def test_index_ids_dense_numeric_for_digits_else_text(spark: SparkSession) -> No
         ("10", 0), ("9", 1), ("a", 2), ("b", 3)]
 
 
-def test_split_leave_one_out_latest_to_test_ties_to_higher_item(spark: SparkSession) -> None:
+def test_split_leave_one_out_latest_to_test(spark: SparkSession) -> None:
     positives = spark.createDataFrame([
-        (0, 0, _ts(1)), (0, 1, _ts(2)), (0, 2, _ts(3)), (0, 3, _ts(3)),  # tie at ts 3
+        (0, 0, _ts(1)), (0, 1, _ts(2)), (0, 2, _ts(3)),
         (1, 4, _ts(5)), (1, 5, _ts(1)),  # two positives: train only
         (2, 0, _ts(9)), (2, 1, _ts(8)), (2, 2, _ts(7)),
     ], POSITIVES_DDL)
-    train, validation, test = split_leave_one_out(positives)
-    assert _pairs(test) == [(0, 3), (2, 0)]
-    assert _pairs(validation) == [(0, 2), (2, 1)]
-    assert _pairs(train) == [(0, 0), (0, 1), (1, 4), (1, 5), (2, 2)]
+    train, validation, test = split_leave_one_out(positives, seed=7)
+    assert _pairs(test) == [(0, 2), (2, 0)]
+    assert _pairs(validation) == [(0, 1), (2, 1)]
+    assert _pairs(train) == [(0, 0), (1, 4), (1, 5), (2, 2)]
+
+
+def test_split_ties_follow_a_seeded_hash_not_the_item_id(spark: SparkSession) -> None:
+    # 40 users, each with items 0 and 1 rated in the same (latest) second, item 2 earlier.
+    rows = [(u, i, _ts(5)) for u in range(40) for i in (0, 1)] + [(u, 2, _ts(1))
+                                                                  for u in range(40)]
+    positives = spark.createDataFrame(rows, POSITIVES_DDL)
+
+    def tested(seed: int) -> list[tuple[int, int]]:
+        return _pairs(split_leave_one_out(positives, seed=seed)[2])
+
+    first = tested(7)
+    assert first == tested(7)  # deterministic for a seed
+    held_out = [item for _user, item in first]
+    # Neither id wins systematically (a fixed id order would put one item in every test).
+    assert 5 < held_out.count(1) < 35
+    assert first != tested(8)
+    # The tied pair splits between test and validation; the earlier item stays in train.
+    validation = _pairs(split_leave_one_out(positives, seed=7)[1])
+    assert all({t[1], v[1]} == {0, 1} for t, v in zip(first, validation, strict=True))
 
 
 # --- negatives -----------------------------------------------------------------------
@@ -182,8 +202,8 @@ def test_build_pairs_same_seed_same_rows_and_bytes(spark: SparkSession,
         spark.conf.set("spark.sql.shuffle.partitions", shuffle)
         try:
             train, _validation, test = build_pairs(
-                *split_leave_one_out(positives.repartition(parts)), touched.repartition(parts),
-                n_items=40, cfg=cfg)
+                *split_leave_one_out(positives.repartition(parts), seed=cfg.seed),
+                touched.repartition(parts), n_items=40, cfg=cfg)
             folder = tmp_path / f"run{run}"
             for name, df in (("train", train), ("test", test)):
                 write_parquet(df, folder / name, files=cfg.output_partitions,

@@ -66,5 +66,8 @@ ui: venv ## open the MLflow UI on http://127.0.0.1:5000 over the local tracking 
 query: venv ## print a user's recommendations: make query USER_ID=196 [DATASET=ml-100k]
 	@$(PY) -m jobs.report --config configs/$(DATASET).yaml --user "$(USER_ID)"
 
+bench: venv ## training throughput vs a per-sample DataLoader (prints figures, asserts nothing)
+	$(PY) bench/train.py
+
 clean: ## remove the local lake, MLflow store, table and Airflow home (keeps .venv)
 	rm -rf data/lake data/mlflow data/recommendations.db $(AIRFLOW_HOME)

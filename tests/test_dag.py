@@ -21,9 +21,7 @@ def _dagbag(config_dir: Path, monkeypatch: pytest.MonkeyPatch):  # type: ignore[
     from airflow.dag_processing.dagbag import DagBag
 
     monkeypatch.setenv("NCF_CONFIG_DIR", str(config_dir))
-    return DagBag(dag_folder=str(DAGS), include_examples=False) \
-        if "include_examples" in DagBag.__init__.__code__.co_varnames \
-        else DagBag(dag_folder=str(DAGS))
+    return DagBag(dag_folder=str(DAGS))  # examples are off: AIRFLOW__CORE__LOAD_EXAMPLES
 
 
 def test_dagbag_imports_one_dag_per_config(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -189,21 +189,27 @@ def per_user_labels(split: pd.DataFrame) -> pd.DataFrame:
     return counts.groupby(USER_IDX, as_index=False, sort=True).sum()
 
 
+def _flag_rows(frames: Mapping[str, pd.DataFrame], *, label: int, among: np.ndarray,
+               flag: str) -> pd.DataFrame:
+    """The `label` rows of each frame as (split, user_idx, item_idx, flag): flag is True
+    where the (user, item) pair is in `among` (pair keys)."""
+    parts = []
+    for name, frame in frames.items():
+        rows = frame.loc[frame[LABEL] == label, [USER_IDX, ITEM_IDX]]
+        parts.append(rows.assign(**{SPLIT: name, flag: _isin(_pair_keys(rows), among)}))
+    columns = [SPLIT, USER_IDX, ITEM_IDX, flag]
+    if not parts:
+        return pd.DataFrame(columns=columns)
+    return pd.concat(parts, ignore_index=True)[columns]
+
+
 def negative_collisions(splits: Mapping[str, pd.DataFrame]) -> pd.DataFrame:
     """Every label-0 row of every split, flagged when that user has the item as a positive."""
     pairs = {name: _valid_pairs(frame) for name, frame in splits.items()}
     positive_keys = np.concatenate(
         [_pair_keys(frame[frame[LABEL] == 1]) for frame in pairs.values()]
         or [np.empty(0, dtype=np.int64)])
-    parts = []
-    for name, frame in pairs.items():
-        negatives = frame.loc[frame[LABEL] == 0, [USER_IDX, ITEM_IDX]]
-        parts.append(negatives.assign(
-            **{SPLIT: name, NEGATIVE_IS_POSITIVE: _isin(_pair_keys(negatives), positive_keys)}))
-    columns = [SPLIT, USER_IDX, ITEM_IDX, NEGATIVE_IS_POSITIVE]
-    if not parts:
-        return pd.DataFrame(columns=columns)
-    return pd.concat(parts, ignore_index=True)[columns]
+    return _flag_rows(pairs, label=0, among=positive_keys, flag=NEGATIVE_IS_POSITIVE)
 
 
 def eval_positives_in_train(train: pd.DataFrame,
@@ -211,13 +217,5 @@ def eval_positives_in_train(train: pd.DataFrame,
     """Every positive of the evaluation splits, flagged when it is also a train positive."""
     train_pairs = _valid_pairs(train)
     train_keys = _pair_keys(train_pairs[train_pairs[LABEL] == 1])
-    parts = []
-    for name, frame in evaluation.items():
-        pairs = _valid_pairs(frame)
-        positives = pairs.loc[pairs[LABEL] == 1, [USER_IDX, ITEM_IDX]]
-        parts.append(positives.assign(
-            **{SPLIT: name, IN_TRAIN_POSITIVES: _isin(_pair_keys(positives), train_keys)}))
-    columns = [SPLIT, USER_IDX, ITEM_IDX, IN_TRAIN_POSITIVES]
-    if not parts:
-        return pd.DataFrame(columns=columns)
-    return pd.concat(parts, ignore_index=True)[columns]
+    pairs = {name: _valid_pairs(frame) for name, frame in evaluation.items()}
+    return _flag_rows(pairs, label=1, among=train_keys, flag=IN_TRAIN_POSITIVES)

@@ -113,6 +113,33 @@ def arrow_schema(schema: Schema) -> Any:
     return pa.schema([(name, pa.type_for_alias(_ARROW_TYPES[dtype])) for name, dtype in schema])
 
 
+class LakeReadError(OSError):
+    """A lake dataset folder is missing or unreadable; the message names the folder."""
+
+
+def read_lake_table(path: Path, schema: Schema) -> Any:
+    """A lake dataset folder as a pyarrow Table with `schema`'s columns (pyarrow lazily).
+
+    Spark's `_SUCCESS`/`.crc` files and staged `.tmp-*` folders are skipped; a folder
+    without data files gives an empty table of the schema.
+    """
+    import pyarrow as pa
+    import pyarrow.dataset as pads
+
+    path = Path(path)
+    if not path.is_dir():
+        raise LakeReadError(f"{path} does not exist: the stage that writes {path.name}/ "
+                            "has not run (or failed) for this date")
+    try:
+        dataset = pads.dataset(path, format="parquet")
+        if not dataset.files:
+            return arrow_schema(schema).empty_table()
+        return dataset.to_table(columns=columns(schema))
+    except (pa.ArrowException, OSError) as exc:
+        raise LakeReadError(f"{path}: not a readable Parquet folder with columns "
+                            f"{columns(schema)}: {exc}") from exc
+
+
 def lake_root_from_env(default: str = DEFAULT_LAKE_ROOT) -> Path:
     return Path(os.environ.get(ENV_LAKE_ROOT, default)).resolve()
 

@@ -29,8 +29,6 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-import pyarrow as pa
-import pyarrow.dataset as pads
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
@@ -293,22 +291,18 @@ def publish_recommendations(engine: Engine, table: str, rows: pd.DataFrame, *,
 
 def read_lake_frame(path: Path, schema: Schema) -> pd.DataFrame:
     """A lake dataset folder as pandas; a missing or empty folder is a PublishError."""
-    if not path.is_dir():
-        raise PublishError(f"{path} does not exist: run the stage that writes {path.name}/ "
-                           "for this date first")
     try:
-        dataset = pads.dataset(path, format="parquet")  # skips _SUCCESS, .crc, .tmp-*
-        table = dataset.to_table(columns=layout.columns(schema)) if dataset.files else None
-    except (pa.ArrowException, OSError) as exc:
-        raise PublishError(f"{path}: not a readable Parquet folder with columns "
-                           f"{layout.columns(schema)}: {exc}") from exc
-    if table is None or table.num_rows == 0:
+        table = layout.read_lake_table(path, schema)
+    except layout.LakeReadError as exc:
+        raise PublishError(str(exc)) from exc
+    if table.num_rows == 0:
         raise PublishError(f"{path} is empty: nothing to publish; re-run the stage that "
                            f"writes {path.name}/")
     return table.to_pandas()
 
 
-def _db_url(explicit: str | None) -> str:
+def db_url(explicit: str | None = None) -> str:
+    """--db-url if given, else $NCF_DB_URL, else the local SQLite file."""
     return explicit or os.environ.get(layout.ENV_DB_URL, layout.DEFAULT_DB_URL)
 
 
@@ -355,7 +349,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         logger.error("%s", exc)
         return 2
     paths = LakePaths(cli.lake_root(args.lake_root), cfg.dataset, args.logical_date)
-    url = _db_url(args.db_url)
+    url = db_url(args.db_url)
     try:
         manifest = layout.read_manifest(paths)
         model_version = _from_manifest(manifest, MODEL_VERSION, args.model_version)

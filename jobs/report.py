@@ -10,19 +10,14 @@ CLI whose output is the point, so it writes to stdout.
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 
 import sqlalchemy as sa
 
-from jobs import layout
+from jobs import layout, publish
 from jobs.config import load_data_config
-
-
-def _db_url(explicit: str | None) -> str:
-    return explicit or os.environ.get(layout.ENV_DB_URL, layout.DEFAULT_DB_URL)
 
 
 def summarise_run(config: str, logical_date: str, lake_root: str | None,
@@ -33,15 +28,14 @@ def summarise_run(config: str, logical_date: str, lake_root: str | None,
     manifest = layout.read_manifest(paths)
     evaluate = manifest.get("evaluate", {})
     prepare = manifest.get("prepare", {})
-    url = _db_url(db_url)
-    engine = sa.create_engine(url)
+    engine = publish.create_db_engine(publish.db_url(db_url))
+    table = publish.recommendations_table(sa.MetaData(), cfg.publish.table)
+    this_dataset = table.c[publish.DATASET] == cfg.dataset
     try:
         with engine.connect() as conn:
-            table = sa.table(cfg.publish.table, sa.column("dataset"), sa.column("user_id"))
-            rows = conn.execute(sa.select(sa.func.count()).select_from(table)
-                                .where(table.c.dataset == cfg.dataset)).scalar_one()
-            users = conn.execute(sa.select(sa.func.count(sa.distinct(table.c.user_id)))
-                                 .where(table.c.dataset == cfg.dataset)).scalar_one()
+            rows = conn.execute(sa.select(sa.func.count()).where(this_dataset)).scalar_one()
+            users = conn.execute(sa.select(sa.func.count(sa.distinct(table.c[layout.USER_ID])))
+                                 .where(this_dataset)).scalar_one()
     finally:
         engine.dispose()
     metrics = evaluate.get("metrics", {})
@@ -54,7 +48,7 @@ def summarise_run(config: str, logical_date: str, lake_root: str | None,
         f"  test AUC             {metrics.get('test_auc', float('nan')):.4f}",
         f"  model                {evaluate.get('model_name', '?')} "
         f"version {evaluate.get('model_version', '?')} (MLflow run {evaluate.get('run_id', '?')})",
-        f"  table                {cfg.publish.table} at {sa.make_url(url).render_as_string()}",
+        f"  table                {cfg.publish.table} at {publish.masked_url(engine.url)}",
         f"  rows for {cfg.dataset:<11} {rows} ({users} users)",
         f"  lake                 {paths.base}",
         "  MLflow UI            make ui   (then open http://127.0.0.1:5000)",
@@ -66,13 +60,15 @@ def summarise_run(config: str, logical_date: str, lake_root: str | None,
 
 def user_recommendations(config: str, user_id: str, db_url: str | None) -> str:
     cfg = load_data_config(config)
-    engine = sa.create_engine(_db_url(db_url))
-    query = sa.text(f"SELECT rank, item_id, score, model_version, generated_at "  # noqa: S608
-                    f"FROM {cfg.publish.table} WHERE dataset = :dataset AND user_id = :user "
-                    "ORDER BY rank")
+    engine = publish.create_db_engine(publish.db_url(db_url))
+    table = publish.recommendations_table(sa.MetaData(), cfg.publish.table)
+    query = (sa.select(table.c[layout.RANK], table.c[layout.ITEM_ID], table.c[layout.SCORE],
+                       table.c[publish.MODEL_VERSION], table.c[publish.GENERATED_AT])
+             .where(table.c[publish.DATASET] == cfg.dataset, table.c[layout.USER_ID] == user_id)
+             .order_by(table.c[layout.RANK]))
     try:
         with engine.connect() as conn:
-            rows = conn.execute(query, {"dataset": cfg.dataset, "user": user_id}).all()
+            rows = conn.execute(query).all()
     finally:
         engine.dispose()
     if not rows:

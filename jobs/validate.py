@@ -31,8 +31,6 @@ from typing import Any
 import great_expectations as gx
 import numpy as np
 import pandas as pd
-import pyarrow as pa
-import pyarrow.dataset as pads
 from great_expectations.core import ExpectationSuite
 from great_expectations.data_context import EphemeralDataContext
 from great_expectations.data_context.types.base import (
@@ -192,14 +190,10 @@ class _Check:
 
 def read_lake_folder(path: Path, schema: Schema) -> pd.DataFrame:
     """A lake dataset folder as pandas; an existing folder without data files is 0 rows."""
-    if not path.is_dir():
-        raise DataValidationError(f"{path} does not exist: the stage that writes "
-                                  f"{path.name}/ has not run (or failed) for this date")
     try:
-        dataset = pads.dataset(path, format="parquet")  # skips _SUCCESS, .crc, .tmp-*
-        table = dataset.to_table() if dataset.files else layout.arrow_schema(schema).empty_table()
-    except (pa.ArrowException, OSError) as exc:
-        raise DataValidationError(f"{path}: not a readable Parquet folder: {exc}") from exc
+        table = layout.read_lake_table(path, schema)
+    except layout.LakeReadError as exc:
+        raise DataValidationError(str(exc)) from exc
     frame = table.to_pandas()
     # GX 1.24 vectorises expect_column_values_to_be_between only for int64/float64 columns;
     # int32 indices would go through a Python call per value (~20x slower on 5M rows).

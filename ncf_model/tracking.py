@@ -107,9 +107,6 @@ class RunLogger:
     def log_dict(self, payload: Mapping[str, Any], artifact_file: str) -> None:
         mlflow.log_dict(dict(payload), artifact_file)
 
-    def log_figure(self, figure: Any, artifact_file: str) -> None:
-        mlflow.log_figure(figure, artifact_file)
-
     def log_lineage(self, *, lake_path: Path, manifest_sha256: str, context: str) -> None:
         """Record which lake folder (and which manifest) the run read, as an MLflow dataset."""
         import pandas as pd
@@ -173,8 +170,3 @@ def promote_if_better(name: str, version: str, *, metric: str, value: float,
     log.info("model %s version %s: %s -> %s", name, version, reason,
              "champion" if promoted else "not promoted")
     return promoted, reason
-
-
-def run_metrics(run_id: str) -> dict[str, float]:
-    configure()
-    return dict(MlflowClient().get_run(run_id).data.metrics)

@@ -80,3 +80,24 @@ def test_checksums(tmp_path: Path) -> None:
     assert layout.sha256_dir(tmp_path / "a") == before
     (tmp_path / "a" / "part-0.parquet").write_bytes(b"abd")
     assert layout.sha256_dir(tmp_path / "a") != before
+
+
+def test_read_lake_table_missing_empty_and_written(tmp_path: Path) -> None:
+    import pyarrow.parquet as pq
+
+    with pytest.raises(layout.LakeReadError, match="does not exist"):
+        layout.read_lake_table(tmp_path / "users", layout.USERS_SCHEMA)
+    folder = tmp_path / "users"
+    folder.mkdir()
+    (folder / "_SUCCESS").write_bytes(b"")
+    empty = layout.read_lake_table(folder, layout.USERS_SCHEMA)
+    assert empty.num_rows == 0 and empty.schema == layout.arrow_schema(layout.USERS_SCHEMA)
+    table = pa.table({layout.USER_ID: ["u1", "u2"], layout.USER_IDX: pa.array([0, 1], pa.int32()),
+                      "extra": [1, 2]})
+    pq.write_table(table, folder / "part-00000.parquet")
+    read = layout.read_lake_table(folder, layout.USERS_SCHEMA)
+    assert read.column_names == [layout.USER_ID, layout.USER_IDX]  # only the contract's columns
+    assert read.column(layout.USER_ID).to_pylist() == ["u1", "u2"]
+    (folder / "part-00001.parquet").write_bytes(b"not parquet")
+    with pytest.raises(layout.LakeReadError, match="not a readable Parquet folder"):
+        layout.read_lake_table(folder, layout.USERS_SCHEMA)

@@ -25,7 +25,7 @@ export NCF_CACHE_DIR ?= $(CURDIR)/data/raw-cache
 export NCF_DB_URL ?= sqlite:///$(CURDIR)/data/recommendations.db
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
-.PHONY: help venv run test test-fast lint typecheck ui query clean bench
+.PHONY: help venv run test test-fast lint typecheck ui query rollback clean bench
 
 help: ## list the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-11s %s\n", $$1, $$2}'
@@ -63,8 +63,16 @@ typecheck: venv ## mypy
 ui: venv ## open the MLflow UI on http://127.0.0.1:5000 over the local tracking store
 	$(VENV)/bin/mlflow ui --backend-store-uri $(MLFLOW_TRACKING_URI) --host 127.0.0.1 --port 5000
 
-query: venv ## print a user's recommendations: make query USER_ID=196 [DATASET=ml-100k]
-	@$(PY) -m jobs.report --config configs/$(DATASET).yaml --user "$(USER_ID)"
+# `make query USER=196`: USER is also the login name in the environment, so only a value
+# given on the command line (or USER_ID=) is taken as the user to look up.
+QUERY_USER = $(or $(USER_ID),$(if $(filter command line,$(origin USER)),$(USER)))
+query: venv ## print a user's recommendations with titles: make query USER=196 [DATASET=ml-100k]
+	@test -n "$(QUERY_USER)" || { echo "usage: make query USER=<user id> [DATASET=$(DATASET)]"; exit 2; }
+	@$(PY) -m jobs.report --config configs/$(DATASET).yaml --user "$(QUERY_USER)"
+
+rollback: venv ## serve the previous published run again: make rollback [DATASET=..] [TO_DATE=YYYY-MM-DD]
+	$(PY) -m jobs.publish rollback --config configs/$(DATASET).yaml $(if $(TO_DATE),--to-date $(TO_DATE))
+	@$(PY) -m jobs.publish runs --config configs/$(DATASET).yaml
 
 bench: venv ## training throughput vs a per-sample DataLoader (prints figures, asserts nothing)
 	$(PY) bench/train.py

@@ -12,7 +12,13 @@
   report lands in `lake/<dataset>/<date>/reports/`.
 * **train**, **evaluate**, **recommend**: `ncf_model` (PyTorch, CUDA when present) in a
   subprocess; metrics and the model go to MLflow, the model is registered.
-* **publish**: atomic swap of the dataset's rows in the SQL table `recommendations`.
+* **evaluate** is also the champion gate: it scores the registry's `champion` on the same
+  test split and moves the alias only when the new model is not worse (within
+  `evaluate.tolerance`) and clears `evaluate.min_hr`. When it refuses, it exits 99: the task
+  is *skipped*, recommend and publish are skipped with it, and the table keeps its set.
+* **publish**: bulk load, then an atomic swap of the dataset's rows in the SQL table
+  `recommendations` (connection `ncf_recommendations`, else `$NCF_DB_URL`); it emits the
+  asset `ncf://recommendations/<dataset>` that downstream DAGs are scheduled on.
 
 Every task reads and writes only `lake/<dataset>/<logical date>/`, so any task can be
 cleared and re-run alone, and a re-run of the same date rewrites the same outputs.
@@ -25,10 +31,12 @@ import shlex
 import sys
 from datetime import datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 from airflow.providers.apache.spark.operators.spark_submit import SparkSubmitOperator
 from airflow.providers.standard.operators.bash import BashOperator
-from airflow.sdk import DAG
+from airflow.sdk import DAG, task
+from ncf_common import recommendations_asset, recommendations_db_url
 
 from jobs.config import read_yaml
 
@@ -68,17 +76,45 @@ def _spark_job(stage: str, config: Path, dataset: str) -> SparkSubmitOperator:
     )
 
 
+# ncf_model and jobs exit with this code to mark their task skipped (the champion gate).
+SKIP_EXIT_CODE = 99
+
+
 def _python_job(task_id: str, module: str, config: Path, *extra: str) -> BashOperator:
     """`python -m <module>` in a subprocess: torch/GX stay out of the Airflow worker.
 
-    The last line the module prints becomes the task's XCom (a run id, a version).
+    The last line the module prints becomes the task's XCom (a run id, a version); exit
+    code 99 marks the task skipped, and the tasks after it are skipped too.
     """
     command = " ".join(shlex.quote(part) for part in
                        [PYTHON, "-m", *module.split(), *_stage_args(config), *extra])
     # The logical date is Jinja: keep it unquoted so it renders ({{ ds }} has no spaces).
     command = command.replace(shlex.quote("{{ ds }}"), "{{ ds }}")
     return BashOperator(task_id=task_id, bash_command=command, cwd=str(REPO),
-                        env={"PYTHONUNBUFFERED": "1"}, append_env=True)
+                        env={"PYTHONUNBUFFERED": "1"}, append_env=True,
+                        skip_on_exit_code=SKIP_EXIT_CODE)
+
+
+def _publish_task(config: Path, dataset: str) -> Any:
+    asset = recommendations_asset(dataset)
+
+    @task(task_id="publish", outlets=[asset])
+    def publish(ds: str | None = None, outlet_events: Any = None) -> dict[str, object]:
+        """Load topk/ into the table and swap it in; the asset event carries the counts."""
+        from jobs import cli, layout
+        from jobs.config import load_data_config
+        from jobs.publish import publish_run
+
+        cfg = load_data_config(config)
+        paths = layout.LakePaths(cli.lake_root(None), cfg.dataset, str(ds))
+        entry = publish_run(cfg, paths, recommendations_db_url())
+        keys = ("dataset", "rows", "users", "popularity_users", "model_name", "model_version",
+                "run_id", "table")
+        outlet_events[asset].extra = {**{key: entry[key] for key in keys},
+                                      "logical_date": str(ds)}
+        return entry
+
+    return publish()
 
 
 def build_dag(config: Path) -> DAG:
@@ -103,7 +139,7 @@ def build_dag(config: Path) -> DAG:
         train = _python_job("train", "ncf_model train", config)
         evaluate = _python_job("evaluate", "ncf_model evaluate", config)
         recommend = _python_job("recommend", "ncf_model recommend", config)
-        publish = _python_job("publish", "jobs.publish", config)
+        publish = _publish_task(config, dataset)
 
         (ingest >> validate_interactions >> prepare >> validate_splits >> train >> evaluate
          >> recommend >> publish)

@@ -13,7 +13,7 @@ loader. No pyspark import here, so the DAG files and `ncf_model` can use it.
     train:    ...  (ncf_model.config)
     evaluate: ...  (ncf_model.config)
     recommend: ... (ncf_model.config)
-    publish:  {table, model_name}
+    publish:  {table, runs_table, history_table, keep_runs, reader_role, model_name}
 
 `dataclasses.asdict(section)` is exactly what goes to MLflow params and the manifest.
 """
@@ -176,16 +176,29 @@ class PrepareConfig:
         check_field(self.output_partitions >= 1, "output_partitions", "must be >= 1")
 
 
+_SQL_NAME = r"[A-Za-z_][A-Za-z0-9_]*"
+
+
 @dataclasses.dataclass(frozen=True)
 class PublishConfig:
-    """The SQL table downstream teams read (the database URL is a deployment setting)."""
+    """The SQL tables downstream teams read (the database URL is a deployment setting)."""
 
     table: str = "recommendations"
+    runs_table: str = "recommendation_runs"
+    history_table: str = "recommendation_history"
+    keep_runs: int = 7  # runs whose rows stay in history_table, for rollback
+    reader_role: str | None = None  # PostgreSQL role granted SELECT and nothing else
     model_name: str | None = None  # registered model name; default ncf-<dataset>
 
     def __post_init__(self) -> None:
-        check_field(bool(re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", self.table)), "table",
-               "must be a plain SQL identifier")
+        for name in ("table", "runs_table", "history_table"):
+            check_field(bool(re.fullmatch(_SQL_NAME, getattr(self, name))), name,
+                        "must be a plain SQL identifier")
+        check_field(len({self.table, self.runs_table, self.history_table}) == 3, "table",
+                    "table, runs_table and history_table must be three different names")
+        check_field(self.keep_runs >= 1, "keep_runs", "must be >= 1 (the serving run)")
+        check_field(self.reader_role is None or bool(re.fullmatch(_SQL_NAME, self.reader_role)),
+                    "reader_role", "must be a plain SQL identifier or null")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -7,12 +7,14 @@ the DAG files can all import it.
     data/lake/<dataset>/<logical_date>/
         interactions/  user_id string, item_id string, ts timestamp, value double
         rejects/       source_file string, line string, reason string
+        user_features/ item_features/  side features of the raw ids (hybrid models)
+        presplit_test/ a source's own test split, raw ids (NCF paper's files only)
         users/ items/  user_id -> user_idx int32, item_id -> item_idx int32 (dense from 0)
         train/         user_idx, item_idx, label int8 (positives + sampled negatives)
         validation/    per user the second-latest positive + m sampled negatives
         test/          per user the latest positive + m sampled negatives
         model/         the trained model (state dict + config) chosen on validation
-        topk/          user_idx, rank, item_idx, score
+        topk/          user_idx, rank, item_idx, score, source (model | popularity)
         reports/       validation reports (Great Expectations results)
         _manifest.json row counts, parameters, seed, input checksums of each stage
 
@@ -48,10 +50,20 @@ SCORE = "score"
 SOURCE_FILE = "source_file"
 LINE = "line"
 REASON = "reason"
+AGE_BUCKET = "age_bucket"
+GENDER = "gender"
+OCCUPATION = "occupation"
+COUNTRY = "country"
+TITLE = "title"
+GENRES = "genres"
+SOURCE = "source"  # where a recommendation came from: SOURCE_MODEL or SOURCE_POPULARITY
 
 # --- dataset folders ----------------------------------------------------------
 INTERACTIONS = "interactions"
 REJECTS = "rejects"
+USER_FEATURES = "user_features"
+ITEM_FEATURES = "item_features"
+PRESPLIT_TEST = "presplit_test"
 USERS = "users"
 ITEMS = "items"
 TRAIN = "train"
@@ -72,7 +84,21 @@ REJECTS_SCHEMA: Schema = ((SOURCE_FILE, "string"), (LINE, "string"), (REASON, "s
 USERS_SCHEMA: Schema = ((USER_ID, "string"), (USER_IDX, "int"))
 ITEMS_SCHEMA: Schema = ((ITEM_ID, "string"), (ITEM_IDX, "int"))
 PAIRS_SCHEMA: Schema = ((USER_IDX, "int"), (ITEM_IDX, "int"), (LABEL, "tinyint"))
-TOPK_SCHEMA: Schema = ((USER_IDX, "int"), (RANK, "int"), (ITEM_IDX, "int"), (SCORE, "float"))
+# Side features: a column is null where the dataset does not have it. age_bucket is one of
+# AGE_BUCKETS; genres holds MovieLens genres, or an artist's most used tags (HetRec 2K).
+USER_FEATURES_SCHEMA: Schema = ((USER_ID, "string"), (AGE_BUCKET, "string"), (GENDER, "string"),
+                                (OCCUPATION, "string"), (COUNTRY, "string"))
+ITEM_FEATURES_SCHEMA: Schema = ((ITEM_ID, "string"), (TITLE, "string"),
+                                (GENRES, "array<string>"))
+# A source's own test split (raw ids): per user one positive (label 1) and its negatives.
+PRESPLIT_TEST_SCHEMA: Schema = ((USER_ID, "string"), (ITEM_ID, "string"), (LABEL, "tinyint"))
+# MovieLens 1M's age codes, as bands; raw ages elsewhere are bucketed into the same ones.
+AGE_BUCKETS = ("<18", "18-24", "25-34", "35-44", "45-49", "50-55", "56+")
+TOPK_SCHEMA: Schema = ((USER_IDX, "int"), (RANK, "int"), (ITEM_IDX, "int"), (SCORE, "float"),
+                       (SOURCE, "string"))
+# A topk/ row is the model's score, or a cold-start user's popularity fallback.
+SOURCE_MODEL = "model"
+SOURCE_POPULARITY = "popularity"
 
 # Reasons a raw line lands in rejects/ (manifest counts are keyed by these).
 REASON_FIELD_COUNT = "wrong_field_count"
@@ -80,6 +106,7 @@ REASON_NOT_NUMERIC = "not_numeric"
 REASON_OUT_OF_RANGE = "out_of_range"
 REASON_BAD_TIMESTAMP = "bad_timestamp"
 REASON_EMPTY_ID = "empty_id"
+REASON_BAD_ENCODING = "bad_encoding"  # not UTF-8; the line is kept as latin-1 (byte for byte)
 
 # Deployment settings read from the environment by entry points (never by transforms).
 ENV_LAKE_ROOT = "NCF_LAKE_ROOT"

@@ -1,28 +1,34 @@
-"""Publish: the top-K lists of one run into the SQL table downstream teams query.
+"""Publish: one run's top-K lists into the SQL tables downstream teams query.
 
-Reads ``topk/`` (user_idx, rank, item_idx, score), ``users/`` and ``items/`` from the run's
-lake folder, maps the dense indices back to raw ids and replaces this dataset's rows of
+Reads ``topk/`` (user_idx, rank, item_idx, score, source), ``users/`` and ``items/`` from the
+run's lake folder, maps the dense indices back to raw ids, loads the rows into the history
+table and swaps them into
 
-    recommendations(dataset, user_id, rank, item_id, score, model_name, model_version,
+    recommendations(dataset, user_id, rank, item_id, score, source, model_name, model_version,
                     run_id, generated_at)   primary key (dataset, user_id, rank)
 
-in one transaction: a reader sees the previous complete set or the new complete set, never a
-mix, and other datasets' rows are never touched. Any SQLAlchemy URL works: SQLite on a
-laptop (WAL journal, so readers are not blocked while a publish runs), PostgreSQL at scale.
+in one transaction (`jobs.table`): a reader sees the previous complete set or the new one,
+never a mix, and other datasets' rows are never touched. Any SQLAlchemy URL works: SQLite on
+a laptop, PostgreSQL at scale (COPY, a read-only role for downstream teams).
 
     python -m jobs.publish --config configs/ml-100k.yaml --logical-date 2026-11-23 \
         [--lake-root data/lake] [--db-url sqlite:///data/recommendations.db] \
         [--model-version 3 --run-id <mlflow run id>]
+    python -m jobs.publish rollback --config configs/ml-100k.yaml [--to-date 2026-11-21]
+    python -m jobs.publish runs --config configs/ml-100k.yaml
 
-Model version and run id default to what evaluate recorded in the manifest. The database URL
-is --db-url, else $NCF_DB_URL, else a SQLite file under data/.
+Model version and run id default to what recommend recorded in the manifest. The database
+URL is --db-url, else $NCF_DB_URL, else a SQLite file under data/ (an Airflow connection is
+resolved by the DAG and passed as --db-url).
 """
 
 from __future__ import annotations
 
+import argparse
 import datetime as dt
 import logging
 import os
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -30,10 +36,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import sqlalchemy as sa
-from sqlalchemy.engine import Engine
 
-from jobs import cli, layout
-from jobs.config import ConfigError, load_data_config
+from jobs import cli, layout, table
+from jobs.config import ConfigError, DataConfig, load_data_config
 from jobs.layout import (
     ITEM_ID,
     ITEM_IDX,
@@ -41,6 +46,7 @@ from jobs.layout import (
     ITEMS_SCHEMA,
     RANK,
     SCORE,
+    SOURCE,
     TOPK,
     TOPK_SCHEMA,
     USER_ID,
@@ -50,83 +56,25 @@ from jobs.layout import (
     LakePaths,
     Schema,
 )
+from jobs.table import (
+    DATASET,
+    GENERATED_AT,
+    MODEL_NAME,
+    MODEL_VERSION,
+    RUN_ID,
+    TABLE_COLUMNS,
+    TableError,
+    Tables,
+)
 
 logger = logging.getLogger(__name__)
 
-# Columns of the published table that are not lake columns (the table contract lives here).
-DATASET = "dataset"
-MODEL_NAME = "model_name"
-MODEL_VERSION = "model_version"
-RUN_ID = "run_id"
-GENERATED_AT = "generated_at"
-TABLE_COLUMNS = (DATASET, USER_ID, RANK, ITEM_ID, SCORE, MODEL_NAME, MODEL_VERSION, RUN_ID,
-                 GENERATED_AT)
-
-INSERT_CHUNK = 10_000  # rows per executemany call: bounds driver memory, not atomicity
 SAMPLE_SIZE = 5
+SOURCES = (layout.SOURCE_MODEL, layout.SOURCE_POPULARITY)
 
 
 class PublishError(Exception):
     """The recommendations cannot be published; the message names the input and the problem."""
-
-
-# --- the table ----------------------------------------------------------------------
-
-
-def recommendations_table(metadata: sa.MetaData, name: str) -> sa.Table:
-    """The published table; `generated_at` is UTC, stored without a time zone."""
-    return sa.Table(
-        name, metadata,
-        sa.Column(DATASET, sa.Text, primary_key=True),
-        sa.Column(USER_ID, sa.Text, primary_key=True),
-        sa.Column(RANK, sa.Integer, primary_key=True, autoincrement=False),  # 1 = best
-        sa.Column(ITEM_ID, sa.Text, nullable=False),
-        sa.Column(SCORE, sa.Float, nullable=False),
-        sa.Column(MODEL_NAME, sa.Text, nullable=False),
-        sa.Column(MODEL_VERSION, sa.Text, nullable=False),
-        sa.Column(RUN_ID, sa.Text, nullable=False),
-        sa.Column(GENERATED_AT, sa.DateTime(timezone=False), nullable=False),
-    )
-
-
-def ensure_table(engine: Engine, name: str) -> sa.Table:
-    """Create the table if it is absent; refuse one that lacks a column of the contract."""
-    table = recommendations_table(sa.MetaData(), name)
-    try:
-        table.metadata.create_all(engine, checkfirst=True)
-    except sa.exc.DBAPIError:
-        if not sa.inspect(engine).has_table(name):  # else: a concurrent first publish won
-            raise
-    existing = {column["name"] for column in sa.inspect(engine).get_columns(name)}
-    missing = [column for column in TABLE_COLUMNS if column not in existing]
-    if missing:
-        raise PublishError(f"table {name} at {masked_url(engine.url)} exists without column(s) "
-                           f"{missing}; migrate it or publish to another table "
-                           "(publish.table in the config)")
-    return table
-
-
-def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
-    # WAL: readers keep reading the last committed set while a publish writes the next one
-    # (with the default rollback journal they would get "database is locked").
-    cursor = dbapi_connection.cursor()
-    try:
-        cursor.execute("PRAGMA journal_mode=WAL")
-    finally:
-        cursor.close()
-
-
-def create_db_engine(url: str | sa.URL) -> Engine:
-    """An engine for `url`; SQLite connections are switched to the WAL journal on connect."""
-    engine = sa.create_engine(url)
-    if engine.dialect.name == "sqlite":
-        sa.event.listen(engine, "connect", _sqlite_pragmas)
-    return engine
-
-
-def masked_url(url: str | sa.URL) -> str:
-    """The URL as text with any password replaced by ***, fit for logs and the manifest."""
-    return sa.make_url(url).render_as_string(hide_password=True)
 
 
 # --- rows ---------------------------------------------------------------------------
@@ -176,6 +124,9 @@ def _check_topk(topk: pd.DataFrame) -> None:
                            f"do not, e.g. user_idx {_sample(gaps.index)} (min rank "
                            f"{gaps['min'].iloc[0]}, max {gaps['max'].iloc[0]}, "
                            f"{gaps['size'].iloc[0]} rows); re-run recommend")
+    unknown = sorted(set(topk[SOURCE].astype(str)) - set(SOURCES))
+    if unknown:
+        raise PublishError(f"{TOPK}: source must be one of {list(SOURCES)}, got {unknown}")
     repeated = topk[topk.duplicated([USER_IDX, ITEM_IDX], keep=False)]
     if not repeated.empty:
         raise PublishError(f"{TOPK}: an item appears twice in one user's list, e.g. "
@@ -216,6 +167,7 @@ def build_rows(topk: pd.DataFrame, users: pd.DataFrame, items: pd.DataFrame, *, 
         RANK: ordered[RANK].astype("int64"),
         ITEM_ID: _map_ids(ordered, items, ITEMS, ITEMS_SCHEMA),
         SCORE: ordered[SCORE].astype("float64"),
+        SOURCE: ordered[SOURCE].astype(str),
         MODEL_NAME: model_name,
         MODEL_VERSION: model_version,
         RUN_ID: run_id,
@@ -224,86 +176,25 @@ def build_rows(topk: pd.DataFrame, users: pd.DataFrame, items: pd.DataFrame, *, 
     return rows[list(TABLE_COLUMNS)]
 
 
-def _records(rows: pd.DataFrame) -> list[dict[str, Any]]:
-    """Plain Python values for the driver (no numpy scalars, no pandas Timestamps)."""
-    values = {column: rows[column].astype(object).where(rows[column].notna(), None).tolist()
-              for column in TABLE_COLUMNS}
-    values[GENERATED_AT] = [v.to_pydatetime() if isinstance(v, pd.Timestamp) else v
-                            for v in values[GENERATED_AT]]
-    return [dict(zip(TABLE_COLUMNS, row, strict=True))
-            for row in zip(*(values[c] for c in TABLE_COLUMNS), strict=True)]
-
-
-# --- the swap -----------------------------------------------------------------------
-
-
-def publish_recommendations(engine: Engine, table: str, rows: pd.DataFrame, *,
-                            dataset: str) -> int:
-    """Replace `dataset`'s rows of `table` by `rows` in one transaction; the new row count.
-
-    Delete and insert share the transaction, so readers see the old complete set until the
-    commit and the new complete set after it. On any failure it rolls back and the old set
-    stays. The count is read back inside the transaction (drivers' rowcounts for bulk
-    inserts are unreliable: psycopg 3 reports -1).
-    """
-    missing = [column for column in TABLE_COLUMNS if column not in rows.columns]
-    if missing:
-        raise PublishError(f"rows for {table}: missing column(s) {missing}; use build_rows")
-    if rows.empty:
-        raise PublishError(f"no rows for dataset {dataset!r}: refusing to replace its "
-                           f"recommendations in {table} with nothing")
-    others = sorted(set(rows[DATASET].astype(str)) - {dataset})
-    if others:
-        raise PublishError(f"rows for dataset {dataset!r} also hold dataset(s) {others}; "
-                           "publish each dataset on its own")
-    records = _records(rows)
-    where = f"{table} at {masked_url(engine.url)}"
-    try:
-        target = ensure_table(engine, table)
-        with engine.begin() as conn:
-            if conn.dialect.name == "postgresql":
-                # Two publishers of one dataset would otherwise both delete the old set and
-                # then collide on the primary key; the lock is released at commit/rollback.
-                conn.execute(sa.select(sa.func.pg_advisory_xact_lock(
-                    sa.func.hashtext(f"{table}/{dataset}"))))
-            # The DELETE opens the write transaction on SQLite too (pysqlite begins before
-            # the first DML), so the count below is read inside it.
-            replaced = conn.execute(
-                sa.delete(target).where(target.c[DATASET] == dataset)).rowcount
-            for start in range(0, len(records), INSERT_CHUNK):
-                conn.execute(sa.insert(target), records[start:start + INSERT_CHUNK])
-            count = conn.execute(sa.select(sa.func.count()).select_from(target)
-                                 .where(target.c[DATASET] == dataset)).scalar_one()
-            if count != len(records):
-                raise PublishError(f"{where}: read back {count} rows for {dataset!r} after "
-                                   f"inserting {len(records)}; rolled back")
-    except sa.exc.SQLAlchemyError as exc:
-        cause = exc.orig if isinstance(exc, sa.exc.DBAPIError) else exc
-        raise PublishError(f"publishing {len(records)} rows for {dataset!r} to {where} failed "
-                           "and was rolled back, the previous set is unchanged: "
-                           f"{type(cause).__name__}: {cause}") from exc
-    logger.info("published %d rows for %s to %s (replaced %s)", count, dataset, where, replaced)
-    return int(count)
-
-
-# --- CLI ----------------------------------------------------------------------------
+# --- the stage ----------------------------------------------------------------------
 
 
 def read_lake_frame(path: Path, schema: Schema) -> pd.DataFrame:
     """A lake dataset folder as pandas; a missing or empty folder is a PublishError."""
     try:
-        table = layout.read_lake_table(path, schema)
+        frame = layout.read_lake_table(path, schema)
     except layout.LakeReadError as exc:
         raise PublishError(str(exc)) from exc
-    if table.num_rows == 0:
+    if frame.num_rows == 0:
         raise PublishError(f"{path} is empty: nothing to publish; re-run the stage that "
                            f"writes {path.name}/")
-    return table.to_pandas()
+    return frame.to_pandas()
 
 
 def db_url(explicit: str | None = None) -> str:
-    """--db-url if given, else $NCF_DB_URL, else the local SQLite file."""
-    return explicit or os.environ.get(layout.ENV_DB_URL, layout.DEFAULT_DB_URL)
+    """--db-url if given, else $NCF_DB_URL, else the local SQLite file (SQLAlchemy form)."""
+    return table.sqlalchemy_url(explicit or os.environ.get(layout.ENV_DB_URL)
+                                or layout.DEFAULT_DB_URL)
 
 
 def _prepare_sqlite_folder(url: str) -> None:
@@ -314,13 +205,21 @@ def _prepare_sqlite_folder(url: str) -> None:
         Path(database).parent.mkdir(parents=True, exist_ok=True)
 
 
+def open_engine(url: str) -> sa.Engine:
+    _prepare_sqlite_folder(url)
+    return table.create_db_engine(url)
+
+
+def tables_of(cfg: DataConfig) -> Tables:
+    return Tables.declare(cfg.publish.table, cfg.publish.runs_table, cfg.publish.history_table)
+
+
 def _from_manifest(manifest: dict[str, Any], key: str, explicit: str | None) -> str:
-    """The CLI's value, else what recommend (the model behind topk/) or evaluate recorded."""
-    recorded = [manifest.get(stage, {}).get(key) for stage in ("recommend", "evaluate")]
-    value = next((v for v in (explicit, *recorded) if v not in (None, "")), None)
-    if value is None:
-        raise PublishError(f"no {key}: pass --{key.replace('_', '-')}, or run evaluate and "
-                           "recommend for this date (they record the model in the manifest)")
+    """The CLI's value, else what recommend (the model behind topk/) recorded."""
+    value = explicit or manifest.get("recommend", {}).get(key)
+    if value in (None, ""):
+        raise PublishError(f"no {key}: pass --{key.replace('_', '-')}, or run recommend for "
+                           "this date (it records the model behind topk/ in the manifest)")
     return str(value)
 
 
@@ -332,55 +231,133 @@ def _generated_at(manifest: dict[str, Any]) -> dt.datetime:
     return _utc_naive(dt.datetime.now(dt.UTC))
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = cli.stage_parser(__doc__)
-    parser.prog = "python -m jobs.publish"
+def publish_run(cfg: DataConfig, paths: LakePaths, url: str, *,
+                model_version: str | None = None, run_id: str | None = None) -> dict[str, Any]:
+    """Load and swap in one run's recommendations; record and return the manifest entry.
+
+    Raises PublishError (naming the input or the database) and leaves the serving set as it
+    was on any failure; calling it again completes the publish.
+    """
+    manifest = layout.read_manifest(paths)
+    model_version = _from_manifest(manifest, MODEL_VERSION, model_version)
+    run_id = _from_manifest(manifest, RUN_ID, run_id)
+    topk = read_lake_frame(paths.path(TOPK), TOPK_SCHEMA)
+    users = read_lake_frame(paths.path(USERS), USERS_SCHEMA)
+    items = read_lake_frame(paths.path(ITEMS), ITEMS_SCHEMA)
+    rows = build_rows(topk, users, items, dataset=cfg.dataset, model_name=cfg.model_name,
+                      model_version=model_version, run_id=run_id,
+                      generated_at=_generated_at(manifest))
+    tables = tables_of(cfg)
+    info = table.RunInfo(dataset=cfg.dataset, logical_date=paths.logical_date, run_id=run_id,
+                         model_name=cfg.model_name, model_version=model_version,
+                         lake_path=str(paths.base))
+    engine = open_engine(url)
+    try:
+        table.ensure_tables(engine, tables)
+        if cfg.publish.reader_role:
+            table.grant_read_only(engine, tables, cfg.publish.reader_role)
+        table.load_run(engine, tables, info, rows)
+        count = table.swap_in(engine, tables, cfg.dataset, paths.logical_date)
+        expired = table.expire_old_runs(engine, tables, cfg.dataset, cfg.publish.keep_runs)
+    except TableError as exc:
+        raise PublishError(str(exc)) from exc
+    except sa.exc.SQLAlchemyError as exc:  # connecting, creating tables, granting
+        cause = exc.orig if isinstance(exc, sa.exc.DBAPIError) else exc
+        raise PublishError(f"database {table.masked_url(url)} failed; nothing was published: "
+                           f"{type(cause).__name__}: {str(cause).strip()}") from exc
+    finally:
+        engine.dispose()
+    entry = {
+        "dataset": cfg.dataset,
+        "table": cfg.publish.table,
+        "db_url": table.masked_url(url),
+        "rows": count,
+        "users": int(rows[USER_ID].nunique()),
+        "popularity_users": int(rows.loc[rows[SOURCE] == layout.SOURCE_POPULARITY,
+                                         USER_ID].nunique()),
+        "k": int(rows[RANK].max()),
+        "model_name": cfg.model_name,
+        "model_version": model_version,
+        "run_id": run_id,
+        "generated_at": rows[GENERATED_AT].iloc[0].isoformat(),
+        "expired_runs": expired,
+    }
+    layout.update_manifest(paths, "publish", entry)
+    logger.info("published %d rows of %s %s (model %s version %s) to %s", count, cfg.dataset,
+                paths.logical_date, cfg.model_name, model_version, table.masked_url(url))
+    return entry
+
+
+# --- CLI ----------------------------------------------------------------------------
+
+
+def _db_argument(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--db-url", default=None,
                         help=f"SQLAlchemy URL; default ${layout.ENV_DB_URL} or "
                              f"{layout.DEFAULT_DB_URL}")
-    parser.add_argument("--model-version", default=None,
-                        help="registered model version; default: the manifest's recommend entry")
-    parser.add_argument("--run-id", default=None,
-                        help="MLflow run id; default: the manifest's recommend entry")
+
+
+def _admin(argv: Sequence[str]) -> int:
+    """`rollback` and `runs`: operator commands on the tables, no lake needed."""
+    parser = argparse.ArgumentParser(prog=f"python -m jobs.publish {argv[0]}")
+    parser.add_argument("command", choices=("rollback", "runs"))
+    parser.add_argument("--config", required=True, type=Path)
+    parser.add_argument("--to-date", type=cli.logical_date, default=None,
+                        help="rollback: the logical date to serve again (default: the latest "
+                             "run older than the serving one)")
+    _db_argument(parser)
     args = parser.parse_args(argv)
     try:
         cfg = load_data_config(args.config)
     except ConfigError as exc:
         logger.error("%s", exc)
         return 2
-    paths = LakePaths(cli.lake_root(args.lake_root), cfg.dataset, args.logical_date)
-    url = db_url(args.db_url)
+    engine = open_engine(db_url(args.db_url))
+    tables = tables_of(cfg)
     try:
-        manifest = layout.read_manifest(paths)
-        model_version = _from_manifest(manifest, MODEL_VERSION, args.model_version)
-        run_id = _from_manifest(manifest, RUN_ID, args.run_id)
-        topk = read_lake_frame(paths.path(TOPK), TOPK_SCHEMA)
-        users = read_lake_frame(paths.path(USERS), USERS_SCHEMA)
-        items = read_lake_frame(paths.path(ITEMS), ITEMS_SCHEMA)
-        rows = build_rows(topk, users, items, dataset=cfg.dataset, model_name=cfg.model_name,
-                          model_version=model_version, run_id=run_id,
-                          generated_at=_generated_at(manifest))
-        _prepare_sqlite_folder(url)
-        engine = create_db_engine(url)
-        try:
-            count = publish_recommendations(engine, cfg.publish.table, rows,
-                                            dataset=cfg.dataset)
-        finally:
-            engine.dispose()
+        if args.command == "rollback":
+            served = table.rollback(engine, tables, cfg.dataset, args.to_date)
+            sys.stdout.write(f"{cfg.dataset}: {cfg.publish.table} now serves the run of "
+                             f"{served}\n")
+        else:
+            table.ensure_tables(engine, tables)
+            for run in table.loaded_runs(engine, tables, cfg.dataset):
+                sys.stdout.write(
+                    f"{run[table.LOGICAL_DATE]}  {run['status']:<8} model {run[MODEL_NAME]} "
+                    f"v{run[MODEL_VERSION]}  {run['rows']} rows  {run['users']} users "
+                    f"({run['popularity_users']} popularity)  served {run['served_at']}\n")
+    except (TableError, sa.exc.SQLAlchemyError) as exc:
+        logger.error("%s", exc)
+        return 1
+    finally:
+        engine.dispose()
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    given = sys.argv[1:] if argv is None else list(argv)
+    if given and given[0] in ("rollback", "runs"):
+        return _admin(given)
+    parser = cli.stage_parser(__doc__)
+    parser.prog = "python -m jobs.publish"
+    _db_argument(parser)
+    parser.add_argument("--model-version", default=None,
+                        help="registered model version; default: the manifest's recommend entry")
+    parser.add_argument("--run-id", default=None,
+                        help="MLflow run id; default: the manifest's recommend entry")
+    args = parser.parse_args(given)
+    try:
+        cfg = load_data_config(args.config)
+    except ConfigError as exc:
+        logger.error("%s", exc)
+        return 2
+    paths = LakePaths(cli.lake_root(args.lake_root), cfg.dataset, args.logical_date)
+    try:
+        publish_run(cfg, paths, db_url(args.db_url), model_version=args.model_version,
+                    run_id=args.run_id)
     except PublishError as exc:
         logger.error("%s", exc)
         return 1
-    layout.update_manifest(paths, "publish", {
-        "table": cfg.publish.table,
-        "db_url": masked_url(url),
-        "rows": count,
-        "users": int(rows[USER_ID].nunique()),
-        "k": int(rows[RANK].max()),
-        "model_name": cfg.model_name,
-        "model_version": model_version,
-        "run_id": run_id,
-        "generated_at": rows[GENERATED_AT].iloc[0].isoformat(),
-    })
     return 0
 
 

@@ -13,10 +13,11 @@ import argparse
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import sqlalchemy as sa
 
-from jobs import layout, publish
+from jobs import layout, publish, table
 from jobs.config import load_data_config
 
 
@@ -28,13 +29,13 @@ def summarise_run(config: str, logical_date: str, lake_root: str | None,
     manifest = layout.read_manifest(paths)
     evaluate = manifest.get("evaluate", {})
     prepare = manifest.get("prepare", {})
-    engine = publish.create_db_engine(publish.db_url(db_url))
-    table = publish.recommendations_table(sa.MetaData(), cfg.publish.table)
-    this_dataset = table.c[publish.DATASET] == cfg.dataset
+    engine = publish.open_engine(publish.db_url(db_url))
+    recs = publish.tables_of(cfg).recommendations
+    this_dataset = recs.c[table.DATASET] == cfg.dataset
     try:
         with engine.connect() as conn:
             rows = conn.execute(sa.select(sa.func.count()).where(this_dataset)).scalar_one()
-            users = conn.execute(sa.select(sa.func.count(sa.distinct(table.c[layout.USER_ID])))
+            users = conn.execute(sa.select(sa.func.count(sa.distinct(recs.c[layout.USER_ID])))
                                  .where(this_dataset)).scalar_one()
     finally:
         engine.dispose()
@@ -48,35 +49,81 @@ def summarise_run(config: str, logical_date: str, lake_root: str | None,
         f"  test AUC             {metrics.get('test_auc', float('nan')):.4f}",
         f"  model                {evaluate.get('model_name', '?')} "
         f"version {evaluate.get('model_version', '?')} (MLflow run {evaluate.get('run_id', '?')})",
-        f"  table                {cfg.publish.table} at {publish.masked_url(engine.url)}",
+        f"  table                {cfg.publish.table} at {table.masked_url(engine.url)}",
         f"  rows for {cfg.dataset:<11} {rows} ({users} users)",
         f"  lake                 {paths.base}",
         "  MLflow UI            make ui   (then open http://127.0.0.1:5000)",
-        f"  one user's list      make query DATASET={cfg.dataset} USER_ID=<user id>",
+        f"  one user's list      make query DATASET={cfg.dataset} USER=<user id>",
+        f"  roll back            make rollback DATASET={cfg.dataset} [TO_DATE=YYYY-MM-DD]",
         "",
     ]
     return "\n".join(lines)
 
 
+def _titles(lake_path: str | None, item_ids: list[str]) -> dict[str, str]:
+    """Item titles from the served run's item_features/, when the dataset has them."""
+    if not lake_path:
+        return {}
+    folder = Path(lake_path) / layout.ITEM_FEATURES
+    try:
+        features = layout.read_lake_table(folder, ((layout.ITEM_ID, "string"),
+                                                   (layout.TITLE, "string")))
+    except layout.LakeReadError:
+        return {}  # a dataset without titles (e.g. last.fm 360K): ids only
+    frame = features.select([layout.ITEM_ID, layout.TITLE]).to_pandas()
+    frame = frame[frame[layout.ITEM_ID].isin(item_ids) & frame[layout.TITLE].notna()]
+    return dict(zip(frame[layout.ITEM_ID], frame[layout.TITLE], strict=True))
+
+
 def user_recommendations(config: str, user_id: str, db_url: str | None) -> str:
+    """One user's list, best first, with item titles when the lake has them."""
     cfg = load_data_config(config)
-    engine = publish.create_db_engine(publish.db_url(db_url))
-    table = publish.recommendations_table(sa.MetaData(), cfg.publish.table)
-    query = (sa.select(table.c[layout.RANK], table.c[layout.ITEM_ID], table.c[layout.SCORE],
-                       table.c[publish.MODEL_VERSION], table.c[publish.GENERATED_AT])
-             .where(table.c[publish.DATASET] == cfg.dataset, table.c[layout.USER_ID] == user_id)
-             .order_by(table.c[layout.RANK]))
+    engine = publish.open_engine(publish.db_url(db_url))
+    tables = publish.tables_of(cfg)
+    recs, runs = tables.recommendations, tables.runs
+    query = (sa.select(recs.c[layout.RANK], recs.c[layout.ITEM_ID], recs.c[layout.SCORE],
+                       recs.c[layout.SOURCE], recs.c[table.MODEL_VERSION],
+                       recs.c[table.GENERATED_AT])
+             .where(recs.c[table.DATASET] == cfg.dataset, recs.c[layout.USER_ID] == user_id)
+             .order_by(recs.c[layout.RANK]))
     try:
         with engine.connect() as conn:
             rows = conn.execute(query).all()
+            has_runs = sa.inspect(conn).has_table(runs.name)
+            lake_path = conn.execute(sa.select(runs.c.lake_path).where(
+                runs.c[table.DATASET] == cfg.dataset, runs.c.status == table.SERVING)
+            ).scalar_one_or_none() if has_runs else None
     finally:
         engine.dispose()
     if not rows:
         return f"no recommendations for user {user_id!r} in {cfg.dataset}"
-    out = [f"{cfg.dataset} user {user_id}: model version {rows[0][3]}, generated {rows[0][4]}"]
-    out += [f"  {rank:>2}. item {item_id:<8} score {score:.4f}"
-            for rank, item_id, score, _v, _g in rows]
+    titles = _titles(lake_path, [row[1] for row in rows])
+    out = [f"{cfg.dataset} user {user_id}: model version {rows[0][4]}, generated {rows[0][5]}"]
+    out += [f"  {rank:>2}. item {item_id:<8} score {score:.4f}  {titles.get(item_id, '')}"
+            f"{'  (popular: new user)' if source == layout.SOURCE_POPULARITY else ''}".rstrip()
+            for rank, item_id, score, source, _v, _g in rows]
     return "\n".join(out)
+
+
+def table_summary(config: str, db_url: str | None) -> dict[str, Any]:
+    """What a downstream consumer checks after a publish: counts and the top items."""
+    cfg = load_data_config(config)
+    engine = publish.open_engine(publish.db_url(db_url))
+    recs = publish.tables_of(cfg).recommendations
+    mine = recs.c[table.DATASET] == cfg.dataset
+    try:
+        with engine.connect() as conn:
+            rows, users, versions = conn.execute(sa.select(
+                sa.func.count(), sa.func.count(sa.distinct(recs.c[layout.USER_ID])),
+                sa.func.max(recs.c[table.MODEL_VERSION])).where(mine)).one()
+            top = conn.execute(sa.select(recs.c[layout.ITEM_ID], sa.func.count().label("n"))
+                               .where(mine, recs.c[layout.RANK] == 1)
+                               .group_by(recs.c[layout.ITEM_ID])
+                               .order_by(sa.desc("n"), recs.c[layout.ITEM_ID]).limit(5)).all()
+    finally:
+        engine.dispose()
+    return {"dataset": cfg.dataset, "rows": int(rows), "users": int(users),
+            "model_version": versions, "top_items_at_rank_1": [[i, int(n)] for i, n in top]}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -1,7 +1,10 @@
-"""The trained model in the lake: `model/` holds `state_dict.pt` and `model.json`.
+"""The trained model in the lake: `model/` holds `state_dict.pt`, `model.json` and the id
+vocabulary (`users.parquet`, `items.parquet`: raw id -> index the model was trained with).
 
 `model.json` carries the ModelConfig and the index sizes, so evaluate and recommend
-rebuild exactly the trained architecture without the training config at hand.
+rebuild exactly the trained architecture without the training config at hand. The
+vocabulary lets a later day's data (whose dense indices may differ) be scored with this
+model: the folder is also logged to MLflow, so the registry's champion is self-contained.
 """
 
 from __future__ import annotations
@@ -14,12 +17,15 @@ from typing import Any
 import torch
 from torch import nn
 
+from jobs import layout
 from jobs.layout import staged_dir
 from ncf_model.config import ModelConfig
 from ncf_model.models import build_model
 
 STATE_FILE = "state_dict.pt"
 META_FILE = "model.json"
+USERS_FILE = "users.parquet"
+ITEMS_FILE = "items.parquet"
 
 
 class CheckpointError(FileNotFoundError):
@@ -27,15 +33,43 @@ class CheckpointError(FileNotFoundError):
 
 
 def save_model(model: nn.Module, cfg: ModelConfig, *, n_users: int, n_items: int,
-               folder: Path, extra: dict[str, Any] | None = None) -> None:
-    """Write the model atomically: a reader sees the previous model folder or this one."""
+               folder: Path, vocabulary: tuple[Path, Path],
+               extra: dict[str, Any] | None = None) -> None:
+    """Write the model atomically: a reader sees the previous model folder or this one.
+
+    `vocabulary` is the (users/, items/) lake folders of the data the model was trained on.
+    """
+    import pyarrow.parquet as pq
+
     state = {name: tensor.detach().cpu() for name, tensor in model.state_dict().items()}
     meta = {"model": dataclasses.asdict(cfg), "n_users": n_users, "n_items": n_items,
             **(extra or {})}
+    users_dir, items_dir = vocabulary
+    users = layout.read_lake_table(users_dir, layout.USERS_SCHEMA).sort_by(layout.USER_IDX)
+    items = layout.read_lake_table(items_dir, layout.ITEMS_SCHEMA).sort_by(layout.ITEM_IDX)
+    if (users.num_rows, items.num_rows) != (n_users, n_items):
+        raise CheckpointError(f"{users_dir} / {items_dir} hold {users.num_rows} users and "
+                              f"{items.num_rows} items, the model {n_users} x {n_items}")
     with staged_dir(folder) as tmp:
         tmp.mkdir(parents=True)
         torch.save(state, tmp / STATE_FILE)
         (tmp / META_FILE).write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
+        pq.write_table(users, tmp / USERS_FILE)
+        pq.write_table(items, tmp / ITEMS_FILE)
+
+
+def load_vocabulary(folder: Path) -> tuple[list[str], list[str]]:
+    """(user ids, item ids) of a model folder, each in index order (position = index)."""
+    import pyarrow.parquet as pq
+
+    paths = (Path(folder) / USERS_FILE, Path(folder) / ITEMS_FILE)
+    missing = [str(p) for p in paths if not p.is_file()]
+    if missing:
+        raise CheckpointError(f"{folder}: no id vocabulary ({', '.join(missing)}); the model "
+                              "predates it: retrain to serve it on another day's data")
+    users = pq.read_table(paths[0]).sort_by(layout.USER_IDX)
+    items = pq.read_table(paths[1]).sort_by(layout.ITEM_IDX)
+    return (users.column(layout.USER_ID).to_pylist(), items.column(layout.ITEM_ID).to_pylist())
 
 
 def load_model(folder: Path,

@@ -8,10 +8,13 @@ train      reads train/ and validation/, trains on CUDA if present (else CPU), k
            with the best validation HR@k, writes model/, logs params, per-epoch metrics and
            the model to a new MLflow run; prints the run id (the Airflow task's XCom).
 evaluate   reads model/ and test/, logs test HR@k / NDCG@k / AUC to the same run, registers
-           a model version and moves `champion` to it if it clears `evaluate.min_hr`;
-           fails (publishing nothing) if it does not. Prints the model version.
-recommend  reads model/ and every split's positives, writes topk/: the top-k unseen items
-           per user.
+           a model version, scores the current `champion` on the same test split and moves
+           the alias only if the new HR@k clears `evaluate.min_hr` and is at most
+           `evaluate.tolerance` worse. Prints the version; exits 99 (Airflow: skipped, so
+           nothing new is published) when refused and `evaluate.on_refusal` is `skip`.
+recommend  scores every user of this date's data with the registry's champion (downloaded
+           from MLflow when it is an earlier run's model) and writes topk/: the top-k unseen
+           items per user; users the champion does not know get popular items instead.
 Each stage records its counts and parameters in the run's `_manifest.json`.
 """
 
@@ -22,20 +25,22 @@ import dataclasses
 import logging
 import os
 import sys
+import tempfile
 import time
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import torch
 
 from jobs import layout
 from jobs.cli import configure_logging, lake_root, stage_parser
-from ncf_model import checkpoint, tracking
+from ncf_model import champion, checkpoint, tracking
 from ncf_model.config import NCFConfig, load_ncf_config
 from ncf_model.data import Pairs, TrainingData, load_pairs
-from ncf_model.evaluate import evaluate
+from ncf_model.evaluate import champion_gate, evaluate
 from ncf_model.models import PairScorer, build_model
-from ncf_model.topk import recommend_top_k
+from ncf_model.topk import popularity_top_k, recommend_top_k
 from ncf_model.train import select_device, train
 
 log = logging.getLogger("ncf_model")
@@ -46,8 +51,10 @@ class StageError(RuntimeError):
     """A stage cannot run on what the lake holds; the message says which stage to run first."""
 
 
-class PromotionRefused(RuntimeError):
-    """The new model did not clear the champion gate: nothing new is published."""
+CHECKPOINT_ARTIFACT = "checkpoint"  # the model/ folder, logged to the training run
+# Airflow's BashOperator marks a task skipped on this exit code (its default
+# skip_on_exit_code), and recommend/publish downstream are skipped with it.
+SKIP_EXIT_CODE = 99
 
 
 def _paths(cfg: NCFConfig, args: argparse.Namespace) -> layout.LakePaths:
@@ -102,7 +109,11 @@ def run_train(cfg: NCFConfig, paths: layout.LakePaths, device: torch.device) -> 
         model.eval()
         checkpoint.save_model(model, cfg.model, n_users=n_users, n_items=n_items,
                               folder=paths.path(layout.MODEL),
+                              vocabulary=(paths.path(layout.USERS), paths.path(layout.ITEMS)),
                               extra={"run_id": run.run_id, "best_epoch": result.best_epoch})
+        # The lake folder again in MLflow: a later day's run can load the champion from the
+        # registry alone (weights, architecture, id vocabulary).
+        run.log_artifacts(paths.path(layout.MODEL), CHECKPOINT_ARTIFACT)
         example = torch.tensor([[0, 0], [n_users - 1, n_items - 1]], dtype=torch.int64)
         model_uri = run.log_torch_model(PairScorer(model.to("cpu")).eval(), example.numpy())
         run_id = run.run_id
@@ -118,37 +129,78 @@ def run_train(cfg: NCFConfig, paths: layout.LakePaths, device: torch.device) -> 
     return run_id
 
 
+def _serving_folder(ref: tracking.ModelVersionRef, paths: layout.LakePaths,
+                    scratch: Path) -> Path:
+    """The champion's model folder: this run's lake model/, else downloaded from MLflow."""
+    trained = layout.read_manifest(paths).get("train", {})
+    if trained.get("run_id") == ref.run_id and paths.path(layout.MODEL).is_dir():
+        return paths.path(layout.MODEL)
+    return tracking.download_artifacts(ref.run_id, CHECKPOINT_ARTIFACT, scratch)
+
+
+def _register(model_name: str, trained: dict[str, Any], paths: layout.LakePaths,
+              metrics: dict[str, float]) -> str:
+    """This run's model version: registered once, found again when evaluate is retried."""
+    run_id = str(trained["run_id"])
+    tags = {"run_id": run_id, "logical_date": paths.logical_date,
+            "manifest_sha256": layout.sha256_file(paths.manifest),
+            **{key: round(value, 6) for key, value in metrics.items()}}
+    version = tracking.find_version(model_name, run_id)
+    if version is None:
+        return tracking.register_model(str(trained["model_uri"]), model_name, tags=tags)
+    tracking.tag_version(model_name, version, tags)
+    return version
+
+
 def run_evaluate(cfg: NCFConfig, paths: layout.LakePaths, device: torch.device,
-                 model_name: str) -> str:
+                 model_name: str) -> tuple[str, bool]:
+    """Test metrics, a registered version and the champion gate; (version, promoted)."""
     trained = _manifest_entry(paths, "train", "evaluate")
     run_id = str(trained["run_id"])
     model, _meta = checkpoint.load_model(paths.path(layout.MODEL), device)
     test = load_pairs(paths.path(layout.TEST), device)
     k = cfg.evaluate.k
+    metric = f"test_hr_{k}"
     metrics = {f"test_{key}": value for key, value in evaluate(model, test, k).items()}
     with tracking.start_run(cfg.dataset, run_name="", run_id=run_id) as run:
         run.log_metrics(metrics)
-        version = tracking.register_model(str(trained["model_uri"]), model_name, tags={
-            "run_id": run_id, "logical_date": paths.logical_date,
-            "manifest_sha256": layout.sha256_file(paths.manifest),
-            **{key: round(value, 6) for key, value in metrics.items()},
-        })
-        promoted, reason = tracking.promote_if_better(
-            model_name, version, metric=f"test_hr_{k}", value=metrics[f"test_hr_{k}"],
-            floor=cfg.evaluate.min_hr)
+        version = _register(model_name, trained, paths, metrics)
+        current = tracking.champion(model_name)
+        champion_metrics: dict[str, float] = {}
+        if current is not None and current.run_id != run_id:
+            # The champion scored on the same test split: today's data, its own weights.
+            with tempfile.TemporaryDirectory(prefix="ncf-champion-") as scratch:
+                scorer, _known = champion.load_for_lake(
+                    _serving_folder(current, paths, Path(scratch)), paths, device)
+                champion_metrics = {f"champion_test_{key}": value
+                                    for key, value in evaluate(scorer, test, k).items()}
+            run.log_metrics(champion_metrics)
+        decision = champion_gate(metrics[metric], champion_metrics.get(f"champion_{metric}"),
+                                 metric=metric, floor=cfg.evaluate.min_hr,
+                                 tolerance=cfg.evaluate.tolerance)
+        if decision.promote:
+            tracking.set_champion(model_name, version)
+        serving = version if decision.promote or current is None else current.version
+        tracking.tag_version(model_name, version, {"ncf.promoted": decision.promote,
+                                                   "ncf.gate": decision.reason})
         run.set_tags({"ncf.model_name": model_name, "ncf.model_version": version,
-                      "ncf.promoted": promoted, "ncf.promotion": reason})
+                      "ncf.promoted": decision.promote, "ncf.gate": decision.reason,
+                      "ncf.champion_version": serving})
     layout.update_manifest(paths, "evaluate", {
         "run_id": run_id, "model_name": model_name, "model_version": version,
-        "metrics": metrics, "promoted": promoted, "reason": reason,
+        "metrics": metrics, "champion_metrics": champion_metrics,
+        "previous_champion": None if current is None else current.version,
+        "champion_version": serving, "promoted": decision.promote, "reason": decision.reason,
         "params": dataclasses.asdict(cfg.evaluate),
     })
     log.info("evaluated %s version %s: %s", model_name, version,
              ", ".join(f"{key}={value:.4f}" for key, value in metrics.items()))
-    if not promoted:
-        raise PromotionRefused(f"{model_name} version {version} not promoted: {reason}; "
-                               "nothing new is published and the table keeps its previous set")
-    return version
+    if decision.promote:
+        log.info("champion gate: version %s promoted: %s", version, decision.reason)
+    else:
+        log.warning("champion gate: version %s NOT promoted: %s; champion stays %s", version,
+                    decision.reason, serving if current is not None else "(none)")
+    return version, decision.promote
 
 
 def _all_positives(paths: layout.LakePaths) -> Pairs:
@@ -159,36 +211,63 @@ def _all_positives(paths: layout.LakePaths) -> Pairs:
     return Pairs(user, item, torch.ones_like(user, dtype=torch.float32))
 
 
-def run_recommend(cfg: NCFConfig, paths: layout.LakePaths, device: torch.device) -> int:
+def run_recommend(cfg: NCFConfig, paths: layout.LakePaths, device: torch.device,
+                  model_name: str) -> int:
+    """Top-k unseen items for every user of this run's data, from the registry's champion.
+
+    Users the champion does not know (cold start: new since it was trained) get the most
+    popular unseen training items instead, marked source = popularity in topk/.
+    """
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    evaluated = _manifest_entry(paths, "evaluate", "recommend")
-    model, meta = checkpoint.load_model(paths.path(layout.MODEL), device)
-    n_users, n_items = int(meta["n_users"]), int(meta["n_items"])
+    _manifest_entry(paths, "evaluate", "recommend")
+    prepared = _manifest_entry(paths, "prepare", "recommend")
+    n_users, n_items = int(prepared["n_users"]), int(prepared["n_items"])
+    ref = tracking.champion(model_name)
+    if ref is None:
+        raise StageError(f"{model_name} has no champion: no version has passed the gate; "
+                         "nothing to recommend with")
     seen = _all_positives(paths)
+    train_positives = load_pairs(paths.path(layout.TRAIN), "cpu")
     k = cfg.recommend.k
     started = time.perf_counter()
-    items, scores = recommend_top_k(model, n_users=n_users, n_items=n_items,
-                                    seen_user=seen.user, seen_item=seen.item, k=k,
-                                    chunk_users=cfg.recommend.chunk_users, device=device)
+    with tempfile.TemporaryDirectory(prefix="ncf-champion-") as scratch:
+        scorer, known = champion.load_for_lake(_serving_folder(ref, paths, Path(scratch)),
+                                               paths, device)
+        items, scores = recommend_top_k(scorer, n_users=n_users, n_items=n_items,
+                                        seen_user=seen.user, seen_item=seen.item, k=k,
+                                        chunk_users=cfg.recommend.chunk_users, device=device)
+    cold = (~known).nonzero().flatten()
+    source = [layout.SOURCE_MODEL] * n_users
+    if cold.numel():
+        counts = torch.bincount(train_positives.item[train_positives.label == 1].long(),
+                                minlength=n_items)
+        items[cold], scores[cold] = popularity_top_k(counts, users=cold, seen_user=seen.user,
+                                                     seen_item=seen.item, k=k)
+        for user in cold.tolist():
+            source[user] = layout.SOURCE_POPULARITY
     seconds = time.perf_counter() - started
     users = torch.arange(n_users, dtype=torch.int32).repeat_interleave(k)
     ranks = torch.arange(1, k + 1, dtype=torch.int32).repeat(n_users)  # 1 = best
     table = pa.Table.from_arrays(
         [pa.array(users.numpy()), pa.array(ranks.numpy()),
          pa.array(items.flatten().to(torch.int32).numpy()),
-         pa.array(scores.flatten().to(torch.float32).numpy())],
+         pa.array(scores.flatten().to(torch.float32).numpy()),
+         pa.array([s for s in source for _ in range(k)], type=pa.string())],
         schema=layout.arrow_schema(layout.TOPK_SCHEMA))
     with layout.staged_dir(paths.path(layout.TOPK)) as tmp:
         tmp.mkdir(parents=True)
         pq.write_table(table, tmp / "part-00000.parquet")
     layout.update_manifest(paths, "recommend", {
         "rows": table.num_rows, "users": n_users, "k": k, "seconds": round(seconds, 3),
-        "model_version": evaluated.get("model_version"), "run_id": evaluated.get("run_id"),
+        "popularity_users": int(cold.numel()), "model_name": model_name,
+        "model_version": ref.version, "run_id": ref.run_id,
         "params": dataclasses.asdict(cfg.recommend),
     })
-    log.info("top-%d for %d users in %.2fs -> %s", k, n_users, seconds, paths.path(layout.TOPK))
+    log.info("top-%d for %d users (%d cold-start -> popularity) with %s version %s in %.2fs "
+             "-> %s", k, n_users, cold.numel(), model_name, ref.version, seconds,
+             paths.path(layout.TOPK))
     return int(table.num_rows)
 
 
@@ -210,15 +289,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     paths = _paths(cfg, args)
     device = select_device(args.device)
     log.info("%s %s for %s on %s", args.stage, cfg.dataset, paths.logical_date, device)
+    model_name = args.model_name or f"ncf-{cfg.dataset}"
+    code = 0
     if args.stage == "train":
         result: object = run_train(cfg, paths, device)
     elif args.stage == "evaluate":
-        result = run_evaluate(cfg, paths, device, args.model_name or f"ncf-{cfg.dataset}")
+        result, promoted = run_evaluate(cfg, paths, device, model_name)
+        if not promoted and cfg.evaluate.on_refusal == "skip":
+            log.warning("nothing new is published: the table keeps serving the champion's "
+                        "set (exit %d: Airflow skips recommend and publish)", SKIP_EXIT_CODE)
+            code = SKIP_EXIT_CODE
     else:
-        result = run_recommend(cfg, paths, device)
+        result = run_recommend(cfg, paths, device, model_name)
     # The last stdout line is the Airflow task's XCom (BashOperator).
     sys.stdout.write(f"{result}\n")
-    return 0
+    return code
 
 
 if __name__ == "__main__":

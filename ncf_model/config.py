@@ -61,16 +61,29 @@ class TrainConfig:
         check_field(self.k >= 1, "k", "must be >= 1")
 
 
+REFUSAL_ACTIONS = ("skip", "serve_champion")
+
+
 @dataclasses.dataclass(frozen=True)
 class EvaluateConfig:
-    """Test metrics and the promotion rule for the `champion` alias."""
+    """Test metrics and the champion gate: a new model becomes `champion` when its test HR@k
+    clears `min_hr` and is at most `tolerance` below the current champion's on the same split.
+
+    When it does not: `skip` publishes nothing new (the table keeps its set); with
+    `serve_champion` recommend and publish run with the current champion on today's data.
+    """
 
     k: int = 10
-    min_hr: float = 0.0  # absolute floor on test HR@k for promotion to champion
+    min_hr: float = 0.0  # absolute floor on test HR@k
+    tolerance: float = 0.01  # how much worse than the champion's HR@k is still accepted
+    on_refusal: str = "skip"
 
     def __post_init__(self) -> None:
         check_field(self.k >= 1, "k", "must be >= 1")
         check_field(0.0 <= self.min_hr <= 1.0, "min_hr", "must be in [0, 1]")
+        check_field(0.0 <= self.tolerance <= 1.0, "tolerance", "must be in [0, 1]")
+        check_field(self.on_refusal in REFUSAL_ACTIONS, "on_refusal",
+                    f"{self.on_refusal!r} is not one of {REFUSAL_ACTIONS}")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -6,6 +6,8 @@ the caller's business (`ncf_model.tracking`).
 
 from __future__ import annotations
 
+import dataclasses
+
 import torch
 from torch import Tensor, nn
 
@@ -47,3 +49,29 @@ def evaluate(model: nn.Module, pairs: Pairs, k: int) -> dict[str, float]:
         "auc": auc(user, label, score),
         "n_users": float(ranks.numel()),
     }
+
+
+@dataclasses.dataclass(frozen=True)
+class GateDecision:
+    promote: bool
+    reason: str
+
+
+def champion_gate(value: float, champion_value: float | None, *, metric: str, floor: float,
+                  tolerance: float) -> GateDecision:
+    """Promote a new model when `metric` clears the absolute `floor` and is not worse than
+    the current champion's on the same test split by more than `tolerance` (absolute).
+
+    With no champion yet, only the floor applies.
+    """
+    if value < floor:
+        return GateDecision(False, f"{metric}={value:.4f} is below the floor {floor:.4f}")
+    if champion_value is None:
+        return GateDecision(True, f"{metric}={value:.4f} clears the floor {floor:.4f}; "
+                                  "there is no champion yet")
+    if value < champion_value - tolerance:
+        return GateDecision(False, f"{metric}={value:.4f} is worse than the champion's "
+                                   f"{champion_value:.4f} by more than the tolerance "
+                                   f"{tolerance:.4f}")
+    return GateDecision(True, f"{metric}={value:.4f} vs the champion's {champion_value:.4f} "
+                              f"(tolerance {tolerance:.4f}, floor {floor:.4f})")

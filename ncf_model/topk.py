@@ -64,3 +64,37 @@ def recommend_top_k(model: nn.Module, *, n_users: int, n_items: int, seen_user: 
     finally:
         model.train(was_training)
     return torch.cat(items), torch.cat(scores)
+
+
+def popularity_top_k(item_counts: Tensor, *, users: Tensor, seen_user: Tensor,
+                     seen_item: Tensor, k: int, chunk_users: int = 1024) -> tuple[Tensor, Tensor]:
+    """The cold-start fallback: for each of `users`, the k most popular items it has not seen.
+
+    `item_counts` is (n_items,) training positives per item. Returns (len(users), k) item
+    indices and their scores, the share of `item_counts`' total each item holds. Ties go to
+    the lower index (torch.topk on a stable order: deterministic).
+    """
+    n_items = item_counts.numel()
+    if not 1 <= k <= n_items:
+        raise ValueError(f"k={k}: must be in [1, n_items={n_items}]")
+    share = item_counts.double() / max(float(item_counts.sum()), 1.0)  # (n_items,)
+    # Popularity with a tiny index penalty: equal counts rank by index, reproducibly.
+    order_key = share - torch.arange(n_items, dtype=torch.float64) * 1e-15
+    users = users.to(torch.int64).cpu()
+    seen_user, seen_item = seen_user.to(torch.int64).cpu(), seen_item.to(torch.int64).cpu()
+    n_rows = 1 + max(int(users.max()) if users.numel() else 0,
+                     int(seen_user.max()) if seen_user.numel() else 0)
+    items, scores = [], []
+    for chunk in users.split(chunk_users):
+        row_of = torch.full((n_rows,), -1, dtype=torch.int64)
+        row_of[chunk] = torch.arange(len(chunk))
+        rows = row_of[seen_user]  # (S,) the seen pair's row in this chunk, -1: another user
+        hit = rows >= 0
+        keys = order_key.repeat(len(chunk), 1)  # (C, n_items)
+        keys[rows[hit], seen_item[hit]] = float("-inf")
+        _top, top_items = torch.topk(keys, k, dim=1)  # (C, k)
+        items.append(top_items)
+        scores.append(share[top_items].float())
+    if not items:
+        return torch.empty(0, k, dtype=torch.int64), torch.empty(0, k)
+    return torch.cat(items), torch.cat(scores)

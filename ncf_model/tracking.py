@@ -3,7 +3,7 @@
 Training and evaluation code hand their numbers to the functions here. One MLflow
 experiment per dataset (`ncf-<dataset>`), one run per DAG run, resumed by the
 evaluate task; models are registered as `ncf-<dataset>` and the `champion` alias
-is moved by an explicit threshold check (`promote_if_better`).
+is moved only when evaluation's champion gate says so (`set_champion`).
 
 Settings (deployment, read here because this is the MLflow entry point):
   MLFLOW_TRACKING_URI       default sqlite:///<repo>/data/mlflow/mlflow.db
@@ -23,6 +23,8 @@ from pathlib import Path
 from typing import Any
 
 import mlflow
+import mlflow.artifacts
+from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 log = logging.getLogger(__name__)
@@ -107,6 +109,9 @@ class RunLogger:
     def log_dict(self, payload: Mapping[str, Any], artifact_file: str) -> None:
         mlflow.log_dict(dict(payload), artifact_file)
 
+    def log_artifacts(self, folder: Path, artifact_path: str) -> None:
+        mlflow.log_artifacts(str(folder), artifact_path)
+
     def log_lineage(self, *, lake_path: Path, manifest_sha256: str, context: str) -> None:
         """Record which lake folder (and which manifest) the run read, as an MLflow dataset."""
         import pandas as pd
@@ -153,20 +158,53 @@ def register_model(model_uri: str, name: str, tags: Mapping[str, Any]) -> str:
     return str(version.version)
 
 
-def promote_if_better(name: str, version: str, *, metric: str, value: float,
-                      floor: float) -> tuple[bool, str]:
-    """Move `champion` to `version` when `value` clears the absolute `floor`.
+@dataclass(frozen=True)
+class ModelVersionRef:
+    """A registered model version and the MLflow run that trained it."""
 
-    Returns (promoted, reason); the reason is also written as a version tag so the
-    MLflow UI says why a version did or did not become champion.
-    """
+    name: str
+    version: str
+    run_id: str
+
+
+def find_version(name: str, run_id: str) -> str | None:
+    """The version of `name` already registered from `run_id` (a retried evaluate reuses it)."""
+    configure()
+    found = MlflowClient().search_model_versions(f"name = '{name}' and run_id = '{run_id}'")
+    return str(min(int(v.version) for v in found)) if found else None
+
+
+def champion(name: str) -> ModelVersionRef | None:
+    """The version behind the `champion` alias of `name`, or None when there is none yet."""
+    configure()
     client = MlflowClient()
-    if value < floor:
-        promoted, reason = False, f"{metric}={value:.4f} is below the floor {floor:.4f}"
-    else:
-        client.set_registered_model_alias(name, CHAMPION, version)
-        promoted, reason = True, f"{metric}={value:.4f} clears the floor {floor:.4f}"
-    client.set_model_version_tag(name, version, "ncf.promotion", reason)
-    log.info("model %s version %s: %s -> %s", name, version, reason,
-             "champion" if promoted else "not promoted")
-    return promoted, reason
+    try:
+        aliases = client.get_registered_model(name).aliases
+    except MlflowException as exc:
+        if exc.error_code == "RESOURCE_DOES_NOT_EXIST":  # nothing registered yet
+            return None
+        raise
+    if CHAMPION not in aliases:
+        return None
+    found = client.get_model_version(name, str(aliases[CHAMPION]))
+    return ModelVersionRef(name, str(found.version), str(found.run_id))
+
+
+def set_champion(name: str, version: str) -> None:
+    configure()
+    MlflowClient().set_registered_model_alias(name, CHAMPION, version)
+    log.info("model %s: champion -> version %s", name, version)
+
+
+def tag_version(name: str, version: str, tags: Mapping[str, Any]) -> None:
+    configure()
+    client = MlflowClient()
+    for key, value in tags.items():
+        client.set_model_version_tag(name, version, key, str(value))
+
+
+def download_artifacts(run_id: str, artifact_path: str, dst: Path) -> Path:
+    """A run's artifact folder, copied under `dst`; returns the local folder."""
+    configure()
+    return Path(mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=artifact_path,
+                                                    dst_path=str(dst)))

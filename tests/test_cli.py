@@ -25,35 +25,58 @@ def _write_pairs(folder: Path, rows: list[tuple[int, int, int]]) -> None:
     pq.write_table(table, folder / "part-00000.parquet")
 
 
-def _tiny_lake(root: Path) -> layout.LakePaths:
-    """Two taste groups; per user 8 train positives, 1 validation and 1 test positive."""
-    rng = random.Random(0)
-    paths = layout.LakePaths(root, "tiny", "2026-11-23")
+USER_IDS = [f"u{n}" for n in range(N_USERS)]
+ITEM_IDS = [f"i{n}" for n in range(N_ITEMS)]
+
+
+def _write_ids(folder: Path, schema: layout.Schema, ids: list[str]) -> None:
+    folder.mkdir(parents=True)
+    table = pa.Table.from_arrays([pa.array(ids), pa.array(range(len(ids)), type=pa.int32())],
+                                 schema=layout.arrow_schema(schema))
+    pq.write_table(table, folder / "part-00000.parquet")
+
+
+def _tiny_lake(root: Path, date: str = "2026-11-23", users: list[str] | None = None,
+               items: list[str] | None = None) -> layout.LakePaths:
+    """Two taste groups; per user 8 train positives, 1 validation and 1 test positive.
+
+    Tastes belong to the raw ids (user `<x><n>` likes items i0..i14 when n is even), so a
+    later date may list users and items in another order, or add users, and an earlier
+    model still knows whom to recommend what.
+    """
+    users, items = users or USER_IDS, items or ITEM_IDS
+    paths = layout.LakePaths(root, "tiny", date)
+    idx = {item: n for n, item in enumerate(items)}
     train, validation, test = [], [], []
-    for user in range(N_USERS):
-        liked = list(range(0, 15)) if user % 2 == 0 else list(range(15, 30))
+    for user, user_id in enumerate(users):
+        rng = random.Random(user_id)  # draws per raw id: the same whatever the order
+        even = int(user_id.lstrip("unew")) % 2 == 0
+        liked = ITEM_IDS[:15] if even else ITEM_IDS[15:]
         picks = rng.sample(liked, 10)
-        untouched = [i for i in range(N_ITEMS) if i not in picks]
-        train += [(user, item, 1) for item in picks[:8]]
-        train += [(user, rng.choice(untouched), 0) for _ in range(8)]
+        untouched = [i for i in ITEM_IDS if i not in picks]
+        train += [(user, idx[item], 1) for item in picks[:8]]
+        train += [(user, idx[rng.choice(untouched)], 0) for _ in range(8)]
         for split, positive in ((validation, picks[8]), (test, picks[9])):
-            split.append((user, positive, 1))
-            split += [(user, item, 0) for item in rng.sample(untouched, N_EVAL_NEG)]
+            split.append((user, idx[positive], 1))
+            split += [(user, idx[item], 0) for item in rng.sample(untouched, N_EVAL_NEG)]
     _write_pairs(paths.path(layout.TRAIN), train)
     _write_pairs(paths.path(layout.VALIDATION), validation)
     _write_pairs(paths.path(layout.TEST), test)
-    layout.update_manifest(paths, "prepare", {"n_users": N_USERS, "n_items": N_ITEMS})
+    _write_ids(paths.path(layout.USERS), layout.USERS_SCHEMA, users)
+    _write_ids(paths.path(layout.ITEMS), layout.ITEMS_SCHEMA, items)
+    layout.update_manifest(paths, "prepare", {"n_users": len(users), "n_items": len(items)})
     return paths
 
 
-def _config(tmp_path: Path, min_hr: float) -> Path:
-    path = tmp_path / "tiny.yaml"
+def _config(tmp_path: Path, min_hr: float, name: str = "tiny", train: dict | None = None,
+            **evaluate: object) -> Path:
+    path = tmp_path / f"{name}.yaml"
     path.write_text(yaml.safe_dump({
         "dataset": "tiny",
         "source": {"format": "movielens-100k", "path": "u.data", "sha256": "0" * 64},
         "model": {"kind": "neumf", "factors": 8, "mlp_layers": [16, 8]},
-        "train": {"epochs": 4, "batch_size": 64, "lr": 0.01, "seed": 1},
-        "evaluate": {"k": 5, "min_hr": min_hr},
+        "train": {"epochs": 4, "batch_size": 64, "lr": 0.01, "seed": 1, **(train or {})},
+        "evaluate": {"k": 5, "min_hr": min_hr, **evaluate},
         "recommend": {"k": 5, "chunk_users": 7},
     }))
     return path
@@ -66,9 +89,10 @@ def mlflow_store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
     return uri
 
 
-def _run(stage: str, config: Path, lake: Path, capsys: pytest.CaptureFixture[str]) -> str:
-    assert cli.main([stage, "--config", str(config), "--logical-date", "2026-11-23",
-                     "--lake-root", str(lake), "--device", "cpu"]) == 0
+def _run(stage: str, config: Path, lake: Path, capsys: pytest.CaptureFixture[str], *,
+         date: str = "2026-11-23", expect: int = 0) -> str:
+    assert cli.main([stage, "--config", str(config), "--logical-date", date,
+                     "--lake-root", str(lake), "--device", "cpu"]) == expect
     return capsys.readouterr().out.strip().splitlines()[-1]
 
 
@@ -89,7 +113,11 @@ def test_train_evaluate_recommend_log_to_mlflow_and_write_the_lake(
     # Lineage: the manifest as the run read it (before train added its own entry).
     assert len(run.data.tags["ncf.manifest_sha256"]) == 64
     assert run.data.tags["ncf.lake_path"] == str(paths.base)
-    assert (paths.path(layout.MODEL) / "state_dict.pt").is_file()
+    assert {p.name for p in paths.path(layout.MODEL).iterdir()} == {
+        "state_dict.pt", "model.json", "users.parquet", "items.parquet"}
+    logged = {a.path for a in client.list_artifacts(run_id, "checkpoint")}
+    assert logged == {f"checkpoint/{name}" for name in ("state_dict.pt", "model.json",
+                                                        "users.parquet", "items.parquet")}
     assert layout.read_manifest(paths)["train"]["run_id"] == run_id
 
     version = _run("evaluate", config, paths.root, capsys)
@@ -112,25 +140,98 @@ def test_train_evaluate_recommend_log_to_mlflow_and_write_the_lake(
         seen |= set(zip(positives[layout.USER_IDX], positives[layout.ITEM_IDX], strict=True))
     recommended = set(zip(topk[layout.USER_IDX], topk[layout.ITEM_IDX], strict=True))
     assert not recommended & seen
+    assert set(topk[layout.SOURCE]) == {layout.SOURCE_MODEL}  # no cold-start user here
     manifest = json.loads(paths.manifest.read_text())
     assert manifest["recommend"]["rows"] == rows
+    assert manifest["recommend"]["model_version"] == "1"
     assert manifest["evaluate"]["promoted"] is True
+    assert manifest["evaluate"]["champion_version"] == "1"
+    assert "no champion yet" in manifest["evaluate"]["reason"]
+    tags = client.get_model_version("ncf-tiny", "1").tags
+    assert tags["run_id"] == run_id and tags["logical_date"] == "2026-11-23"
+    assert len(tags["manifest_sha256"]) == 64 and float(tags["test_hr_5"]) > 0.6
+    # A retried evaluate reuses the version it registered.
+    assert _run("evaluate", config, paths.root, capsys) == "1"
+    assert len(client.search_model_versions("name = 'ncf-tiny'")) == 1
 
 
-def test_evaluate_refuses_promotion_below_the_floor(
+def test_evaluate_below_the_floor_exits_99_so_airflow_skips_the_publish(
         tmp_path: Path, mlflow_store: str, capsys: pytest.CaptureFixture[str]) -> None:
     from mlflow.tracking import MlflowClient
 
     paths = _tiny_lake(tmp_path / "lake")
-    config = _config(tmp_path, min_hr=1.0 - 1e-9)
+    # A barely trained model (random: 5 of 11 candidates, HR@5 ~ 0.45) under a 0.95 floor.
+    config = _config(tmp_path, min_hr=0.95, train={"epochs": 1, "lr": 1e-6})
     _run("train", config, paths.root, capsys)
-    # A perfect HR is needed to pass; the tiny model does not reach it on every user.
-    with pytest.raises(cli.PromotionRefused, match="not promoted"):
-        _run("evaluate", config, paths.root, capsys)
+    assert _run("evaluate", config, paths.root, capsys, expect=cli.SKIP_EXIT_CODE) == "1"
     client = MlflowClient(tracking_uri=mlflow_store)
     version = client.get_model_version("ncf-tiny", "1")
-    assert "below the floor" in version.tags["ncf.promotion"]
+    assert "below the floor" in version.tags["ncf.gate"]
+    assert version.tags["ncf.promoted"] == "False"
+    assert not version.aliases
     assert layout.read_manifest(paths)["evaluate"]["promoted"] is False
+    with pytest.raises(cli.StageError, match="ncf-tiny has no champion"):
+        _run("recommend", config, paths.root, capsys)
+
+
+def test_gate_against_the_champion_and_cold_start_users(
+        tmp_path: Path, mlflow_store: str, capsys: pytest.CaptureFixture[str]) -> None:
+    """Day 1 makes a champion. Day 2 lists ids in another order and adds 3 new users; a
+    barely trained model loses to the champion scored on day 2's test split; with
+    on_refusal: serve_champion the champion recommends for day 2, popularity for new users.
+    """
+    from mlflow.tracking import MlflowClient
+
+    lake = tmp_path / "lake"
+    config = _config(tmp_path, min_hr=0.0, tolerance=0.0, on_refusal="serve_champion")
+    day1 = _tiny_lake(lake)
+    for stage in ("train", "evaluate", "recommend"):
+        _run(stage, config, lake, capsys)
+    day1_topk = pq.read_table(day1.path(layout.TOPK)).to_pandas()
+
+    new_users = ["new1", "new2", "new3"]
+    day2 = _tiny_lake(lake, "2026-11-24", users=[*USER_IDS[::-1], *new_users],
+                      items=ITEM_IDS[::-1])
+    weak_config = _config(tmp_path, min_hr=0.0, name="weak", train={"epochs": 1, "lr": 1e-6},
+                          tolerance=0.0, on_refusal="serve_champion")
+    _run("train", weak_config, lake, capsys, date="2026-11-24")
+    assert _run("evaluate", weak_config, lake, capsys, date="2026-11-24") == "2"
+    evaluated = layout.read_manifest(day2)["evaluate"]
+    assert evaluated["promoted"] is False and evaluated["champion_version"] == "1"
+    assert "worse than the champion's" in evaluated["reason"]
+    champion_hr = evaluated["champion_metrics"]["champion_test_hr_5"]
+    # The champion misses exactly the 3 users it never saw (-inf scores count against it).
+    assert champion_hr <= 1.0 - 3 / 27 + 1e-9
+    assert evaluated["metrics"]["test_hr_5"] < champion_hr
+    client = MlflowClient(tracking_uri=mlflow_store)
+    assert str(client.get_model_version_by_alias("ncf-tiny", "champion").version) == "1"
+
+    _run("recommend", weak_config, lake, capsys, date="2026-11-24")
+    topk = pq.read_table(day2.path(layout.TOPK)).to_pandas()
+    recommended = layout.read_manifest(day2)["recommend"]
+    assert recommended["model_version"] == "1" and recommended["popularity_users"] == 3
+    users = dict(enumerate([*USER_IDS[::-1], *new_users]))
+    items = dict(enumerate(ITEM_IDS[::-1]))
+    topk["user_id"] = topk[layout.USER_IDX].map(users)
+    topk["item_id"] = topk[layout.ITEM_IDX].map(items)
+    sources = topk.groupby("user_id")[layout.SOURCE].agg(set).to_dict()
+    assert {u for u, s in sources.items() if s == {layout.SOURCE_POPULARITY}} == set(new_users)
+    assert {u for u, s in sources.items() if s == {layout.SOURCE_MODEL}} == set(USER_IDS)
+    # A known user's list from the remapped champion is day 1's list, in raw ids (the
+    # seen items are the same on both days: the same draws per user).
+    day1_topk["user_id"] = day1_topk[layout.USER_IDX].map(dict(enumerate(USER_IDS)))
+    day1_topk["item_id"] = day1_topk[layout.ITEM_IDX].map(dict(enumerate(ITEM_IDS)))
+    for frame in (topk, day1_topk):
+        frame.sort_values(["user_id", layout.RANK], inplace=True)
+    known = topk[topk[layout.SOURCE] == layout.SOURCE_MODEL]
+    assert known[["user_id", "item_id"]].values.tolist() == \
+        day1_topk[["user_id", "item_id"]].values.tolist()
+
+    # A model as good as the champion (day 1's settings) passes the gate with tolerance 0.
+    _run("train", config, lake, capsys, date="2026-11-24")
+    assert _run("evaluate", config, lake, capsys, date="2026-11-24") == "3"
+    assert layout.read_manifest(day2)["evaluate"]["promoted"] is True
+    assert str(client.get_model_version_by_alias("ncf-tiny", "champion").version) == "3"
 
 
 def test_stage_out_of_order_names_the_missing_stage(tmp_path: Path, mlflow_store: str) -> None:

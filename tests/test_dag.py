@@ -8,6 +8,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
+import yaml
 
 from tests.tiny_data import write_tiny_config, write_tiny_u_data
 
@@ -34,7 +35,8 @@ def test_dagbag_imports_one_dag_per_config(monkeypatch: pytest.MonkeyPatch) -> N
     bag = _dagbag(REPO / "configs", monkeypatch)
     assert bag.import_errors == {}
     configs = sorted(p.stem for p in (REPO / "configs").glob("*.yaml"))
-    assert sorted(bag.dag_ids) == sorted(f"ncf_{name}" for name in configs)
+    assert sorted(bag.dag_ids) == sorted([*(f"ncf_{name}" for name in configs),
+                                          "ncf_downstream_example"])
     dag = bag.dags["ncf_ml-100k"]
     assert dag is not None
     assert [t.task_id for t in dag.topological_sort()] == STAGES
@@ -43,7 +45,15 @@ def test_dagbag_imports_one_dag_per_config(monkeypatch: pytest.MonkeyPatch) -> N
     assert dag.doc_md and "ingest" in dag.doc_md
     for task in dag.tasks:
         assert task.retries >= 1, task.task_id
-    assert {t.task_type for t in dag.tasks} == {"SparkSubmitOperator", "BashOperator"}
+    assert {t.task_type for t in dag.tasks} == {"SparkSubmitOperator", "BashOperator",
+                                                "_PythonDecoratedOperator"}
+    assert dag.get_task("evaluate").skip_on_exit_code == [99]  # type: ignore[attr-defined]
+    # publish emits the table's asset; the example consumer is scheduled on it.
+    (outlet,) = dag.get_task("publish").outlets
+    assert outlet.uri == "ncf://recommendations/ml-100k"
+    consumer = bag.dags["ncf_downstream_example"]
+    condition = consumer.timetable.asset_condition  # type: ignore[attr-defined]
+    assert "ncf://recommendations/ml-100k" in {asset.uri for asset in condition.objects}
     ingest = dag.get_task("ingest")
     assert ingest.application.endswith("jobs/ingest.py")  # type: ignore[attr-defined]
     assert Path(ingest.application).is_file()  # type: ignore[attr-defined]
@@ -128,3 +138,37 @@ def test_dag_runs_end_to_end_on_tiny_data(tmp_path: Path,
     assert manifest["ingest"]["kept"] == len(rows)
     for stage in ("ingest", "prepare", "train", "evaluate", "recommend", "publish"):
         assert stage in manifest, stage
+
+    # The publish task emitted the table's asset event, with the counts for consumers.
+    from airflow.models.asset import AssetEvent, AssetModel
+    from airflow.utils.session import create_session
+
+    with create_session() as session:
+        events = (session.query(AssetEvent).join(AssetModel, AssetEvent.asset_id == AssetModel.id)
+                  .filter(AssetModel.uri == "ncf://recommendations/tiny").all())
+        assert [(e.extra["rows"], e.extra["model_version"], e.extra["logical_date"])
+                for e in events] == [(10 * len(seen), "1", "2026-11-23")]
+    consumer = bag.dags["ncf_downstream_example"]
+    consumer_run = consumer.test(logical_date=datetime(2026, 11, 23, 6, tzinfo=UTC))
+    assert consumer_run.state == "success"
+
+    # The champion gate in the DAG: a worse model is refused, evaluate is skipped and so
+    # are recommend and publish; the table keeps serving the champion's rows.
+    config = config_dir / "tiny.yaml"
+    weak = yaml.safe_load(config.read_text())
+    weak["train"].update({"epochs": 1, "lr": 1e-6})
+    weak["evaluate"]["tolerance"] = 0.0
+    config.write_text(yaml.safe_dump(weak))
+    retrain = dag.partial_subset(task_ids=["train"], include_downstream=True,
+                                 include_upstream=False)
+    rerun = retrain.test(logical_date=datetime(2026, 11, 23, tzinfo=UTC))
+    states = {ti.task_id: ti.state for ti in rerun.get_task_instances()}
+    assert {task: states[task] for task in STAGES[4:]} == {
+        "train": "success", "evaluate": "skipped", "recommend": "skipped",
+        "publish": "skipped"}, states
+    with sqlite3.connect(db_file) as conn:
+        assert conn.execute("SELECT user_id, rank, item_id, score, model_version, run_id "
+                            "FROM recommendations WHERE dataset = 'tiny'").fetchall() == table
+    assert str(client.get_model_version_by_alias("ncf-tiny", "champion").version) == "1"
+    assert "worse than the champion's" in client.get_model_version("ncf-tiny", "2").tags[
+        "ncf.gate"]

@@ -22,7 +22,7 @@ def test_arrow_schema_matches_the_spark_types() -> None:
     schema = layout.arrow_schema(layout.TOPK_SCHEMA)
     assert schema.names == layout.columns(layout.TOPK_SCHEMA)
     assert [schema.field(n).type for n in schema.names] == [pa.int32(), pa.int32(), pa.int32(),
-                                                           pa.float32()]
+                                                           pa.float32(), pa.string()]
     assert layout.arrow_schema(layout.PAIRS_SCHEMA).field(layout.LABEL).type == pa.int8()
 
 

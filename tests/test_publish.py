@@ -1,4 +1,4 @@
-"""jobs.publish: the atomic swap of one dataset's rows, on SQLite and (if given) PostgreSQL.
+"""jobs.publish: lake rows -> table rows, and the stage CLI (publish, rollback, runs).
 
 The table tests run once per backend: SQLite in tmp_path, and PostgreSQL at $NCF_TEST_PG_URL
 (e.g. postgresql+psycopg://postgres@127.0.0.1:55432/postgres), skipped when it is unset.
@@ -7,10 +7,7 @@ The table tests run once per backend: SQLite in tmp_path, and PostgreSQL at $NCF
 from __future__ import annotations
 
 import logging
-import os
-import threading
-import uuid
-from collections.abc import Iterator
+import socket
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -28,6 +25,7 @@ from jobs.layout import (
     ITEMS_SCHEMA,
     RANK,
     SCORE,
+    SOURCE,
     TOPK,
     TOPK_SCHEMA,
     USER_ID,
@@ -37,31 +35,27 @@ from jobs.layout import (
     LakePaths,
     Schema,
 )
-from jobs.publish import (
+from jobs.publish import PublishError, build_rows, main
+from jobs.table import (
     DATASET,
     GENERATED_AT,
     MODEL_VERSION,
+    SERVING,
     TABLE_COLUMNS,
-    PublishError,
-    build_rows,
+    Tables,
     create_db_engine,
-    ensure_table,
-    main,
-    masked_url,
-    publish_recommendations,
-    recommendations_table,
+    loaded_runs,
 )
 
 REPO = Path(__file__).resolve().parents[1]
 GENERATED = datetime(2026, 11, 23, 3, 0, 0)
 K = 5
-PG_URL = os.environ.get("NCF_TEST_PG_URL")
 
 
 def topk_frame(n_users: int, k: int = K, *, n_items: int = 20) -> pd.DataFrame:
     """User u's list: items (u + r) mod n_items at rank r, scores falling with rank."""
-    rows = [{USER_IDX: u, RANK: r, ITEM_IDX: (u + r) % n_items, SCORE: 1.0 - r / 10}
-            for u in range(n_users) for r in range(1, k + 1)]
+    rows = [{USER_IDX: u, RANK: r, ITEM_IDX: (u + r) % n_items, SCORE: 1.0 - r / 10,
+             SOURCE: "model"} for u in range(n_users) for r in range(1, k + 1)]
     return pd.DataFrame(rows).astype({USER_IDX: "int32", RANK: "int32", ITEM_IDX: "int32",
                                       SCORE: "float32"})
 
@@ -74,51 +68,18 @@ def items_frame(n: int = 20) -> pd.DataFrame:
     return pd.DataFrame({ITEM_ID: [f"item{i}" for i in range(n)], ITEM_IDX: range(n)})
 
 
-def rows_for(dataset: str, n_users: int, version: str = "1", k: int = K) -> pd.DataFrame:
-    return build_rows(topk_frame(n_users, k), users_frame(n_users), items_frame(),
-                      dataset=dataset, model_name=f"ncf-{dataset}", model_version=version,
-                      run_id=f"run-{version}", generated_at=GENERATED)
-
-
-@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
-def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    if request.param == "sqlite":
-        return f"sqlite:///{tmp_path / 'recommendations.db'}"
-    if not PG_URL:
-        pytest.skip("PostgreSQL test: set NCF_TEST_PG_URL, e.g. "
-                    "postgresql+psycopg://postgres@127.0.0.1:55432/postgres")
-    return PG_URL
-
-
-@pytest.fixture()
-def engine(db_url: str) -> Iterator[sa.Engine]:
-    engine = create_db_engine(db_url)
-    yield engine
-    engine.dispose()
-
-
-@pytest.fixture()
-def table(engine: sa.Engine) -> Iterator[str]:
-    """A table name of its own per test, so PostgreSQL tests never see each other's rows."""
-    name = f"recs_{uuid.uuid4().hex[:10]}"
-    yield name
-    with engine.begin() as conn:
-        conn.execute(sa.text(f"DROP TABLE IF EXISTS {name}"))
-
-
-def read_table(engine: sa.Engine, table: str, dataset: str) -> pd.DataFrame:
-    """Through the declared table, so SQLite's text timestamps come back as datetimes."""
-    recs = recommendations_table(sa.MetaData(), table)
+def read_table(url: str, dataset: str) -> pd.DataFrame:
+    engine = create_db_engine(url)
+    recs = Tables.declare("recommendations", "recommendation_runs",
+                          "recommendation_history").recommendations
     query = (sa.select(recs).where(recs.c[DATASET] == dataset)
              .order_by(recs.c[USER_ID], recs.c[RANK]))
-    with engine.connect() as conn:
-        return pd.DataFrame(conn.execute(query).mappings().all())
-
-
-def count_rows(engine: sa.Engine, table: str, dataset: str) -> int:
-    with engine.connect() as conn:
-        return int(conn.execute(sa.text(f"SELECT count(*) FROM {table} WHERE dataset = :d"),
-                                {"d": dataset}).scalar_one())
+    try:
+        with engine.connect() as conn:
+            result = conn.execute(query)
+            return pd.DataFrame(result.all(), columns=list(result.keys()))
+    finally:
+        engine.dispose()
 
 
 # --- build_rows --------------------------------------------------------------------
@@ -172,134 +133,6 @@ def test_build_rows_rejects(kind: str, message: str) -> None:
                    run_id="r", generated_at=GENERATED)
 
 
-def test_masked_url_hides_the_password() -> None:
-    masked = masked_url("postgresql+psycopg://ncf:s3cret@db:5432/recs")
-    assert masked == "postgresql+psycopg://ncf:***@db:5432/recs"
-
-
-# --- the table, per backend -----------------------------------------------------------
-
-
-def test_first_publish_creates_table_with_k_rows_per_user(engine: sa.Engine, table: str) -> None:
-    assert publish_recommendations(engine, table, rows_for("ml-100k", 4), dataset="ml-100k") == 20
-    stored = read_table(engine, table, "ml-100k")
-    assert stored.groupby(USER_ID)[RANK].apply(list).tolist() == [[1, 2, 3, 4, 5]] * 4
-    assert stored.loc[0, [USER_ID, RANK, ITEM_ID]].tolist() == ["user0", 1, "item1"]
-    assert stored.loc[0, SCORE] == pytest.approx(0.9)
-    assert stored.loc[0, GENERATED_AT] == GENERATED
-    pk = sa.inspect(engine).get_pk_constraint(table)["constrained_columns"]
-    assert pk == [DATASET, USER_ID, RANK]
-    if engine.dialect.name == "sqlite":
-        with engine.connect() as conn:
-            assert conn.exec_driver_sql("PRAGMA journal_mode").scalar_one() == "wal"
-
-
-def test_ensure_table_is_idempotent_and_refuses_a_foreign_table(engine: sa.Engine,
-                                                                table: str) -> None:
-    ensure_table(engine, table)
-    assert ensure_table(engine, table).name == table
-    with engine.begin() as conn:
-        conn.execute(sa.text(f"CREATE TABLE {table}_old (dataset text, user_id text)"))
-    try:
-        with pytest.raises(PublishError, match=r"exists without column\(s\) \['rank'"):
-            ensure_table(engine, f"{table}_old")
-    finally:
-        with engine.begin() as conn:
-            conn.execute(sa.text(f"DROP TABLE {table}_old"))
-
-
-def test_republish_replaces_the_set(engine: sa.Engine, table: str) -> None:
-    publish_recommendations(engine, table, rows_for("ml-100k", 4, "1"), dataset="ml-100k")
-    assert publish_recommendations(engine, table, rows_for("ml-100k", 3, "2"),
-                                   dataset="ml-100k") == 15
-    first = read_table(engine, table, "ml-100k")
-    assert set(first[MODEL_VERSION]) == {"2"} and first[USER_ID].nunique() == 3
-    publish_recommendations(engine, table, rows_for("ml-100k", 3, "2"), dataset="ml-100k")
-    pd.testing.assert_frame_equal(read_table(engine, table, "ml-100k"), first)
-
-
-def test_other_datasets_are_untouched(engine: sa.Engine, table: str) -> None:
-    publish_recommendations(engine, table, rows_for("lastfm", 2), dataset="lastfm")
-    before = read_table(engine, table, "lastfm")
-    publish_recommendations(engine, table, rows_for("ml-100k", 4), dataset="ml-100k")
-    publish_recommendations(engine, table, rows_for("ml-100k", 3, "2"), dataset="ml-100k")
-    pd.testing.assert_frame_equal(read_table(engine, table, "lastfm"), before)
-    assert count_rows(engine, table, "ml-100k") == 15
-    with pytest.raises(PublishError, match=r"also hold dataset\(s\) \['lastfm'\]"):
-        publish_recommendations(engine, table, pd.concat([rows_for("ml-100k", 1),
-                                                          rows_for("lastfm", 1)]),
-                                dataset="ml-100k")
-
-
-@pytest.mark.parametrize("fault", ["null item_id", "duplicate key"])
-def test_failed_insert_rolls_back_to_the_previous_set(engine: sa.Engine, table: str,
-                                                      fault: str) -> None:
-    publish_recommendations(engine, table, rows_for("ml-100k", 3, "1"), dataset="ml-100k")
-    before = read_table(engine, table, "ml-100k")
-    bad = rows_for("ml-100k", 4, "2")
-    if fault == "null item_id":  # the last row fails, after the delete and earlier inserts
-        bad.loc[bad.index[-1], ITEM_ID] = None
-    else:
-        bad = pd.concat([bad, bad.iloc[[0]]], ignore_index=True)
-    with pytest.raises(PublishError, match="rolled back, the previous set is unchanged"):
-        publish_recommendations(engine, table, bad, dataset="ml-100k")
-    pd.testing.assert_frame_equal(read_table(engine, table, "ml-100k"), before)
-
-
-def test_reader_sees_only_complete_sets(engine: sa.Engine, table: str) -> None:
-    small, large = rows_for("ml-100k", 150, "1", k=10), rows_for("ml-100k", 200, "2", k=10)
-    publish_recommendations(engine, table, small, dataset="ml-100k")
-    seen: list[int] = []
-    errors: list[BaseException] = []
-    done = threading.Event()
-
-    def read_in_a_loop() -> None:
-        reader = create_db_engine(engine.url)
-        try:
-            while not done.is_set():
-                seen.append(count_rows(reader, table, "ml-100k"))
-        except BaseException as exc:  # surfaced in the main thread below
-            errors.append(exc)
-        finally:
-            reader.dispose()
-
-    thread = threading.Thread(target=read_in_a_loop)
-    thread.start()
-    try:
-        for n in range(12):
-            publish_recommendations(engine, table, large if n % 2 == 0 else small,
-                                    dataset="ml-100k")
-    finally:
-        done.set()
-        thread.join(timeout=60)
-    assert not errors
-    assert len(seen) > 10
-    assert set(seen) <= {1500, 2000}, sorted(set(seen))
-
-
-def test_concurrent_publishers_of_one_dataset_both_succeed(engine: sa.Engine,
-                                                           table: str) -> None:
-    ensure_table(engine, table)
-    versions = [str(n) for n in range(6)]
-    errors: list[BaseException] = []
-
-    def publish(version: str) -> None:
-        try:
-            publish_recommendations(engine, table, rows_for("ml-100k", 50, version),
-                                    dataset="ml-100k")
-        except BaseException as exc:  # surfaced in the main thread below
-            errors.append(exc)
-
-    threads = [threading.Thread(target=publish, args=(v,)) for v in versions]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(timeout=60)
-    assert not errors
-    stored = read_table(engine, table, "ml-100k")
-    assert len(stored) == 250 and stored[MODEL_VERSION].nunique() == 1  # one complete set
-
-
 # --- CLI ---------------------------------------------------------------------------
 
 
@@ -309,27 +142,41 @@ def write_folder(folder: Path, schema: Schema, frame: pd.DataFrame) -> None:
     pq.write_table(table, folder / "part-00000.parquet")
 
 
-def test_main_publishes_and_records_manifest(tmp_path: Path) -> None:
-    paths = LakePaths(tmp_path / "lake", "ml-100k", "2026-11-23")
-    write_folder(paths.path(TOPK), TOPK_SCHEMA, topk_frame(3))
-    write_folder(paths.path(USERS), USERS_SCHEMA, users_frame(3))
+def write_lake(root: Path, date: str, n_users: int, version: str) -> LakePaths:
+    paths = LakePaths(root, "ml-100k", date)
+    topk = topk_frame(n_users)
+    topk.loc[topk[USER_IDX] == n_users - 1, SOURCE] = "popularity"  # one cold-start user
+    write_folder(paths.path(TOPK), TOPK_SCHEMA, topk)
+    write_folder(paths.path(USERS), USERS_SCHEMA, users_frame(n_users))
     write_folder(paths.path(ITEMS), ITEMS_SCHEMA, items_frame())
-    layout.update_manifest(paths, "recommend", {"model_version": "4", "run_id": "r123"})
+    layout.update_manifest(paths, "recommend", {"model_version": version, "run_id": f"r{version}"})
+    return paths
+
+
+def cli_args(paths: LakePaths, url: str) -> list[str]:
+    return ["--config", str(REPO / "configs" / "ml-100k.yaml"), "--logical-date",
+            paths.logical_date, "--lake-root", str(paths.root), "--db-url", url]
+
+
+def test_main_publishes_and_records_manifest(tmp_path: Path) -> None:
+    paths = write_lake(tmp_path / "lake", "2026-11-23", 3, "4")
     db_file = tmp_path / "new" / "folder" / "recs.db"  # its folder is created
-    args = ["--config", str(REPO / "configs" / "ml-100k.yaml"), "--logical-date", "2026-11-23",
-            "--lake-root", str(paths.root), "--db-url", f"sqlite:///{db_file}"]
-    assert main(args) == 0  # model version and run id from the manifest's recommend entry
-    entry = layout.read_manifest(paths)["publish"]
-    assert {key: entry[key] for key in ("table", "db_url", "rows", "users", "k",
-                                        "model_version", "run_id")} == {
-        "table": "recommendations", "db_url": f"sqlite:///{db_file}", "rows": 15, "users": 3,
-        "k": K, "model_version": "4", "run_id": "r123"}
-    engine = create_db_engine(f"sqlite:///{db_file}")
-    first = read_table(engine, "recommendations", "ml-100k")
-    assert main([*args, "--model-version", "4"]) == 0  # a re-run writes the same rows
-    again = read_table(engine, "recommendations", "ml-100k")
-    engine.dispose()
+    url = f"sqlite:///{db_file}"
+    assert main(cli_args(paths, url)) == 0  # version and run id from the manifest
+    manifest = layout.read_manifest(paths)
+    entry = manifest["publish"]
+    assert {key: entry[key] for key in ("table", "db_url", "rows", "users", "popularity_users",
+                                        "k", "model_version", "run_id")} == {
+        "table": "recommendations", "db_url": url, "rows": 15, "users": 3,
+        "popularity_users": 1, "k": K, "model_version": "4", "run_id": "r4"}
+    # generated_at is when recommend wrote topk/ (UTC), so re-publishing gives the same rows.
+    recommended = datetime.fromisoformat(manifest["recommend"]["written_at"])
+    assert entry["generated_at"] == recommended.astimezone(UTC).replace(tzinfo=None).isoformat()
+    first = read_table(url, "ml-100k")
+    assert main(cli_args(paths, url)) == 0  # a re-run of the date writes the same rows
+    again = read_table(url, "ml-100k")
     assert len(first) == 15 and set(first["model_name"]) == {"ncf-ml-100k"}
+    assert first[SOURCE].tolist() == ["model"] * 10 + ["popularity"] * 5
     pd.testing.assert_frame_equal(again, first)
 
 
@@ -337,10 +184,49 @@ def test_main_without_topk_names_the_path(tmp_path: Path, caplog: pytest.LogCapt
                                           ) -> None:
     paths = LakePaths(tmp_path / "lake", "ml-100k", "2026-11-23")
     paths.path(TOPK).mkdir(parents=True)  # exists, but recommend wrote nothing
-    args = ["--config", str(REPO / "configs" / "ml-100k.yaml"), "--logical-date", "2026-11-23",
-            "--lake-root", str(paths.root), "--db-url", f"sqlite:///{tmp_path / 'r.db'}",
-            "--model-version", "4", "--run-id", "r123"]
+    args = [*cli_args(paths, f"sqlite:///{tmp_path / 'r.db'}"), "--model-version", "4",
+            "--run-id", "r123"]
     with caplog.at_level(logging.ERROR, logger="jobs.publish"):
         assert main(args) == 1
     assert f"{paths.path(TOPK)} is empty" in caplog.text
     assert "publish" not in layout.read_manifest(paths)
+
+
+def test_main_with_the_database_down_fails_and_a_retry_completes(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    paths = write_lake(tmp_path / "lake", "2026-11-23", 3, "4")
+    with socket.socket() as sock:  # a port nothing listens on
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    down = f"postgresql://ncf:s3cret@127.0.0.1:{port}/recs"  # as an Airflow connection says
+    with caplog.at_level(logging.ERROR, logger="jobs.publish"):
+        assert main(cli_args(paths, down)) == 1
+    assert f"database postgresql+psycopg://ncf:***@127.0.0.1:{port}/recs failed; nothing " \
+           "was published" in caplog.text
+    assert "s3cret" not in caplog.text
+    assert "publish" not in layout.read_manifest(paths)
+    url = f"sqlite:///{tmp_path / 'r.db'}"  # the database is back: the retry completes
+    assert main(cli_args(paths, url)) == 0
+    assert len(read_table(url, "ml-100k")) == 15
+
+
+def test_rollback_and_runs_commands(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    url = f"sqlite:///{tmp_path / 'r.db'}"
+    for n, date in enumerate(["2026-11-21", "2026-11-22", "2026-11-23"]):
+        assert main(cli_args(write_lake(tmp_path / "lake", date, 2 + n, str(n)), url)) == 0
+    config = ["--config", str(REPO / "configs" / "ml-100k.yaml"), "--db-url", url]
+    assert main(["rollback", *config]) == 0
+    assert "now serves the run of 2026-11-22" in capsys.readouterr().out
+    assert set(read_table(url, "ml-100k")[MODEL_VERSION]) == {"1"}
+    assert main(["rollback", *config, "--to-date", "2026-11-23"]) == 0
+    assert set(read_table(url, "ml-100k")[MODEL_VERSION]) == {"2"}
+    capsys.readouterr()
+    assert main(["runs", *config]) == 0
+    listing = capsys.readouterr().out.splitlines()
+    assert [line.split()[:2] for line in listing] == [
+        ["2026-11-23", "serving"], ["2026-11-22", "retired"], ["2026-11-21", "retired"]]
+    assert main(["rollback", *config, "--to-date", "2026-11-01"]) == 1  # never published
+    engine = create_db_engine(url)
+    tables = Tables.declare("recommendations", "recommendation_runs", "recommendation_history")
+    assert [r["status"] for r in loaded_runs(engine, tables, "ml-100k")][0] == SERVING
+    engine.dispose()

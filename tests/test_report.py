@@ -19,16 +19,16 @@ def published(tmp_path: Path) -> tuple[Path, str]:
     engine = sa.create_engine(url)
     with engine.begin() as conn:
         conn.execute(sa.text("CREATE TABLE recommendations (dataset TEXT, user_id TEXT, "
-                             "rank INT, item_id TEXT, score FLOAT, model_name TEXT, "
+                             "rank INT, item_id TEXT, score FLOAT, source TEXT, model_name TEXT, "
                              "model_version TEXT, run_id TEXT, generated_at TIMESTAMP)"))
         for user in ("1", "2"):
             for rank in (1, 2):
                 conn.execute(sa.text(
                     "INSERT INTO recommendations VALUES ('ml-100k', :u, :r, :i, :s, "
-                    "'ncf-ml-100k', '3', 'abc', '2026-11-23 01:00:00')"),
+                    "'model', 'ncf-ml-100k', '3', 'abc', '2026-11-23 01:00:00')"),
                     {"u": user, "r": rank, "i": f"item{rank}", "s": 1.0 / rank})
         conn.execute(sa.text("INSERT INTO recommendations VALUES ('other', '9', 1, 'x', 0.5, "
-                             "'m', '1', 'r', '2026-11-23 01:00:00')"))
+                             "'model', 'm', '1', 'r', '2026-11-23 01:00:00')"))
     engine.dispose()
     paths = layout.LakePaths(tmp_path / "lake", "ml-100k", "2026-11-23")
     layout.update_manifest(paths, "prepare", {"n_users": 2, "n_items": 5})

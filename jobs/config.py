@@ -6,8 +6,9 @@ data-side sections; `ncf_model.config` holds the model-side ones and reuses the
 loader. No pyspark import here, so the DAG files and `ncf_model` can use it.
 
     dataset: ml-100k
-    source:   {format, path, url, archive_member, sha256}
-    ingest:   {min_value, max_value}
+    source:   {format, url, files: {role: {path, sha256, archive_member, url, encoding}}}
+              (or, for a one-file source, {format, path, sha256, url, archive_member})
+    ingest:   {min_value, max_value, output_partitions}
     prepare:  {binarise_threshold, n_negatives, n_eval_negatives, seed, output_partitions}
     model:    ...  (ncf_model.config)
     train:    ...  (ncf_model.config)
@@ -32,7 +33,22 @@ import yaml
 
 SECTIONS = ("dataset", "source", "ingest", "prepare", "model", "train", "evaluate",
             "recommend", "publish")
-SOURCE_FORMATS = ("movielens-100k",)
+PRESPLIT_FORMAT = "ncf-presplit"  # test split given by the source; prepare keeps it as-is
+# The raw formats jobs/readers.py reads: per format the file roles it needs, then the
+# roles it may also read (side features). A one-file source (path/sha256) is "ratings".
+SOURCE_FORMATS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
+    "movielens-100k": (("ratings",), ("users", "items")),      # u.data, u.user, u.item
+    "movielens-dat": (("ratings",), ("users", "items")),       # ML-1M/10M ratings.dat ...
+    "movielens-csv": (("ratings",), ("items",)),               # ML-20M/25M/latest ratings.csv
+    "lastfm-360k": (("ratings",), ("users",)),
+    "lastfm-1k": (("ratings",), ("users",)),
+    "lastfm-2k": (("ratings",), ("items", "tags", "item_tags")),
+    PRESPLIT_FORMAT: (("train", "test", "test_negatives"), ()),  # the NCF paper's files
+}
+# Sources with no time per interaction: ts is null (expectations and prepare allow it).
+FORMATS_WITHOUT_TIMESTAMPS = ("lastfm-360k", "lastfm-2k")
+ENCODINGS = ("utf-8", "latin-1")
+SHA256_TODO = "fill-in-on-first-download"
 
 T = TypeVar("T")
 
@@ -76,6 +92,14 @@ def _coerce(value: Any, hint: Any, where: str) -> Any:  # noqa: PLR0911 (one ret
             except ConfigError as exc:
                 errors.append(str(exc))
         raise ConfigError(errors[0] if errors else f"{where}: bad value {value!r}")
+    if origin is dict:
+        if not isinstance(value, Mapping) or not value:
+            raise ConfigError(f"{where}: expected a non-empty mapping, got {value!r}")
+        key_hint, value_hint = typing.get_args(hint)
+        return {_coerce(k, key_hint, where): _coerce(v, value_hint, f"{where}.{k}")
+                for k, v in value.items()}
+    if dataclasses.is_dataclass(hint) and isinstance(hint, type):
+        return build_section(hint, value, where)
     if origin is tuple:
         if not isinstance(value, list | tuple):
             raise ConfigError(f"{where}: expected a list, got {value!r}")
@@ -129,23 +153,77 @@ def check_field(condition: bool, field: str, message: str) -> None:
         raise ConfigError(f"{field}: {message}")
 
 
-@dataclasses.dataclass(frozen=True)
-class SourceConfig:
-    """Where the raw file comes from and what its bytes must hash to."""
+def _check_relative(path: str, field: str) -> None:
+    check_field(not Path(path).is_absolute() and ".." not in Path(path).parts, field,
+                "must be relative to the raw folder, without '..'")
 
-    format: str
+
+@dataclasses.dataclass(frozen=True)
+class SourceFile:
+    """One raw file: where it lies, what its bytes hash to, how its text is encoded.
+
+    sha256 is required. Where the project does not know it yet (a dataset never
+    downloaded here) the config says SHA256_TODO: resolving the file then fails and
+    prints the sha256 of what it found, to be checked against the publisher's
+    checksum and written into the config. Verification is never skipped.
+    """
+
     path: str  # relative to the raw folder (NCF_RAW_DIR / --raw-dir) or the download cache
     sha256: str
-    url: str | None = None  # an archive (zip) holding `archive_member`, or the file itself
+    archive_member: str | None = None  # its name inside the source's archive (default: path)
+    url: str | None = None  # where to fetch this file (or its archive) if not the source's url
+    encoding: str = "utf-8"  # latin-1 for the old MovieLens/HetRec files
+
+    def __post_init__(self) -> None:
+        _check_relative(self.path, "path")
+        check_field(self.sha256 == SHA256_TODO or bool(re.fullmatch(r"[0-9a-f]{64}", self.sha256)),
+                    "sha256", "must be 64 lower-case hex digits (sha256sum of the raw file), "
+                    f"or {SHA256_TODO!r} until it is known")
+        check_field(self.encoding in ENCODINGS, "encoding",
+                    f"{self.encoding!r} is not one of {list(ENCODINGS)}")
+
+    @property
+    def sha256_known(self) -> bool:
+        return self.sha256 != SHA256_TODO
+
+
+@dataclasses.dataclass(frozen=True)
+class SourceConfig:
+    """The raw files of a dataset, by role (ratings, users, items, ...), and where to get them.
+
+    A one-file source may give `path`/`sha256`/`archive_member` directly: that is the
+    file of role "ratings". `files` then comes out filled, so readers only look there.
+    """
+
+    format: str
+    url: str | None = None  # an archive (zip, tar.gz) holding the files, or the one file
+    files: dict[str, SourceFile] = dataclasses.field(default_factory=dict)
+    path: str | None = None
+    sha256: str | None = None
     archive_member: str | None = None
 
     def __post_init__(self) -> None:
         check_field(self.format in SOURCE_FORMATS, "format",
-               f"{self.format!r} is not one of {list(SOURCE_FORMATS)}")
-        check_field(bool(re.fullmatch(r"[0-9a-f]{64}", self.sha256)), "sha256",
-               "must be 64 lower-case hex digits (sha256sum of the raw file)")
-        check_field(not Path(self.path).is_absolute() and ".." not in Path(self.path).parts, "path",
-               "must be relative to the raw folder, without '..'")
+                    f"{self.format!r} is not one of {list(SOURCE_FORMATS)}")
+        one_file = (self.path, self.sha256, self.archive_member)
+        if self.files:
+            check_field(one_file == (None, None, None), "files",
+                        "give either files: {role: {path, sha256}} or path/sha256, not both")
+            required, optional = SOURCE_FORMATS[self.format]
+            check_field(set(required) <= set(self.files), "files",
+                        f"format {self.format} needs the roles {list(required)}")
+            unknown = sorted(set(self.files) - set(required) - set(optional))
+            check_field(not unknown, "files", f"unknown role(s) {unknown} for format "
+                        f"{self.format}; known: {[*required, *optional]}")
+            return
+        check_field(self.path is not None, "path", "missing (or give files: {role: ...})")
+        check_field(SOURCE_FORMATS[self.format][0] == ("ratings",), "path",
+                    f"format {self.format} has several files: give files: {{role: {{path, "
+                    f"sha256}}}} for {list(SOURCE_FORMATS[self.format][0])}")
+        check_field(self.sha256 is not None, "sha256", "missing")
+        ratings = SourceFile(path=str(self.path), sha256=str(self.sha256),
+                             archive_member=self.archive_member)
+        object.__setattr__(self, "files", {"ratings": ratings})
 
 
 @dataclasses.dataclass(frozen=True)
@@ -154,8 +232,10 @@ class IngestConfig:
 
     min_value: float | None = None
     max_value: float | None = None
+    output_partitions: int = 1  # Parquet files per output folder (rows hashed by id)
 
     def __post_init__(self) -> None:
+        check_field(self.output_partitions >= 1, "output_partitions", "must be >= 1")
         if self.min_value is not None and self.max_value is not None:
             check_field(self.min_value <= self.max_value, "min_value", "must be <= max_value")
 

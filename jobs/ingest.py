@@ -1,19 +1,23 @@
-"""Ingest: the raw ratings file -> clean interactions and the rejected lines, with why.
+"""Ingest: a source's raw files -> clean interactions, side features, and rejected lines, with why.
 
-Reads   the raw file of the config's `source` (--raw-dir / $NCF_RAW_DIR, else the
-        download cache --cache-dir / $NCF_CACHE_DIR, else its URL), sha256-verified.
-Writes  <lake>/<dataset>/<logical_date>/interactions/  user_id, item_id, ts, value
-        <lake>/<dataset>/<logical_date>/rejects/       source_file, line, reason
-        and the manifest entry "ingest" (input_rows == kept + rejected, by reason).
+Reads   the raw files of the config's `source` (--raw-dir / $NCF_RAW_DIR, else the
+        download cache --cache-dir / $NCF_CACHE_DIR, else their URL), sha256-verified.
+Writes  <lake>/<dataset>/<logical_date>/interactions/   user_id, item_id, ts, value
+        <lake>/<dataset>/<logical_date>/rejects/        source_file, line, reason
+        and, where the source has them, user_features/, item_features/ (side features
+        for hybrid models) and presplit_test/ (the NCF paper's own test split), plus the
+        manifest entry "ingest".
 
 Run:
     spark-submit jobs/ingest.py --config configs/ml-100k.yaml --logical-date 2026-11-23
 
-MovieLens 100K `u.data`: `user id \\t item id \\t rating \\t unix seconds`, no header.
-A line is rejected with the first reason that applies, in this order: wrong field
-count, empty id, non-numeric rating or timestamp, bad timestamp (not whole
-non-negative seconds up to year 9999), rating outside [min_value, max_value].
-A file with no line to keep publishes nothing: an earlier interactions/ stays.
+Each format's parsing is in jobs/readers.py. Nothing is lost: a line is kept,
+rejected with a reason, or collapsed into an identical (user_id, item_id, ts) event,
+and the manifest reconciles input_rows == kept + rejected + duplicates_collapsed
+(header lines are not input rows), per output folder; ingest fails when that does
+not hold. An empty file, or one of which no line parses (a wrong separator), fails
+naming the file and the expected format, and publishes nothing: every folder is
+staged and swapped in only when all were written.
 """
 
 from __future__ import annotations
@@ -21,90 +25,208 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
+import functools
 import logging
 import os
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from pyspark.sql import Column, DataFrame
+from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
-from jobs import layout
+from jobs import layout, readers
 from jobs.cli import configure_logging, lake_root, stage_parser
-from jobs.config import IngestConfig, load_data_config
-from jobs.sources import resolve_raw_file
+from jobs.config import IngestConfig, SourceConfig, load_data_config
+from jobs.sources import resolve_raw_files
 from jobs.spark import conform, get_spark, read_parquet, write_parquet
 
 log = logging.getLogger(__name__)
 
-EXPECTED_FORMAT = ("4 tab-separated fields per line, no header: "
-                   "user id \\t item id \\t rating \\t unix seconds")
-N_FIELDS = 4
-# The largest timestamp Spark can hold is in year 294247; keep to four-digit years.
-MAX_UNIX_SECONDS = 253_402_300_799  # 9999-12-31T23:59:59Z
-REASONS = (layout.REASON_FIELD_COUNT, layout.REASON_EMPTY_ID, layout.REASON_NOT_NUMERIC,
-           layout.REASON_BAD_TIMESTAMP, layout.REASON_OUT_OF_RANGE)
+REASONS = (layout.REASON_FIELD_COUNT, layout.REASON_BAD_ENCODING, layout.REASON_EMPTY_ID,
+           layout.REASON_NOT_NUMERIC, layout.REASON_BAD_TIMESTAMP, layout.REASON_OUT_OF_RANGE)
 
 
 class IngestError(RuntimeError):
-    """The raw file holds nothing usable; the message names the file and the format."""
+    """A raw file holds nothing usable, or the counts do not reconcile; the message says which."""
 
 
-def _field(fields: Column, number: int) -> Column:
-    """The n-th field (0-based), trimmed; null when the line has fewer fields."""
-    return F.trim(F.try_element_at(fields, F.lit(number + 1)))
+@dataclasses.dataclass
+class _Reading:
+    """The raw files read so far: their data lines, formats, and every reject frame."""
+
+    spark: SparkSession
+    files: Mapping[str, Path]
+    source: SourceConfig
+    input_rows: dict[str, int] = dataclasses.field(default_factory=dict)
+    expected: dict[str, str] = dataclasses.field(default_factory=dict)
+    rejects: list[DataFrame] = dataclasses.field(default_factory=list)
+    kept_lines: dict[str, int] = dataclasses.field(default_factory=dict)  # files without a folder
+
+    def lines(self, role: str, line_format: readers.LineFormat) -> DataFrame:
+        """The decoded data lines of the file of `role` (its bad encodings to rejects)."""
+        path = self.files[role]
+        raw = self.spark.read.text(str(path)).select(
+            F.lit(str(path)).alias(layout.SOURCE_FILE), F.col("value").alias(layout.LINE))
+        header = readers.is_header(F.col(layout.LINE), line_format.header).cast("int")
+        n_lines, n_headers = raw.agg(F.count(F.lit(1)),
+                                     F.coalesce(F.sum(header), F.lit(0))).collect()[0]
+        if n_lines == n_headers:
+            what = "holds only its header" if n_lines else "is empty"
+            raise IngestError(f"{path} ({role}) {what}; expected {line_format.expected}")
+        self.input_rows[role] = n_lines - n_headers
+        self.expected[role] = line_format.expected
+        lines, bad_encoding = readers.decode_lines(
+            raw, encoding=self.source.files[role].encoding, header=line_format.header)
+        self.rejects.append(bad_encoding)
+        return lines
+
+    def kept(self, parsed: tuple[DataFrame, DataFrame]) -> DataFrame:
+        rows, rejects = parsed
+        self.rejects.append(rejects)
+        return rows
 
 
-def _is_finite(value: Column) -> Column:
-    return value.isNotNull() & ~F.isnan(value) & (F.abs(value) != float("inf"))
+def _parse_source(reading: _Reading,
+                  cfg: IngestConfig) -> dict[str, tuple[DataFrame, tuple[str, ...]]]:
+    """The output folders (before writing), each with the file roles its rows come from."""
+    fmt = readers.FORMATS[reading.source.format]
+    files = reading.files
+    events = functools.reduce(DataFrame.unionByName, [
+        reading.kept(readers.parse_interactions(reading.lines(role, spec.line), spec,
+                                                min_value=cfg.min_value, max_value=cfg.max_value))
+        for role, spec in fmt.interactions.items()])
+    tables = {layout.INTERACTIONS: (readers.collapse_duplicates(events, combine=fmt.combine),
+                                    tuple(fmt.interactions))}
+    if fmt.users is not None and "users" in files:
+        users = reading.kept(readers.parse_user_features(reading.lines("users", fmt.users.line),
+                                                         fmt.users))
+        tables[layout.USER_FEATURES] = (readers.collapse_by_id(users, layout.USER_ID), ("users",))
+    if fmt.items is not None and "items" in files:
+        items = reading.kept(readers.parse_item_features(reading.lines("items", fmt.items.line),
+                                                         fmt.items))
+        if "tags" in files or "item_tags" in files:
+            items = readers.attach_top_tags(items, *_tag_frames(reading))
+        tables[layout.ITEM_FEATURES] = (readers.collapse_by_id(items, layout.ITEM_ID), ("items",))
+    elif any(spec.item_name is not None for spec in fmt.interactions.values()):
+        # last.fm: the artist names of the listening lines are the items' titles.
+        tables[layout.ITEM_FEATURES] = (readers.collapse_by_id(readers.item_titles(events),
+                                                               layout.ITEM_ID), ())
+    if "test_negatives" in files:
+        presplit = reading.kept(readers.parse_test_negatives(
+            reading.lines("test_negatives", readers.TEST_NEGATIVES_LINE)))
+        tables[layout.PRESPLIT_TEST] = (presplit.withColumn(
+            readers.EVENTS, F.col(layout.LABEL).cast("long")), ("test_negatives",))
+    return tables
 
 
-def parse_movielens_100k(
-    lines: DataFrame,
-    *,
-    min_value: float | None,
-    max_value: float | None,
-) -> tuple[DataFrame, DataFrame]:
-    """Split raw `u.data` lines into (interactions, rejects).
+def _tag_frames(reading: _Reading) -> tuple[DataFrame, DataFrame]:
+    if not {"tags", "item_tags"} <= set(reading.files):
+        raise IngestError("source.files: the tags of HetRec 2K need both roles 'tags' "
+                          "(tags.dat) and 'item_tags' (user_taggedartists.dat)")
+    assignments = reading.kept(readers.parse_tag_assignments(
+        reading.lines("item_tags", readers.TAG_ASSIGNMENTS_LINE)))
+    tags = reading.kept(readers.parse_tags(reading.lines("tags", readers.TAGS_LINE)))
+    # Their kept lines are no output rows: count them here, for the reconciliation.
+    for role, frame in (("item_tags", assignments), ("tags", tags)):
+        reading.kept_lines[role] = frame.count()
+    return assignments, tags
 
-    `lines` has columns `line` (one raw line) and `source_file`. Interactions follow
-    layout.INTERACTIONS_SCHEMA, rejects layout.REJECTS_SCHEMA with a layout.REASON_*;
-    every input line lands in exactly one of the two. A trailing carriage return is
-    dropped (files saved on Windows); fields are trimmed.
+
+_SCHEMAS = {layout.INTERACTIONS: layout.INTERACTIONS_SCHEMA,
+            layout.USER_FEATURES: layout.USER_FEATURES_SCHEMA,
+            layout.ITEM_FEATURES: layout.ITEM_FEATURES_SCHEMA,
+            layout.PRESPLIT_TEST: layout.PRESPLIT_TEST_SCHEMA}
+
+
+def write_outputs(spark: SparkSession, files: Mapping[str, Path], source: SourceConfig,
+                  paths: layout.LakePaths, cfg: IngestConfig) -> dict[str, Any]:
+    """Parse every file, write all output folders atomically, return the manifest counts.
+
+    The folders are staged and published together only when at least one line of each
+    file was kept and every line is accounted for; otherwise IngestError and nothing moves.
     """
-    fields = F.split(F.regexp_replace(F.col(layout.LINE), "\r$", ""), "\t", -1)
-    user_id, item_id = _field(fields, 0), _field(fields, 1)
-    rating_text, ts_text = _field(fields, 2), _field(fields, 3)
-    rating = rating_text.try_cast("double")
-    # try_cast never raises, whether or not spark.sql.ansi.enabled is on.
-    ts_number = ts_text.try_cast("double")
-    ts_seconds = F.when(ts_text.rlike(r"^[0-9]{1,12}$"), ts_text.try_cast("bigint"))
-    below = F.lit(False) if min_value is None else rating < F.lit(float(min_value))
-    above = F.lit(False) if max_value is None else rating > F.lit(float(max_value))
+    reading = _Reading(spark, files, source)
+    tables = _parse_source(reading, cfg)
+    with contextlib.ExitStack() as stack:
+        staged = {name: stack.enter_context(layout.staged_dir(paths.path(name)))
+                  for name in (*tables, layout.REJECTS)}
+        write_parquet(functools.reduce(DataFrame.unionByName, reading.rejects),
+                      staged[layout.REJECTS], files=cfg.output_partitions, key=layout.LINE,
+                      sort_by=[layout.SOURCE_FILE, layout.LINE])
+        rejected: dict[str, dict[str, int]] = {str(path): {} for path in files.values()}
+        for row in (read_parquet(spark, staged[layout.REJECTS])
+                    .groupBy(layout.SOURCE_FILE, layout.REASON).count().collect()):
+            rejected[row[layout.SOURCE_FILE]][row[layout.REASON]] = int(row["count"])
+        _check_each_file_parses(reading, rejected)
 
-    reason = (
-        F.when(F.size(fields) != N_FIELDS, F.lit(layout.REASON_FIELD_COUNT))
-        .when((user_id == "") | (item_id == ""), F.lit(layout.REASON_EMPTY_ID))
-        .when(~_is_finite(rating) | ~_is_finite(ts_number), F.lit(layout.REASON_NOT_NUMERIC))
-        .when(ts_seconds.isNull() | (ts_seconds > MAX_UNIX_SECONDS),
-              F.lit(layout.REASON_BAD_TIMESTAMP))
-        .when(below | above, F.lit(layout.REASON_OUT_OF_RANGE))
-    )
-    parsed = lines.select(
-        F.col(layout.SOURCE_FILE), F.col(layout.LINE), reason.alias(layout.REASON),
-        user_id.alias(layout.USER_ID), item_id.alias(layout.ITEM_ID),
-        F.timestamp_seconds(ts_seconds).alias(layout.TS), rating.alias(layout.VALUE),
-    )
-    interactions = conform(parsed.where(F.col(layout.REASON).isNull()),
-                           layout.INTERACTIONS_SCHEMA)
-    rejects = conform(parsed.where(F.col(layout.REASON).isNotNull()), layout.REJECTS_SCHEMA)
-    return interactions, rejects
+        counts: dict[str, Any] = {}
+        for name, (parsed, roles) in tables.items():
+            table = parsed.persist()
+            stack.callback(table.unpersist)
+            id_column = layout.columns(_SCHEMAS[name])[0]
+            write_parquet(conform(table, _SCHEMAS[name]), staged[name],
+                          files=cfg.output_partitions, key=id_column,
+                          sort_by=layout.columns(_SCHEMAS[name])[:3])
+            events = int(table.agg(F.coalesce(F.sum(readers.EVENTS), F.lit(0))).collect()[0][0])
+            kept = read_parquet(spark, staged[name]).count()
+            counts[name] = _reconcile(name, reading, roles, rejected, events=events, kept=kept)
+    return {"format": source.format, **counts.pop(layout.INTERACTIONS), **counts,
+            "files": {role: {"path": str(path), "sha256": source.files[role].sha256,
+                             "input_rows": reading.input_rows[role],
+                             "rejected": sum(rejected[str(path)].values())}
+                      for role, path in files.items()}}
+
+
+def _check_each_file_parses(reading: _Reading,
+                            rejected: Mapping[str, Mapping[str, int]]) -> None:
+    for role, path in reading.files.items():
+        by_reason = rejected[str(path)]
+        if sum(by_reason.values()) >= reading.input_rows[role]:
+            sample = [row[layout.LINE] for row in reading.spark.read.text(str(path))
+                      .select(F.col("value").alias(layout.LINE)).limit(3).collect()]
+            raise IngestError(
+                f"{path} ({role}): none of its {reading.input_rows[role]} lines parses "
+                f"(rejects by reason: {dict(by_reason)}); expected "
+                f"{reading.expected[role]}; first lines: {sample!r}")
+    for role, ok in reading.kept_lines.items():
+        n_rejected = sum(rejected[str(reading.files[role])].values())
+        if ok + n_rejected != reading.input_rows[role]:
+            raise IngestError(f"{reading.files[role]}: {reading.input_rows[role]} lines read "
+                              f"but {ok} kept + {n_rejected} rejected; nothing published")
+
+
+def _reconcile(name: str, reading: _Reading, roles: tuple[str, ...],
+               rejected: Mapping[str, Mapping[str, int]], *, events: int,
+               kept: int) -> dict[str, Any]:
+    """input_rows == kept + rejected + duplicates_collapsed over the files of one folder."""
+    if not roles:  # derived from the interactions (last.fm artist names): no file of its own
+        return {"kept": kept}
+    by_reason = {reason: 0 for reason in REASONS}
+    for role in roles:
+        for reason, n in rejected[str(reading.files[role])].items():
+            by_reason[reason] += n
+    input_rows = sum(reading.input_rows[role] for role in roles)
+    n_rejected = sum(by_reason.values())
+    if name == layout.PRESPLIT_TEST:  # rows are (user, item) pairs; events count the lines
+        entry = {"input_rows": input_rows, "kept": events, "rejected": n_rejected, "rows": kept}
+        duplicates, kept = 0, events
+    else:
+        duplicates = events - kept
+        entry = {"input_rows": input_rows, "kept": kept, "rejected": n_rejected,
+                 "duplicates_collapsed": duplicates}
+    if input_rows != kept + n_rejected + duplicates:
+        raise IngestError(
+            f"{name}: {input_rows} lines read from {[str(reading.files[r]) for r in roles]} "
+            f"but {kept} kept + {n_rejected} rejected + {duplicates} duplicates collapsed; "
+            "nothing published")
+    return {**entry, "rejected_by_reason": by_reason}
 
 
 def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = stage_parser(__doc__)
     parser.add_argument("--raw-dir", type=Path, default=None,
-                        help=f"folder holding the raw file at source.path "
+                        help=f"folder holding the raw files at their source paths "
                              f"(default ${layout.ENV_RAW_DIR}, may be unset)")
     parser.add_argument("--cache-dir", type=Path, default=None,
                         help=f"download cache (default ${layout.ENV_CACHE_DIR} "
@@ -118,70 +240,18 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
-def _count_by_reason(rejects: DataFrame) -> dict[str, int]:
-    """Rejected lines per reason (every reason present, zero when none)."""
-    counts = {reason: 0 for reason in REASONS}
-    for row in rejects.groupBy(layout.REASON).count().collect():
-        counts[row[layout.REASON]] = int(row["count"])
-    return counts
-
-
-def write_outputs(lines: DataFrame, raw_file: Path, paths: layout.LakePaths,
-                  cfg: IngestConfig) -> dict[str, Any]:
-    """Parse, write interactions/ and rejects/ atomically, return the counts.
-
-    Both folders are staged and published together only when at least one line was
-    kept and every line is accounted for; otherwise IngestError and nothing moves.
-    """
-    spark = lines.sparkSession
-    interactions, rejects = parse_movielens_100k(
-        lines, min_value=cfg.min_value, max_value=cfg.max_value)
-    with contextlib.ExitStack() as stack:
-        staged_interactions = stack.enter_context(
-            layout.staged_dir(paths.path(layout.INTERACTIONS)))
-        staged_rejects = stack.enter_context(layout.staged_dir(paths.path(layout.REJECTS)))
-        write_parquet(interactions, staged_interactions)
-        write_parquet(rejects, staged_rejects)
-
-        input_rows = lines.count()
-        kept = read_parquet(spark, staged_interactions).count()
-        written_rejects = read_parquet(spark, staged_rejects)
-        by_reason = _count_by_reason(written_rejects)
-        rejected = sum(by_reason.values())
-        if input_rows == 0:
-            raise IngestError(f"{raw_file} is empty; expected {EXPECTED_FORMAT}")
-        if kept == 0:
-            sample = [row[layout.LINE] for row in written_rejects.limit(3).collect()]
-            raise IngestError(
-                f"{raw_file}: none of its {input_rows} lines parses (rejects by reason: "
-                f"{ {k: v for k, v in by_reason.items() if v} }); expected {EXPECTED_FORMAT}; "
-                f"first lines: {sample!r}")
-        if kept + rejected != input_rows:
-            raise IngestError(f"{raw_file}: {input_rows} lines read but {kept} kept + "
-                              f"{rejected} rejected were written; nothing published")
-    return {"input_rows": input_rows, "kept": kept, "rejected": rejected,
-            "rejected_by_reason": by_reason}
-
-
 def main(argv: list[str] | None = None) -> int:
     args = _parse_args(argv)
     configure_logging()
     cfg = load_data_config(args.config)
     paths = layout.LakePaths(args.lake_root, cfg.dataset, args.logical_date)
-    raw_file = resolve_raw_file(cfg.source, raw_dir=args.raw_dir, cache_dir=args.cache_dir)
-    if raw_file.stat().st_size == 0:
-        raise IngestError(f"{raw_file} is empty; expected {EXPECTED_FORMAT}")
-
+    files = resolve_raw_files(cfg.source, raw_dir=args.raw_dir, cache_dir=args.cache_dir)
     spark = get_spark(f"ingest-{cfg.dataset}")
-    lines = spark.read.text(str(raw_file)).select(
-        F.lit(str(raw_file)).alias(layout.SOURCE_FILE), F.col("value").alias(layout.LINE))
-    counts = write_outputs(lines, raw_file, paths, cfg.ingest)
-    update_entry = {"source_file": str(raw_file), "sha256": cfg.source.sha256, **counts,
-                    "params": dataclasses.asdict(cfg.ingest)}
-    layout.update_manifest(paths, "ingest", update_entry)
-    log.info("ingest %s %s: %s rows read, %s kept, %s rejected %s -> %s", cfg.dataset,
-             args.logical_date, counts["input_rows"], counts["kept"], counts["rejected"],
-             counts["rejected_by_reason"], paths.base)
+    counts = write_outputs(spark, files, cfg.source, paths, cfg.ingest)
+    layout.update_manifest(paths, "ingest", {**counts, "params": dataclasses.asdict(cfg.ingest)})
+    log.info("ingest %s %s: %s rows read, %s kept, %s rejected, %s duplicates collapsed -> %s",
+             cfg.dataset, args.logical_date, counts["input_rows"], counts["kept"],
+             counts["rejected"], counts["duplicates_collapsed"], paths.base)
     return 0
 
 

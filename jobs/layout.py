@@ -137,7 +137,12 @@ def arrow_schema(schema: Schema) -> Any:
     """The pyarrow schema of a lake dataset (pyarrow imported lazily)."""
     import pyarrow as pa
 
-    return pa.schema([(name, pa.type_for_alias(_ARROW_TYPES[dtype])) for name, dtype in schema])
+    def arrow_type(dtype: str) -> Any:
+        if dtype.startswith("array<") and dtype.endswith(">"):
+            return pa.list_(arrow_type(dtype[len("array<"):-1]))
+        return pa.type_for_alias(_ARROW_TYPES[dtype])
+
+    return pa.schema([(name, arrow_type(dtype)) for name, dtype in schema])
 
 
 class LakeReadError(OSError):

@@ -32,7 +32,7 @@ from pyspark.sql import functions as F
 
 from jobs import layout
 from jobs.cli import configure_logging, lake_root, stage_parser
-from jobs.config import PrepareConfig, load_data_config
+from jobs.config import PRESPLIT_FORMAT, PrepareConfig, load_data_config
 from jobs.spark import conform, get_spark, read_parquet, write_parquet
 
 log = logging.getLogger(__name__)
@@ -108,22 +108,46 @@ def split_leave_one_out(positives: DataFrame, *,
     late-catalogue (obscure) film, which biases HR@10 down by ~0.05 (popularity: 0.33
     with the id rule, 0.41 with a random one).
     """
-    tie_break = F.xxhash64(F.lit(seed).cast("bigint"), F.lit(STREAM_TIE_BREAK).cast("int"),
-                           F.col(layout.USER_IDX).cast("int"),
-                           F.col(layout.ITEM_IDX).cast("int"))
-    latest_first = Window.partitionBy(layout.USER_IDX).orderBy(
-        F.col(layout.TS).desc(), tie_break.desc(), F.col(layout.ITEM_IDX).desc())
-    ranked = positives.select(
-        layout.USER_IDX, layout.ITEM_IDX,
-        F.row_number().over(latest_first).alias(_RANK),
-        F.count(F.lit(1)).over(Window.partitionBy(layout.USER_IDX)).alias("_n"),
-    )
+    ranked = _rank_latest_first(positives, seed=seed)
     evaluated = F.col("_n") >= MIN_POSITIVES_TO_EVALUATE
     pairs = (layout.USER_IDX, layout.ITEM_IDX)
     test = ranked.where(evaluated & (F.col(_RANK) == 1)).select(*pairs)
     validation = ranked.where(evaluated & (F.col(_RANK) == 2)).select(*pairs)
     train = ranked.where(~evaluated | (F.col(_RANK) > 2)).select(*pairs)
     return train, validation, test
+
+
+def _rank_latest_first(positives: DataFrame, *, seed: int) -> DataFrame:
+    """user_idx, item_idx, _rank (1 = latest, ties by the seeded hash), _n (per user).
+
+    A source without timestamps (null ts: last.fm 360K, HetRec 2K) is all ties, so its
+    order, and with it the hold-out, is the seeded hash: a seeded random hold-out.
+    """
+    tie_break = F.xxhash64(F.lit(seed).cast("bigint"), F.lit(STREAM_TIE_BREAK).cast("int"),
+                           F.col(layout.USER_IDX).cast("int"),
+                           F.col(layout.ITEM_IDX).cast("int"))
+    latest_first = Window.partitionBy(layout.USER_IDX).orderBy(
+        F.col(layout.TS).desc(), tie_break.desc(), F.col(layout.ITEM_IDX).desc())
+    return positives.select(
+        layout.USER_IDX, layout.ITEM_IDX,
+        F.row_number().over(latest_first).alias(_RANK),
+        F.count(F.lit(1)).over(Window.partitionBy(layout.USER_IDX)).alias("_n"),
+    )
+
+
+def split_presplit(positives: DataFrame, test_positives: DataFrame, *,
+                   seed: int) -> tuple[DataFrame, DataFrame]:
+    """(train, validation) around a source's own test positives (the NCF paper's files).
+
+    The test positives leave train; of the rest, each user's latest positive is the
+    validation item when at least one other is left to train on.
+    """
+    rest = positives.join(test_positives.select(layout.USER_IDX, layout.ITEM_IDX),
+                          [layout.USER_IDX, layout.ITEM_IDX], "left_anti")
+    ranked = _rank_latest_first(rest, seed=seed)
+    held_out = (F.col("_n") >= 2) & (F.col(_RANK) == 1)
+    pairs = (layout.USER_IDX, layout.ITEM_IDX)
+    return ranked.where(~held_out).select(*pairs), ranked.where(held_out).select(*pairs)
 
 
 def _draw_item(seed: int, stream: int, draw: Column, n_items: int) -> Column:
@@ -265,12 +289,15 @@ def build_pairs(
     *,
     n_items: int,
     cfg: PrepareConfig,
+    presplit_test: DataFrame | None = None,
 ) -> tuple[DataFrame, DataFrame, DataFrame]:
     """(train, validation, test) in layout.PAIRS_SCHEMA: the split's positives + negatives.
 
     The positives are the (user_idx, item_idx) frames of `split_leave_one_out`; touched
     holds every pair any user interacted with (more than the positives when a
     binarisation threshold applies). Each split draws from its own random stream.
+    `presplit_test` (user_idx, item_idx, label), a source's own test split, is test/
+    as it is: its negatives are not drawn again.
     """
     def evaluation(positives: DataFrame, stream: int) -> DataFrame:
         demand = positives.select(layout.USER_IDX,
@@ -283,9 +310,10 @@ def build_pairs(
         (F.count(F.lit(1)) * cfg.n_negatives).alias(_N_NEEDED))
     train_negatives = sample_negatives(train_demand, touched, n_items=n_items, seed=cfg.seed,
                                        stream=STREAM_TRAIN, distinct=False)
+    test = (evaluation(test_positives, STREAM_TEST) if presplit_test is None
+            else conform(presplit_test, layout.PAIRS_SCHEMA))
     return (_labelled(train_positives, train_negatives),
-            evaluation(validation_positives, STREAM_VALIDATION),
-            evaluation(test_positives, STREAM_TEST))
+            evaluation(validation_positives, STREAM_VALIDATION), test)
 
 
 # --- the job -------------------------------------------------------------------------
@@ -306,11 +334,13 @@ def _users_short(pairs: DataFrame, n_eval_negatives: int) -> DataFrame:
 
 
 def write_outputs(interactions: DataFrame, paths: layout.LakePaths,
-                  cfg: PrepareConfig) -> dict[str, Any]:
+                  cfg: PrepareConfig, *, presplit_test: DataFrame | None = None) -> dict[str, Any]:
     """Write users/, items/, train/, validation/, test/ together; return the counts.
 
     All five folders are staged and swapped in only when every one was written, so a
-    failure leaves the previous run's outputs untouched.
+    failure leaves the previous run's outputs untouched. `presplit_test` (raw ids,
+    layout.PRESPLIT_TEST_SCHEMA) is a source's own test split, taken as test/ as it is
+    (its items are indexed too); validation is then each user's latest other positive.
     """
     spark = interactions.sparkSession
     names = (layout.USERS, layout.ITEMS, layout.TRAIN, layout.VALIDATION, layout.TEST)
@@ -318,7 +348,10 @@ def write_outputs(interactions: DataFrame, paths: layout.LakePaths,
         staged = {name: stack.enter_context(layout.staged_dir(paths.path(name)))
                   for name in names}
         positives = interactions.transform(binarise, threshold=cfg.binarise_threshold)
-        users, items = index_ids(positives)
+        ids = positives if presplit_test is None else positives.select(
+            layout.USER_ID, layout.ITEM_ID).unionByName(
+            presplit_test.select(layout.USER_ID, layout.ITEM_ID))
+        users, items = index_ids(ids)
         write_parquet(users, staged[layout.USERS], files=cfg.output_partitions,
                       key=layout.USER_IDX, sort_by=[layout.USER_IDX])
         write_parquet(items, staged[layout.ITEMS], files=cfg.output_partitions,
@@ -337,13 +370,20 @@ def write_outputs(interactions: DataFrame, paths: layout.LakePaths,
 
         # Each sampling round and each write reads these again: compute them once.
         touched = interactions.select(layout.USER_ID, layout.ITEM_ID).distinct().transform(indexed)
-        kept = [touched, *split_leave_one_out(positives.transform(indexed), seed=cfg.seed)]
+        if presplit_test is None:
+            kept = [touched, *split_leave_one_out(positives.transform(indexed), seed=cfg.seed)]
+            given_test = None
+        else:
+            given_test = presplit_test.transform(indexed)
+            test_pairs = given_test.where(F.col(layout.LABEL) == 1)
+            kept = [touched, *split_presplit(positives.transform(indexed), test_pairs,
+                                             seed=cfg.seed), test_pairs]
         for df in kept:
             df.persist()
             stack.callback(df.unpersist)
         touched, train_positives, validation_positives, test_positives = kept
         pairs = build_pairs(train_positives, validation_positives, test_positives, touched,
-                            n_items=n_items, cfg=cfg)
+                            n_items=n_items, cfg=cfg, presplit_test=given_test)
         written = {}
         for name, df in zip((layout.TRAIN, layout.VALIDATION, layout.TEST), pairs, strict=True):
             write_parquet(df, staged[name], files=cfg.output_partitions, key=layout.USER_IDX,
@@ -385,7 +425,13 @@ def main(argv: list[str] | None = None) -> int:
         raise PrepareError(f"{source} holds no rows: re-run jobs/ingest.py for this dataset "
                            "and logical date")
     input_sha256 = layout.sha256_dir(source)
-    counts = write_outputs(interactions, paths, cfg.prepare)
+    presplit_test = None
+    if cfg.source.format == PRESPLIT_FORMAT:  # the NCF paper's own test split, as it is
+        folder = paths.path(layout.PRESPLIT_TEST)
+        _check_input(folder)
+        presplit_test = spark.read.schema(layout.ddl(layout.PRESPLIT_TEST_SCHEMA)).parquet(
+            str(folder))
+    counts = write_outputs(interactions, paths, cfg.prepare, presplit_test=presplit_test)
     layout.update_manifest(paths, "prepare", {
         "params": dataclasses.asdict(cfg.prepare), "input_sha256": input_sha256, **counts})
     log.info("prepare %s %s: %s -> %s", cfg.dataset, args.logical_date, counts, paths.base)

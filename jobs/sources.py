@@ -1,85 +1,106 @@
-"""Find the raw input file of a dataset: a local raw folder, the download cache, or its URL.
+"""Find the raw input files of a dataset: a local raw folder, the download cache, or a URL.
 
 Pure standard library (no Spark), so a DAG task or a test can fetch the data alone.
-Whichever way the file is found, its sha256 must equal the config's before any stage
+Whichever way a file is found, its sha256 must equal the config's before any stage
 reads it: a changed upstream file is an error to look at, not a silent new dataset.
+A file whose checksum the config does not know yet (`sha256: fill-in-on-first-download`)
+is an error too, whose message gives the sha256 of the copy found, to be checked
+against the publisher's checksum and written into the config.
 
-    resolve_raw_file(cfg.source, raw_dir=Path(os.environ["NCF_RAW_DIR"]), cache_dir=...)
+    files = resolve_raw_files(cfg.source, raw_dir=Path(os.environ["NCF_RAW_DIR"]), cache_dir=...)
+    files["ratings"], files.get("items"), ...
 
-Downloads go to a temporary file inside the cache folder and are moved into place
-(`os.replace`) only once unpacked and verified, so a killed download leaves nothing
-that a later run could mistake for the raw file.
+Each file is looked for at raw_dir/<path>, then cache_dir/<path>; the files still
+missing are fetched, one download per URL (an archive holding several of them is
+fetched once). Downloads go to a temporary file inside the cache folder and each
+member is moved into place (`os.replace`) only once unpacked and verified, so a
+killed download leaves nothing that a later run could mistake for a raw file.
 """
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import logging
 import os
 import shutil
+import tarfile
 import tempfile
 import urllib.error
 import urllib.request
 import zipfile
+from collections.abc import Iterator, Mapping
 from pathlib import Path
+from typing import IO
 
-from jobs.config import SourceConfig
+from jobs.config import SHA256_TODO, SourceConfig, SourceFile
 from jobs.layout import ENV_RAW_DIR, sha256_file
 
 log = logging.getLogger(__name__)
 
 
 class RawDataError(RuntimeError):
-    """The raw file is missing, cannot be downloaded, or does not match its checksum."""
+    """A raw file is missing, cannot be downloaded, or does not match its checksum."""
 
 
-def resolve_raw_file(
+def resolve_raw_files(
     source: SourceConfig,
     *,
     raw_dir: Path | None,
     cache_dir: Path,
     timeout: float = 60,
-) -> Path:
-    """The verified raw file of `source`: raw_dir/path, else cache_dir/path, else downloaded.
+) -> dict[str, Path]:
+    """The verified raw file of every role of `source.files`, by role.
 
-    Raises RawDataError when the file is nowhere to be found or fetched, or when its
-    sha256 differs from `source.sha256`.
+    Raises RawDataError when a file is nowhere to be found or fetched, or when its
+    sha256 differs from (or is not yet in) the config.
     """
-    looked_at = []
-    if raw_dir is not None:
-        candidate = Path(raw_dir) / source.path
-        looked_at.append(candidate)
-        if candidate.is_file():
-            log.info("raw file %s (from the raw folder)", candidate)
-            return _verified(candidate, source.sha256)
-    cached = Path(cache_dir) / source.path
-    looked_at.append(cached)
-    if cached.is_file():
-        log.info("raw file %s (from the download cache)", cached)
-        return _verified(cached, source.sha256)
-    if source.url is None:
-        raise RawDataError(
-            f"raw file {source.path!r} not found (looked at {', '.join(map(str, looked_at))}) "
-            f"and the config has no source.url to download it from; "
-            f"set {ENV_RAW_DIR} (or --raw-dir) to a folder holding {source.path}")
-    return _download(source.url, source, Path(cache_dir), timeout=timeout)
+    found: dict[str, Path] = {}
+    to_fetch: dict[str, dict[str, SourceFile]] = {}  # url -> {role: file}
+    for role, file in source.files.items():
+        candidates = ([Path(raw_dir) / file.path] if raw_dir is not None else []) + [
+            Path(cache_dir) / file.path]
+        local = next((path for path in candidates if path.is_file()), None)
+        if local is not None:
+            log.info("raw file %s: %s", role, local)
+            found[role] = _verified(local, file, role)
+            continue
+        url = file.url or source.url
+        if url is None:
+            raise RawDataError(
+                f"raw file {file.path!r} ({role}) not found (looked at "
+                f"{', '.join(map(str, candidates))}) and the config has no source.url to "
+                f"download it from; set {ENV_RAW_DIR} (or --raw-dir) to a folder holding "
+                f"{file.path}")
+        to_fetch.setdefault(url, {})[role] = file
+    for url, files in to_fetch.items():
+        found.update(_download(url, files, Path(cache_dir), timeout=timeout))
+    return {role: found[role] for role in source.files}
 
 
-def _verified(path: Path, expected: str, *, name: str | None = None) -> Path:
+def _verified(path: Path, file: SourceFile, role: str, *, name: str | None = None) -> Path:
     actual = sha256_file(path)
-    if actual != expected:
+    if not file.sha256_known:
         raise RawDataError(
-            f"{name or path}: sha256 {actual} does not match the expected {expected} "
-            "(source.sha256 in the config); the file is corrupt or a different version")
+            f"{name or path}: the config does not know this file's sha256 yet "
+            f"(source.files.{role}.sha256: {SHA256_TODO}); this copy's sha256 is {actual}. "
+            "Check the file against its publisher's checksum (GroupLens and last.fm publish "
+            "md5 sums), then write that sha256 into the config")
+    if actual != file.sha256:
+        raise RawDataError(
+            f"{name or path}: sha256 {actual} does not match the expected {file.sha256} "
+            f"(source.files.{role}.sha256 in the config); the file is corrupt or a "
+            "different version")
     return path
 
 
-def _download(url: str, source: SourceConfig, cache_dir: Path, *, timeout: float) -> Path:
-    target = cache_dir / source.path
-    target.parent.mkdir(parents=True, exist_ok=True)
+def _download(url: str, files: Mapping[str, SourceFile], cache_dir: Path, *,
+              timeout: float) -> dict[str, Path]:
+    cache_dir.mkdir(parents=True, exist_ok=True)
     log.info("downloading %s into %s", url, cache_dir)
     fd, name = tempfile.mkstemp(dir=cache_dir, prefix=".download-")
     download = Path(name)
+    wanted = ", ".join(file.path for file in files.values())
     try:
         try:
             with os.fdopen(fd, "wb") as out, \
@@ -89,32 +110,52 @@ def _download(url: str, source: SourceConfig, cache_dir: Path, *, timeout: float
                 ConnectionError) as exc:
             raise RawDataError(
                 f"could not download {url}: {exc}. Offline? Set {ENV_RAW_DIR} "
-                f"(or --raw-dir) to a folder holding {source.path}") from exc
-        if zipfile.is_zipfile(download):
-            _unpack_member(download, url, source, target)
-        else:
-            _verified(download, source.sha256, name=f"{url} (downloaded)")
-            os.replace(download, target)
+                f"(or --raw-dir) to a folder holding {wanted}") from exc
+        placed = {}
+        for role, file in files.items():
+            target = cache_dir / file.path
+            target.parent.mkdir(parents=True, exist_ok=True)
+            with _member(download, url, file) as (data, label):
+                fd_out, tmp_name = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}-")
+                unpacked = Path(tmp_name)
+                try:
+                    with os.fdopen(fd_out, "wb") as out:
+                        shutil.copyfileobj(data, out)
+                    _verified(unpacked, file, role, name=label)
+                    os.replace(unpacked, target)
+                finally:
+                    unpacked.unlink(missing_ok=True)
+            log.info("raw file %s: %s (downloaded, sha256 verified)", role, target)
+            placed[role] = target
     finally:
         download.unlink(missing_ok=True)
-    log.info("raw file %s (downloaded, sha256 verified)", target)
-    return target
+    return placed
 
 
-def _unpack_member(archive: Path, url: str, source: SourceConfig, target: Path) -> None:
-    """Extract the archive member to a temporary file beside `target`, verify, move in."""
-    member = source.archive_member or source.path
-    with zipfile.ZipFile(archive) as zipped:
-        if member not in zipped.namelist():
-            raise RawDataError(
-                f"{url}: the archive has no member {member!r} "
-                f"(source.archive_member); it holds {sorted(zipped.namelist())[:20]}")
-        fd, name = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}-")
-        unpacked = Path(name)
-        try:
-            with os.fdopen(fd, "wb") as out, zipped.open(member) as data:
-                shutil.copyfileobj(data, out)
-            _verified(unpacked, source.sha256, name=f"{member} in {url}")
-            os.replace(unpacked, target)
-        finally:
-            unpacked.unlink(missing_ok=True)
+@contextlib.contextmanager
+def _member(download: Path, url: str, file: SourceFile) -> Iterator[tuple[IO[bytes], str]]:
+    """The bytes of `file` in the download: an archive member (zip, tar[.gz]) or the file."""
+    member = file.archive_member or file.path
+    if zipfile.is_zipfile(download):
+        with zipfile.ZipFile(download) as zipped:
+            if member not in zipped.namelist():
+                raise RawDataError(
+                    f"{url}: the archive has no member {member!r} (archive_member of "
+                    f"{file.path}); it holds {sorted(zipped.namelist())[:20]}")
+            with zipped.open(member) as data:
+                yield data, f"{member} in {url}"
+    elif tarfile.is_tarfile(download):
+        with tarfile.open(download) as archive:
+            try:
+                extracted = archive.extractfile(member)
+            except KeyError:
+                extracted = None
+            if extracted is None:
+                raise RawDataError(
+                    f"{url}: the archive has no file {member!r} (archive_member of "
+                    f"{file.path}); it holds {sorted(archive.getnames())[:20]}")
+            with extracted:
+                yield extracted, f"{member} in {url}"
+    else:
+        with open(download, "rb") as data:
+            yield data, f"{url} (downloaded)"

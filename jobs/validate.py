@@ -40,7 +40,12 @@ from great_expectations.data_context.types.base import (
 )
 
 from jobs import cli, layout
-from jobs.config import ConfigError, load_data_config
+from jobs.config import (
+    FORMATS_WITHOUT_TIMESTAMPS,
+    ConfigError,
+    DataConfig,
+    load_data_config,
+)
 from jobs.expectations import (
     EVAL_SPLITS,
     SPLIT,
@@ -299,12 +304,13 @@ def _require(paths: LakePaths, names: Sequence[str]) -> None:
 # --- stages -------------------------------------------------------------------------
 
 
-def validate_interactions(paths: LakePaths) -> ValidationReport:
-    """Gate after ingest: the clean interactions of this run."""
+def validate_interactions(paths: LakePaths, *, timestamps: bool = True) -> ValidationReport:
+    """Gate after ingest: the clean interactions of this run (`timestamps=False`: a source
+    without them, whose ts must then be null throughout)."""
     _require(paths, [INTERACTIONS])
     frame = read_lake_folder(paths.path(INTERACTIONS), INTERACTIONS_SCHEMA)
     return _finish("interactions", paths,
-                   [_Check(interactions_suite(), frame, f"{INTERACTIONS}/")])
+                   [_Check(interactions_suite(timestamps=timestamps), frame, f"{INTERACTIONS}/")])
 
 
 def validate_splits(paths: LakePaths) -> ValidationReport:
@@ -333,9 +339,10 @@ def validate_splits(paths: LakePaths) -> ValidationReport:
     return _finish("splits", paths, checks)
 
 
-_STAGE_RUNNERS: dict[str, Callable[[LakePaths], ValidationReport]] = {
-    "interactions": validate_interactions,
-    "splits": validate_splits,
+_STAGE_RUNNERS: dict[str, Callable[[LakePaths, DataConfig], ValidationReport]] = {
+    "interactions": lambda paths, cfg: validate_interactions(
+        paths, timestamps=cfg.source.format not in FORMATS_WITHOUT_TIMESTAMPS),
+    "splits": lambda paths, _cfg: validate_splits(paths),
 }
 
 
@@ -351,7 +358,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     paths = LakePaths(cli.lake_root(args.lake_root), cfg.dataset, args.logical_date)
     try:
-        report = _STAGE_RUNNERS[args.stage](paths)
+        report = _STAGE_RUNNERS[args.stage](paths, cfg)
     except DataValidationError as exc:
         logger.error("%s", exc)
         return 1

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from jobs.config import ConfigError, load_data_config
+from jobs.config import SHA256_TODO, SOURCE_FORMATS, ConfigError, SourceFile, load_data_config
 from ncf_model.config import load_ncf_config
 
 REPO = Path(__file__).resolve().parents[1]
@@ -54,6 +54,27 @@ def test_defaults_fill_missing_sections_and_asdict_is_plain(tmp_path: Path) -> N
     (_base(source={"format": "movielens-100k", "path": "../u.data", "sha256": GOOD_SHA}),
      "source.path"),
     ({**_base(), "dataset": "no spaces please"}, "'dataset'"),
+    (_base(source={"format": "movielens-100k"}), "source.path: missing"),
+    (_base(source={"format": "ncf-presplit", "path": "u.data", "sha256": GOOD_SHA}),
+     "source.path: format ncf-presplit has several files"),
+    (_base(source={"format": "movielens-100k", "path": "u.data", "sha256": GOOD_SHA,
+                   "files": {"ratings": {"path": "u.data", "sha256": GOOD_SHA}}}),
+     "source.files: give either"),
+    (_base(source={"format": "ncf-presplit",
+                   "files": {"train": {"path": "a", "sha256": GOOD_SHA}}}),
+     r"source.files: format ncf-presplit needs the roles \['train', 'test', 'test_negatives'\]"),
+    (_base(source={"format": "movielens-csv", "files": {
+        "ratings": {"path": "a", "sha256": GOOD_SHA}, "users": {"path": "b", "sha256": GOOD_SHA}}}),
+     r"source.files: unknown role\(s\) \['users'\]"),
+    (_base(source={"format": "movielens-csv", "files": {
+        "ratings": {"path": "a", "sha256": GOOD_SHA, "encoding": "cp1252"}}}),
+     "source.files.ratings.encoding"),
+    (_base(source={"format": "movielens-csv", "files": {
+        "ratings": {"path": "/abs", "sha256": GOOD_SHA}}}), "source.files.ratings.path"),
+    (_base(source={"format": "movielens-csv", "files": {"ratings": {"path": "a"}}}),
+     r"source.files.ratings: missing required key\(s\) \['sha256'\]"),
+    (_base(source={"format": "movielens-csv", "files": {}}), "source.files: expected a non-empty"),
+    (_base(ingest={"output_partitions": 0}), "ingest.output_partitions"),
 ])
 def test_bad_data_config_names_file_and_field(tmp_path: Path, payload: object,
                                               message: str) -> None:
@@ -82,3 +103,27 @@ def test_bad_model_config_names_the_field(tmp_path: Path, section: dict[str, obj
 def test_missing_file_is_a_config_error(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="does not exist"):
         load_data_config(tmp_path / "absent.yaml")
+
+
+def test_multi_file_source_and_the_one_file_shorthand(tmp_path: Path) -> None:
+    files = {"ratings": {"path": "ml-1m/ratings.dat", "sha256": GOOD_SHA},
+             "items": {"path": "ml-1m/movies.dat", "sha256": SHA256_TODO,
+                       "archive_member": "ml-1m/movies.dat", "encoding": "latin-1"}}
+    source = load_data_config(_write(tmp_path, _base(source={
+        "format": "movielens-dat", "url": "https://x/ml-1m.zip", "files": files}))).source
+    assert source.files["items"] == SourceFile(path="ml-1m/movies.dat", sha256=SHA256_TODO,
+                                               archive_member="ml-1m/movies.dat",
+                                               encoding="latin-1")
+    assert not source.files["items"].sha256_known and source.files["ratings"].sha256_known
+    assert dataclasses.asdict(source)["files"]["ratings"]["encoding"] == "utf-8"
+    shorthand = load_data_config(_write(tmp_path, _base())).source
+    assert shorthand.files == {"ratings": SourceFile(path="u.data", sha256=GOOD_SHA)}
+
+
+def test_shipped_configs_name_their_files_by_role() -> None:
+    for path in sorted((REPO / "configs").glob("*.yaml")):
+        source = load_data_config(path).source
+        required, _ = SOURCE_FORMATS[source.format]
+        assert set(required) <= set(source.files), path.name
+        for file in source.files.values():
+            assert file.url or source.url, f"{path.name}: {file.path} has no URL"

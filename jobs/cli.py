@@ -8,6 +8,7 @@ from datetime import date
 from pathlib import Path
 
 from jobs import layout
+from jobs.config import ConfigError, DataConfig, load_data_config
 
 
 def logical_date(text: str) -> str:
@@ -44,3 +45,12 @@ def configure_logging() -> None:
     """One format for the stages' log lines (a no-op where logging is already set up)."""
     logging.basicConfig(level=logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
+def load_stage_config(path: Path) -> DataConfig:
+    """The dataset config of a stage; a bad one ends it with exit code 2, the reason logged."""
+    try:
+        return load_data_config(path)
+    except ConfigError as exc:
+        logging.getLogger("jobs").error("%s", exc)
+        raise SystemExit(2) from exc

@@ -36,8 +36,8 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from jobs import layout, readers
-from jobs.cli import configure_logging, lake_root, stage_parser
-from jobs.config import IngestConfig, SourceConfig, load_data_config
+from jobs.cli import configure_logging, lake_root, load_stage_config, stage_parser
+from jobs.config import IngestConfig, SourceConfig
 from jobs.sources import resolve_raw_files
 from jobs.spark import conform, get_spark, read_parquet, write_parquet
 
@@ -243,7 +243,7 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = _parse_args(argv)
     configure_logging()
-    cfg = load_data_config(args.config)
+    cfg = load_stage_config(args.config)
     paths = layout.LakePaths(args.lake_root, cfg.dataset, args.logical_date)
     files = resolve_raw_files(cfg.source, raw_dir=args.raw_dir, cache_dir=args.cache_dir)
     spark = get_spark(f"ingest-{cfg.dataset}")

@@ -31,8 +31,8 @@ from pyspark.sql import Column, DataFrame, Window
 from pyspark.sql import functions as F
 
 from jobs import layout
-from jobs.cli import configure_logging, lake_root, stage_parser
-from jobs.config import PRESPLIT_FORMAT, PrepareConfig, load_data_config
+from jobs.cli import configure_logging, lake_root, load_stage_config, stage_parser
+from jobs.config import PRESPLIT_FORMAT, PrepareConfig
 from jobs.spark import conform, get_spark, read_parquet, write_parquet
 
 log = logging.getLogger(__name__)
@@ -414,7 +414,7 @@ def write_outputs(interactions: DataFrame, paths: layout.LakePaths,
 def main(argv: list[str] | None = None) -> int:
     args = stage_parser(__doc__).parse_args(argv)
     configure_logging()
-    cfg = load_data_config(args.config)
+    cfg = load_stage_config(args.config)
     paths = layout.LakePaths(lake_root(args.lake_root), cfg.dataset, args.logical_date)
     source = paths.path(layout.INTERACTIONS)
     _check_input(source)

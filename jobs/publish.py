@@ -38,7 +38,7 @@ import pandas as pd
 import sqlalchemy as sa
 
 from jobs import cli, layout, table
-from jobs.config import ConfigError, DataConfig, load_data_config
+from jobs.config import DataConfig
 from jobs.layout import (
     ITEM_ID,
     ITEM_IDX,
@@ -307,11 +307,7 @@ def _admin(argv: Sequence[str]) -> int:
                              "run older than the serving one)")
     _db_argument(parser)
     args = parser.parse_args(argv)
-    try:
-        cfg = load_data_config(args.config)
-    except ConfigError as exc:
-        logger.error("%s", exc)
-        return 2
+    cfg = cli.load_stage_config(args.config)
     engine = open_engine(db_url(args.db_url))
     tables = tables_of(cfg)
     try:
@@ -346,11 +342,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--run-id", default=None,
                         help="MLflow run id; default: the manifest's recommend entry")
     args = parser.parse_args(given)
-    try:
-        cfg = load_data_config(args.config)
-    except ConfigError as exc:
-        logger.error("%s", exc)
-        return 2
+    cfg = cli.load_stage_config(args.config)
     paths = LakePaths(cli.lake_root(args.lake_root), cfg.dataset, args.logical_date)
     try:
         publish_run(cfg, paths, db_url(args.db_url), model_version=args.model_version,

@@ -40,12 +40,7 @@ from great_expectations.data_context.types.base import (
 )
 
 from jobs import cli, layout
-from jobs.config import (
-    FORMATS_WITHOUT_TIMESTAMPS,
-    ConfigError,
-    DataConfig,
-    load_data_config,
-)
+from jobs.config import FORMATS_WITHOUT_TIMESTAMPS, DataConfig
 from jobs.expectations import (
     EVAL_SPLITS,
     SPLIT,
@@ -351,11 +346,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.prog = "python -m jobs.validate"
     parser.add_argument("--stage", required=True, choices=STAGES)
     args = parser.parse_args(argv)
-    try:
-        cfg = load_data_config(args.config)
-    except ConfigError as exc:
-        logger.error("%s", exc)
-        return 2
+    cfg = cli.load_stage_config(args.config)
     paths = LakePaths(cli.lake_root(args.lake_root), cfg.dataset, args.logical_date)
     try:
         report = _STAGE_RUNNERS[args.stage](paths, cfg)

@@ -203,12 +203,14 @@ def run_evaluate(cfg: NCFConfig, paths: layout.LakePaths, device: torch.device,
     return version, decision.promote
 
 
-def _all_positives(paths: layout.LakePaths) -> Pairs:
-    parts = [load_pairs(paths.path(name), "cpu")
-             for name in (layout.TRAIN, layout.VALIDATION, layout.TEST)]
-    user = torch.cat([p.user[p.label == 1] for p in parts])
-    item = torch.cat([p.item[p.label == 1] for p in parts])
-    return Pairs(user, item, torch.ones_like(user, dtype=torch.float32))
+def _positives(paths: layout.LakePaths) -> dict[str, Pairs]:
+    """Each split's positive pairs (label 1), on the CPU, each split read once."""
+    positives = {}
+    for name in (layout.TRAIN, layout.VALIDATION, layout.TEST):
+        pairs = load_pairs(paths.path(name), "cpu")
+        keep = pairs.label == 1
+        positives[name] = Pairs(pairs.user[keep], pairs.item[keep], pairs.label[keep])
+    return positives
 
 
 def run_recommend(cfg: NCFConfig, paths: layout.LakePaths, device: torch.device,
@@ -228,23 +230,23 @@ def run_recommend(cfg: NCFConfig, paths: layout.LakePaths, device: torch.device,
     if ref is None:
         raise StageError(f"{model_name} has no champion: no version has passed the gate; "
                          "nothing to recommend with")
-    seen = _all_positives(paths)
-    train_positives = load_pairs(paths.path(layout.TRAIN), "cpu")
+    positives = _positives(paths)
+    seen_user = torch.cat([p.user for p in positives.values()])  # never recommended again
+    seen_item = torch.cat([p.item for p in positives.values()])
     k = cfg.recommend.k
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="ncf-champion-") as scratch:
         scorer, known = champion.load_for_lake(_serving_folder(ref, paths, Path(scratch)),
                                                paths, device)
         items, scores = recommend_top_k(scorer, n_users=n_users, n_items=n_items,
-                                        seen_user=seen.user, seen_item=seen.item, k=k,
+                                        seen_user=seen_user, seen_item=seen_item, k=k,
                                         chunk_users=cfg.recommend.chunk_users, device=device)
     cold = (~known).nonzero().flatten()
     source = [layout.SOURCE_MODEL] * n_users
     if cold.numel():
-        counts = torch.bincount(train_positives.item[train_positives.label == 1].long(),
-                                minlength=n_items)
-        items[cold], scores[cold] = popularity_top_k(counts, users=cold, seen_user=seen.user,
-                                                     seen_item=seen.item, k=k)
+        counts = torch.bincount(positives[layout.TRAIN].item.long(), minlength=n_items)
+        items[cold], scores[cold] = popularity_top_k(counts, users=cold, seen_user=seen_user,
+                                                     seen_item=seen_item, k=k)
         for user in cold.tolist():
             source[user] = layout.SOURCE_POPULARITY
     seconds = time.perf_counter() - started

@@ -74,12 +74,16 @@ def popularity_top_k(item_counts: Tensor, *, users: Tensor, seen_user: Tensor,
     indices and their scores, the share of `item_counts`' total each item holds. Ties go to
     the lower index (torch.topk on a stable order: deterministic).
     """
+    item_counts = item_counts.cpu()
     n_items = item_counts.numel()
     if not 1 <= k <= n_items:
         raise ValueError(f"k={k}: must be in [1, n_items={n_items}]")
     share = item_counts.double() / max(float(item_counts.sum()), 1.0)  # (n_items,)
-    # Popularity with a tiny index penalty: equal counts rank by index, reproducibly.
-    order_key = share - torch.arange(n_items, dtype=torch.float64) * 1e-15
+    # The rank of each item by popularity, equal counts by index (a stable sort): topk on
+    # these keys is deterministic, where topk on tied shares is not.
+    order = torch.argsort(item_counts, descending=True, stable=True)
+    order_key = torch.empty(n_items, dtype=torch.float64)
+    order_key[order] = -torch.arange(n_items, dtype=torch.float64)
     users = users.to(torch.int64).cpu()
     seen_user, seen_item = seen_user.to(torch.int64).cpu(), seen_item.to(torch.int64).cpu()
     n_rows = 1 + max(int(users.max()) if users.numel() else 0,

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from ncf_model.models import NeuMF
-from ncf_model.topk import recommend_top_k
+from ncf_model.topk import popularity_top_k, recommend_top_k
 
 N_USERS, N_ITEMS, K = 9, 12, 4
 CPU = torch.device("cpu")
@@ -78,3 +78,16 @@ def test_a_user_with_too_few_unseen_items_is_named(model) -> None:
     items, _ = recommend_top_k(model, n_users=N_USERS, n_items=N_ITEMS, seen_user=seen_user,
                                seen_item=seen_item, k=2, chunk_users=4, device=CPU)
     assert sorted(items[7].tolist()) == [N_ITEMS - 2, N_ITEMS - 1]
+
+
+def test_popularity_top_k_skips_seen_items_and_breaks_ties_by_index() -> None:
+    counts = torch.tensor([1, 5, 5, 0, 3])  # items 1 and 2 tie at the top
+    items, scores = popularity_top_k(counts, users=torch.tensor([0, 3]),
+                                     seen_user=torch.tensor([0, 0, 1]),
+                                     seen_item=torch.tensor([1, 4, 2]), k=3)
+    # user 0 has seen items 1 and 4; user 3 has seen nothing (user 1's pair is not theirs).
+    assert items.tolist() == [[2, 0, 3], [1, 2, 4]]
+    assert scores[1].tolist() == pytest.approx([5 / 14, 5 / 14, 3 / 14])
+    with pytest.raises(ValueError, match="k=6"):
+        popularity_top_k(counts, users=torch.tensor([0]), seen_user=torch.tensor([0]),
+                         seen_item=torch.tensor([0]), k=6)

@@ -33,21 +33,14 @@ from pyspark.sql import functions as F
 from jobs import layout
 from jobs.cli import configure_logging, lake_root, load_stage_config, stage_parser
 from jobs.config import PRESPLIT_FORMAT, PrepareConfig
+from jobs.negatives import N_NEEDED, sample_negatives
 from jobs.spark import conform, get_spark, read_parquet, write_parquet
+from jobs.split import split_leave_one_out, split_presplit
 
 log = logging.getLogger(__name__)
 
-# Independent random streams drawn with the one seed.
+# Independent random streams drawn with the one seed (jobs.split uses 4).
 STREAM_TRAIN, STREAM_VALIDATION, STREAM_TEST = 1, 2, 3
-STREAM_TIE_BREAK = 4  # the split's tie-break among same-second positives
-MIN_POSITIVES_TO_EVALUATE = 3  # one each for test and validation, at least one to train on
-MAX_ROUNDS = 4  # sampling rounds before the rest is drawn from the enumerated complement
-OVERSAMPLE = 1.25  # draws per needed negative, on top of the hit rate of untouched items
-SLACK = 8  # extra draws per user and round, for users who need only a few
-
-# Working columns (never written).
-_N_NEEDED, _SHORT, _UNTOUCHED, _NEXT_DRAW = "n_needed", "_short", "_n_untouched", "_next_draw"
-_DRAW, _RANK, _N_DRAWS, _GOT = "_draw", "_rank", "_n_draws", "_got"
 
 
 class PrepareError(RuntimeError):
@@ -96,184 +89,6 @@ def index_ids(interactions: DataFrame) -> tuple[DataFrame, DataFrame]:
     return conform(users, layout.USERS_SCHEMA), conform(items, layout.ITEMS_SCHEMA)
 
 
-def split_leave_one_out(positives: DataFrame, *,
-                        seed: int) -> tuple[DataFrame, DataFrame, DataFrame]:
-    """(train, validation, test) of user_idx, item_idx from positives (user_idx, item_idx, ts).
-
-    Per user with at least three positives: the latest -> test, the second latest ->
-    validation, the rest -> train. Users with fewer positives keep them all in train.
-    Ties in ts are broken by a seeded hash of (seed, user_idx, item_idx), then item_idx.
-    Why not simply item_idx: on ML-100K 44% of users rate their last two items in the
-    same second, and a fixed id order then makes the test item systematically the
-    late-catalogue (obscure) film, which biases HR@10 down by ~0.05 (popularity: 0.33
-    with the id rule, 0.41 with a random one).
-    """
-    ranked = _rank_latest_first(positives, seed=seed)
-    evaluated = F.col("_n") >= MIN_POSITIVES_TO_EVALUATE
-    pairs = (layout.USER_IDX, layout.ITEM_IDX)
-    test = ranked.where(evaluated & (F.col(_RANK) == 1)).select(*pairs)
-    validation = ranked.where(evaluated & (F.col(_RANK) == 2)).select(*pairs)
-    train = ranked.where(~evaluated | (F.col(_RANK) > 2)).select(*pairs)
-    return train, validation, test
-
-
-def _rank_latest_first(positives: DataFrame, *, seed: int) -> DataFrame:
-    """user_idx, item_idx, _rank (1 = latest, ties by the seeded hash), _n (per user).
-
-    A source without timestamps (null ts: last.fm 360K, HetRec 2K) is all ties, so its
-    order, and with it the hold-out, is the seeded hash: a seeded random hold-out.
-    """
-    tie_break = F.xxhash64(F.lit(seed).cast("bigint"), F.lit(STREAM_TIE_BREAK).cast("int"),
-                           F.col(layout.USER_IDX).cast("int"),
-                           F.col(layout.ITEM_IDX).cast("int"))
-    latest_first = Window.partitionBy(layout.USER_IDX).orderBy(
-        F.col(layout.TS).desc(), tie_break.desc(), F.col(layout.ITEM_IDX).desc())
-    return positives.select(
-        layout.USER_IDX, layout.ITEM_IDX,
-        F.row_number().over(latest_first).alias(_RANK),
-        F.count(F.lit(1)).over(Window.partitionBy(layout.USER_IDX)).alias("_n"),
-    )
-
-
-def split_presplit(positives: DataFrame, test_positives: DataFrame, *,
-                   seed: int) -> tuple[DataFrame, DataFrame]:
-    """(train, validation) around a source's own test positives (the NCF paper's files).
-
-    The test positives leave train; of the rest, each user's latest positive is the
-    validation item when at least one other is left to train on.
-    """
-    rest = positives.join(test_positives.select(layout.USER_IDX, layout.ITEM_IDX),
-                          [layout.USER_IDX, layout.ITEM_IDX], "left_anti")
-    ranked = _rank_latest_first(rest, seed=seed)
-    held_out = (F.col("_n") >= 2) & (F.col(_RANK) == 1)
-    pairs = (layout.USER_IDX, layout.ITEM_IDX)
-    return ranked.where(~held_out).select(*pairs), ranked.where(held_out).select(*pairs)
-
-
-def _draw_item(seed: int, stream: int, draw: Column, n_items: int) -> Column:
-    """The item of one draw: a pure function of (seed, stream, user_idx, draw)."""
-    hashed = F.xxhash64(F.lit(seed).cast("bigint"), F.lit(stream).cast("int"),
-                        F.col(layout.USER_IDX).cast("int"), draw.cast("bigint"))
-    return F.pmod(hashed, F.lit(n_items).cast("bigint")).cast("int")
-
-
-def _count_users_still_short(state: DataFrame) -> int:
-    """How many users still need negatives: the one action the sampling loop takes."""
-    return state.where(F.col(_SHORT) > 0).count()
-
-
-def sample_negatives(
-    demand: DataFrame,
-    touched: DataFrame,
-    *,
-    n_items: int,
-    seed: int,
-    stream: int,
-    distinct: bool,
-    max_rounds: int = MAX_ROUNDS,
-) -> DataFrame:
-    """Negatives (user_idx, item_idx) for each user of `demand` (user_idx, n_needed).
-
-    Never an item of `touched` (user_idx, item_idx: every pair the user touched).
-    distinct=True: up to n_needed different items per user; a user with fewer untouched
-    items gets all of them. distinct=False: exactly n_needed draws, repeats allowed
-    (any user with an untouched item). Draw k of a user is item
-    pmod(xxhash64(seed, stream, user_idx, k), n_items); per round each short user
-    oversamples, touched (and, if distinct, already chosen) items are dropped, and the
-    first needed by draw number are kept. Users still short after `max_rounds`, and
-    users whose untouched items are so few that random draws would mostly miss, take
-    them from their enumerated untouched items in a hashed order instead.
-    """
-    n_touched = touched.groupBy(layout.USER_IDX).agg(F.count(F.lit(1)).alias("_n_touched"))
-    untouched = F.lit(n_items) - F.coalesce(F.col("_n_touched"), F.lit(0))
-    needed = F.col(_N_NEEDED).cast("bigint")
-    target = F.least(needed, untouched) if distinct else F.when(untouched > 0, needed)
-    state = (demand.join(n_touched, layout.USER_IDX, "left")
-             .select(layout.USER_IDX, F.coalesce(target, F.lit(0)).cast("bigint").alias(_SHORT),
-                     untouched.cast("bigint").alias(_UNTOUCHED),
-                     F.lit(0).cast("bigint").alias(_NEXT_DRAW))
-             .where(F.col(_SHORT) > 0))
-    few_untouched = F.col(_UNTOUCHED) <= F.col(_SHORT) * (2 if distinct else 1)
-    to_enumerate = state.where(few_untouched)
-    state = state.where(~few_untouched)
-
-    chosen: DataFrame | None = None
-    for attempt in range(max_rounds):
-        n_draws = (F.ceil(F.col(_SHORT) * (n_items * OVERSAMPLE * 2 ** attempt)
-                          / F.col(_UNTOUCHED)) + SLACK).cast("bigint")
-        round_state = state.where(F.col(_SHORT) > 0).withColumn(_N_DRAWS, n_draws)
-        candidates = (
-            round_state.select(
-                layout.USER_IDX, _SHORT,
-                F.explode(F.sequence(F.col(_NEXT_DRAW),
-                                     F.col(_NEXT_DRAW) + F.col(_N_DRAWS) - 1)).alias(_DRAW))
-            .withColumn(layout.ITEM_IDX, _draw_item(seed, stream, F.col(_DRAW), n_items))
-            .join(touched, [layout.USER_IDX, layout.ITEM_IDX], "left_anti")
-        )
-        if distinct:
-            if chosen is not None:
-                candidates = candidates.join(chosen, [layout.USER_IDX, layout.ITEM_IDX],
-                                             "left_anti")
-            candidates = candidates.groupBy(layout.USER_IDX, layout.ITEM_IDX, _SHORT).agg(
-                F.min(_DRAW).alias(_DRAW))
-        first_drawn = Window.partitionBy(layout.USER_IDX).orderBy(_DRAW)
-        taken = (candidates.withColumn(_RANK, F.row_number().over(first_drawn))
-                 .where(F.col(_RANK) <= F.col(_SHORT))
-                 .select(layout.USER_IDX, layout.ITEM_IDX))
-        chosen = taken if chosen is None else chosen.unionByName(taken)
-        got = taken.groupBy(layout.USER_IDX).agg(F.count(F.lit(1)).alias(_GOT))
-        state = (round_state.join(got, layout.USER_IDX, "left").select(
-            layout.USER_IDX,
-            (F.col(_SHORT) - F.coalesce(F.col(_GOT), F.lit(0))).alias(_SHORT),
-            F.col(_UNTOUCHED),
-            (F.col(_NEXT_DRAW) + F.col(_N_DRAWS)).alias(_NEXT_DRAW)))
-        if _count_users_still_short(state) == 0:
-            break
-
-    to_enumerate = to_enumerate.unionByName(state.where(F.col(_SHORT) > 0))
-    enumerated = _take_untouched(to_enumerate, touched, chosen, n_items=n_items, seed=seed,
-                                 stream=stream, distinct=distinct)
-    return enumerated if chosen is None else chosen.unionByName(enumerated)
-
-
-def _take_untouched(
-    state: DataFrame,
-    touched: DataFrame,
-    chosen: DataFrame | None,
-    *,
-    n_items: int,
-    seed: int,
-    stream: int,
-    distinct: bool,
-) -> DataFrame:
-    """`_short` negatives per user from all their untouched items, in a hashed order.
-
-    distinct: the first `_short` not yet chosen. Otherwise draw j is the (j mod U)-th
-    untouched item, U of them: a user who touched almost everything cycles through
-    what is left.
-    """
-    spark = state.sparkSession
-    all_items = spark.range(n_items).select(F.col("id").cast("int").alias(layout.ITEM_IDX))
-    available = (state.select(layout.USER_IDX, _SHORT, _UNTOUCHED).crossJoin(all_items)
-                 .join(touched, [layout.USER_IDX, layout.ITEM_IDX], "left_anti"))
-    if distinct and chosen is not None:
-        available = available.join(chosen, [layout.USER_IDX, layout.ITEM_IDX], "left_anti")
-    hashed_order = Window.partitionBy(layout.USER_IDX).orderBy(
-        F.xxhash64(F.lit(seed).cast("bigint"), F.lit(-stream).cast("int"),
-                   F.col(layout.USER_IDX), F.col(layout.ITEM_IDX)),
-        F.col(layout.ITEM_IDX))
-    ranked = available.withColumn(_RANK, F.row_number().over(hashed_order) - 1)
-    if distinct:
-        return ranked.where(F.col(_RANK) < F.col(_SHORT)).select(layout.USER_IDX,
-                                                                  layout.ITEM_IDX)
-    wanted = (state.select(layout.USER_IDX, _UNTOUCHED,
-                           F.explode(F.sequence(F.lit(0).cast("bigint"), F.col(_SHORT) - 1))
-                           .alias(_DRAW))
-              .select(layout.USER_IDX, F.pmod(F.col(_DRAW), F.col(_UNTOUCHED)).alias(_RANK)))
-    return wanted.join(ranked.select(layout.USER_IDX, layout.ITEM_IDX, _RANK),
-                       [layout.USER_IDX, _RANK]).select(layout.USER_IDX, layout.ITEM_IDX)
-
-
 def _labelled(positives: DataFrame, negatives: DataFrame) -> DataFrame:
     return conform(
         positives.withColumn(layout.LABEL, F.lit(1))
@@ -301,13 +116,13 @@ def build_pairs(
     """
     def evaluation(positives: DataFrame, stream: int) -> DataFrame:
         demand = positives.select(layout.USER_IDX,
-                                  F.lit(cfg.n_eval_negatives).alias(_N_NEEDED))
+                                  F.lit(cfg.n_eval_negatives).alias(N_NEEDED))
         negatives = sample_negatives(demand, touched, n_items=n_items, seed=cfg.seed,
                                      stream=stream, distinct=True)
         return _labelled(positives, negatives)
 
     train_demand = train_positives.groupBy(layout.USER_IDX).agg(
-        (F.count(F.lit(1)) * cfg.n_negatives).alias(_N_NEEDED))
+        (F.count(F.lit(1)) * cfg.n_negatives).alias(N_NEEDED))
     train_negatives = sample_negatives(train_demand, touched, n_items=n_items, seed=cfg.seed,
                                        stream=STREAM_TRAIN, distinct=False)
     test = (evaluation(test_positives, STREAM_TEST) if presplit_test is None

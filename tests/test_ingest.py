@@ -15,7 +15,7 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.testing import assertDataFrameEqual
 
-from jobs import ingest, layout, prepare
+from jobs import ingest, layout, prepare, split
 from jobs.ingest import IngestError, main
 from jobs.sources import RawDataError
 from tests.tiny_data import write_tiny_config, write_tiny_u_data
@@ -180,13 +180,13 @@ def test_null_ts_hold_out_is_seeded_random(spark: SparkSession) -> None:
     positives = spark.createDataFrame(rows, "user_idx int, item_idx int, ts timestamp")
 
     def held_out(seed: int) -> list[tuple[int, int]]:
-        _, validation, test = prepare.split_leave_one_out(positives, seed=seed)
+        _, validation, test = split.split_leave_one_out(positives, seed=seed)
         return sorted(map(tuple, test.union(validation).collect()))
 
     first = held_out(1)
     assert len(first) == 80 and held_out(1) == first
     assert held_out(2) != first
-    test_items = [item for _, item in sorted(map(tuple, prepare.split_leave_one_out(
+    test_items = [item for _, item in sorted(map(tuple, split.split_leave_one_out(
         positives, seed=1)[2].collect()))]
     assert len(set(test_items)) > 3  # not always the same (highest) item
 

@@ -18,17 +18,12 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.testing import assertDataFrameEqual
 
-from jobs import ingest, layout, prepare
+from jobs import ingest, layout, negatives, prepare
 from jobs.config import PrepareConfig
-from jobs.prepare import (
-    PrepareError,
-    binarise,
-    build_pairs,
-    index_ids,
-    sample_negatives,
-    split_leave_one_out,
-)
+from jobs.negatives import sample_negatives
+from jobs.prepare import PrepareError, binarise, build_pairs, index_ids
 from jobs.spark import write_parquet
+from jobs.split import split_leave_one_out
 
 pytestmark = pytest.mark.spark
 
@@ -127,7 +122,7 @@ def touched(spark: SparkSession) -> DataFrame:
 
 
 def _negatives(spark: SparkSession, touched: DataFrame, needs: dict[int, int], *,
-               distinct: bool, max_rounds: int = prepare.MAX_ROUNDS) -> dict[int, list[int]]:
+               distinct: bool, max_rounds: int = negatives.MAX_ROUNDS) -> dict[int, list[int]]:
     demand = spark.createDataFrame(list(needs.items()), "user_idx int, n_needed int")
     drawn = sample_negatives(demand, touched, n_items=N_ITEMS, seed=7, stream=1,
                              distinct=distinct, max_rounds=max_rounds)
@@ -137,7 +132,7 @@ def _negatives(spark: SparkSession, touched: DataFrame, needs: dict[int, int], *
     return by_user
 
 
-@pytest.mark.parametrize("max_rounds", [prepare.MAX_ROUNDS, 0])  # 0: enumeration only
+@pytest.mark.parametrize("max_rounds", [negatives.MAX_ROUNDS, 0])  # 0: enumeration only
 def test_eval_negatives_distinct_untouched_all_of_them_when_short(
         spark: SparkSession, touched: DataFrame, max_rounds: int) -> None:
     got = _negatives(spark, touched, {0: 6, 1: 6, 2: 6, 3: 6}, distinct=True,
@@ -150,7 +145,7 @@ def test_eval_negatives_distinct_untouched_all_of_them_when_short(
     assert sorted(got[1]) == [18, 19]  # the only untouched items of user 1
 
 
-@pytest.mark.parametrize("max_rounds", [prepare.MAX_ROUNDS, 0])
+@pytest.mark.parametrize("max_rounds", [negatives.MAX_ROUNDS, 0])
 def test_train_negatives_exact_counts_repeats_allowed(
         spark: SparkSession, touched: DataFrame, max_rounds: int) -> None:
     got = _negatives(spark, touched, {0: 30, 1: 5, 2: 3, 3: 4}, distinct=False,

@@ -4,18 +4,27 @@
 `ncf_<dataset>` for every `configs/<dataset>.yaml` (or `$NCF_CONFIG_DIR`):
 
     ingest ─▶ validate_interactions ─▶ prepare ─▶ validate_splits ─▶ train ─▶ evaluate
-          ─▶ recommend ─▶ publish
+          ─▶ recommend ─▶ validate_recommendations ─▶ publish
+                                                  validate_splits ─▶ als ─▶ baselines
 
 * **ingest**, **prepare**: PySpark jobs (`jobs/<stage>.py`) through `SparkSubmitOperator`
   on the `spark_default` connection (`local[*]` on a laptop, a cluster master at scale).
+* **prepare** uses only the events before the run's `data_interval_end` (`--as-of`), so a
+  backfill of an old date rebuilds what was known then (config `prepare.as_of_cutoff`).
 * **validate_***: Great Expectations suites; a broken expectation fails the task and the
-  report lands in `lake/<dataset>/<date>/reports/`.
+  report lands in `lake/<dataset>/<date>/reports/`. `validate_recommendations` checks
+  topk/ (k rows per user, ranks, scores, no item the user already has) before publish.
 * **train**, **evaluate**, **recommend**: `ncf_model` (PyTorch, CUDA when present) in a
   subprocess; metrics and the model go to MLflow, the model is registered.
 * **evaluate** is also the champion gate: it scores the registry's `champion` on the same
   test split and moves the alias only when the new model is not worse (within
   `evaluate.tolerance`) and clears `evaluate.min_hr`. When it refuses, it exits 99: the task
   is *skipped*, recommend and publish are skipped with it, and the table keeps its set.
+* **als**, **baselines**: the comparison NCF must beat, in the same run and the same MLflow
+  experiment: Spark MLlib ALS on implicit feedback (`jobs/als.py`), then popularity, a
+  dot-product MF and ALS scored by the same evaluation as NCF (`ncf_model baselines`), one
+  MLflow run each tagged `ncf.baseline`. They feed nothing downstream: publish does not wait
+  for them, and the champion gate skipping publish does not skip them.
 * **publish**: bulk load, then an atomic swap of the dataset's rows in the SQL table
   `recommendations` (connection `ncf_recommendations`, else `$NCF_DB_URL`); it emits the
   asset `ncf://recommendations/<dataset>` that downstream DAGs are scheduled on.
@@ -38,6 +47,8 @@ from ncf_runners import model_task, python_task, spark_task, stage_args
 from jobs.config import read_yaml
 
 REPO = Path(__file__).resolve().parents[1]
+# prepare's --as-of: the end of the run's data interval, so a backfill sees what was known.
+AS_OF = "{{ data_interval_end | ts }}"
 CONFIG_DIR = Path(os.environ.get("NCF_CONFIG_DIR", REPO / "configs"))
 
 DEFAULT_ARGS = {
@@ -88,15 +99,22 @@ def build_dag(config: Path) -> DAG:
         validate_interactions = python_task("validate_interactions", "jobs.validate",
                                             [*stage_args(config), "--stage", "interactions"])
         prepare = spark_task("prepare", config, dataset)
+        prepare.application_args = [*(prepare.application_args or []), "--as-of", AS_OF]
         validate_splits = python_task("validate_splits", "jobs.validate",
                                       [*stage_args(config), "--stage", "splits"])
         train = model_task("train", ["train", *stage_args(config)])
         evaluate = model_task("evaluate", ["evaluate", *stage_args(config)])
         recommend = model_task("recommend", ["recommend", *stage_args(config)])
+        validate_recommendations = python_task(
+            "validate_recommendations", "jobs.validate",
+            [*stage_args(config), "--stage", "recommendations"])
         publish = _publish_task(config, dataset)
+        als = spark_task("als", config, dataset)
+        baselines = model_task("baselines", ["baselines", *stage_args(config)])
 
         (ingest >> validate_interactions >> prepare >> validate_splits >> train >> evaluate
-         >> recommend >> publish)
+         >> recommend >> validate_recommendations >> publish)
+        validate_splits >> als >> baselines
     return dag
 
 

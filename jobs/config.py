@@ -9,12 +9,16 @@ loader. No pyspark import here, so the DAG files and `ncf_model` can use it.
     source:   {format, url, files: {role: {path, sha256, archive_member, url, encoding}}}
               (or, for a one-file source, {format, path, sha256, url, archive_member})
     ingest:   {min_value, max_value, output_partitions}
-    prepare:  {binarise_threshold, n_negatives, n_eval_negatives, seed, output_partitions}
+    prepare:  {as_of_cutoff, binarise: {rule, threshold}, user_fraction,
+               min_user_positives, min_item_positives, k_core_max_iterations,
+               split: {method, test_from, test_fraction, train_ratio},
+               n_negatives, n_eval_negatives, seed, output_partitions}
     model:    ...  (ncf_model.config)
     train:    ...  (ncf_model.config)
     evaluate: ...  (ncf_model.config)
     recommend: ... (ncf_model.config)
     publish:  {table, runs_table, history_table, keep_runs, reader_role, model_name}
+    baselines: {enabled, mf: ..., als: AlsConfig}  (ncf_model.config; als here: a Spark job)
 
 `dataclasses.asdict(section)` is exactly what goes to MLflow params and the manifest.
 """
@@ -26,13 +30,14 @@ import re
 import types
 import typing
 from collections.abc import Mapping
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
 import yaml
 
 SECTIONS = ("dataset", "source", "ingest", "prepare", "model", "train", "evaluate",
-            "recommend", "publish")
+            "recommend", "publish", "baselines")
 PRESPLIT_FORMAT = "ncf-presplit"  # test split given by the source; prepare keeps it as-is
 # The raw formats jobs/readers.py reads: per format the file roles it needs, then the
 # roles it may also read (side features). A one-file source (path/sha256) is "ratings".
@@ -240,20 +245,122 @@ class IngestConfig:
             check_field(self.min_value <= self.max_value, "min_value", "must be <= max_value")
 
 
+BINARISE_RULES = ("any", "rating", "plays")
+SPLIT_METHODS = ("leave_one_out", "time_cutoff", "stratified")
+DEFAULT_TRAIN_RATIO = 0.75  # microsoft/recommenders' python_stratified_split default
+
+
+def parse_utc(text: str) -> datetime:
+    """An ISO 8601 timestamp as an aware UTC datetime; one without an offset is UTC."""
+    parsed = datetime.fromisoformat(text)
+    return parsed.replace(tzinfo=UTC) if parsed.tzinfo is None else parsed.astimezone(UTC)
+
+
+@dataclasses.dataclass(frozen=True)
+class BinariseConfig:
+    """Which (user, item) pairs are positives.
+
+    any:    every pair with an event.
+    rating: a pair with an event of value >= threshold (explicit ratings).
+    plays:  a pair whose values sum to >= threshold (last.fm: 360K has one row with the
+            play count per pair, 1K one row per listen with value 1: the sum is the count).
+    """
+
+    rule: str = "any"
+    threshold: float | None = None
+
+    def __post_init__(self) -> None:
+        check_field(self.rule in BINARISE_RULES, "rule",
+                    f"{self.rule!r} is not one of {list(BINARISE_RULES)}")
+        if self.rule == "any":
+            check_field(self.threshold is None, "threshold",
+                        "must be null with rule 'any' (every event is a positive)")
+        else:
+            check_field(self.threshold is not None, "threshold",
+                        f"rule {self.rule!r} needs a threshold (a number)")
+
+
+@dataclasses.dataclass(frozen=True)
+class SplitConfig:
+    """Which positives are held out to evaluate on.
+
+    leave_one_out: per user the latest positive -> test, the second latest -> validation.
+    time_cutoff:   positives at/after one global time -> test; give either `test_from` (an
+                   ISO timestamp, UTC unless it says otherwise; quote it in YAML) or
+                   `test_fraction` (the time is chosen so that about that share is test).
+    stratified:    per user a seeded random `train_ratio` of the positives -> train, the
+                   rest -> test (microsoft/recommenders' python_stratified_split).
+    """
+
+    method: str = "leave_one_out"
+    test_from: str | None = None
+    test_fraction: float | None = None
+    train_ratio: float | None = None  # stratified only; default DEFAULT_TRAIN_RATIO
+
+    def __post_init__(self) -> None:
+        check_field(self.method in SPLIT_METHODS, "method",
+                    f"{self.method!r} is not one of {list(SPLIT_METHODS)}")
+        unused = {"time_cutoff": ("train_ratio",), "stratified": ("test_from", "test_fraction"),
+                  "leave_one_out": ("test_from", "test_fraction", "train_ratio")}[self.method]
+        for name in unused:
+            check_field(getattr(self, name) is None, name,
+                        f"does not apply to method {self.method!r}; remove it")
+        if self.method == "time_cutoff":
+            check_field((self.test_from is None) != (self.test_fraction is None), "test_from",
+                        "method 'time_cutoff' needs exactly one of test_from (a timestamp) "
+                        "and test_fraction")
+        if self.test_from is not None:
+            try:
+                parse_utc(self.test_from)
+            except ValueError:
+                check_field(False, "test_from",
+                            f"{self.test_from!r} is not an ISO 8601 timestamp "
+                            "such as '2026-01-01T00:00:00Z'")
+        if self.test_fraction is not None:
+            check_field(0.0 < self.test_fraction < 1.0, "test_fraction", "must be in (0, 1)")
+        if self.method == "stratified":
+            if self.train_ratio is None:
+                object.__setattr__(self, "train_ratio", DEFAULT_TRAIN_RATIO)
+            check_field(0.0 < float(self.train_ratio or 0.0) < 1.0, "train_ratio",
+                        "must be in (0, 1)")
+
+    @property
+    def test_from_utc(self) -> datetime | None:
+        return None if self.test_from is None else parse_utc(self.test_from)
+
+
 @dataclasses.dataclass(frozen=True)
 class PrepareConfig:
-    """Binarisation, the leave-one-out split and negative sampling."""
+    """What prepare keeps (cutoff, binarisation, sample, k-core), the split, the negatives."""
 
-    binarise_threshold: float | None = None  # None: every interaction is a positive
+    # Only events before --as-of (default: the end of the logical date's day, UTC) are
+    # used, so a backfill sees what was known then. Events without a timestamp are kept.
+    as_of_cutoff: bool = True
+    binarise: BinariseConfig = dataclasses.field(default_factory=BinariseConfig)
+    # Seeded sample of users: a user is kept when a hash of (seed, user_id) falls below it.
+    user_fraction: float = 1.0
+    # k-core: drop users/items with fewer positives, repeatedly, until none is left (1: off).
+    min_user_positives: int = 1
+    min_item_positives: int = 1
+    k_core_max_iterations: int = 50  # the manifest says when this cap stopped the k-core
+    split: SplitConfig = dataclasses.field(default_factory=SplitConfig)
     n_negatives: int = 4  # per training positive
     n_eval_negatives: int = 99  # per evaluated user, for validation and for test
     seed: int = 42
     output_partitions: int = 1
 
     def __post_init__(self) -> None:
+        check_field(0.0 < self.user_fraction <= 1.0, "user_fraction", "must be in (0, 1]")
+        check_field(self.min_user_positives >= 1, "min_user_positives", "must be >= 1 (1: off)")
+        check_field(self.min_item_positives >= 1, "min_item_positives", "must be >= 1 (1: off)")
+        check_field(self.k_core_max_iterations >= 1, "k_core_max_iterations", "must be >= 1")
         check_field(self.n_negatives >= 0, "n_negatives", "must be >= 0")
         check_field(self.n_eval_negatives >= 1, "n_eval_negatives", "must be >= 1")
         check_field(self.output_partitions >= 1, "output_partitions", "must be >= 1")
+
+    @property
+    def k_core(self) -> bool:
+        return self.min_user_positives > 1 or self.min_item_positives > 1
 
 
 _SQL_NAME = r"[A-Za-z_][A-Za-z0-9_]*"
@@ -304,3 +411,31 @@ def load_data_config(path: str | Path) -> DataConfig:
         prepare=build_section(PrepareConfig, raw.get("prepare"), f"{where}: prepare"),
         publish=build_section(PublishConfig, raw.get("publish"), f"{where}: publish"),
     )
+
+
+# The baselines evaluated beside NCF (ncf_model.config.BaselinesConfig.enabled); ALS is
+# fitted by the Spark job jobs/als.py, whose section is the one below.
+BASELINES = ("popularity", "mf", "als")
+
+
+@dataclasses.dataclass(frozen=True)
+class AlsConfig:
+    """The `baselines.als` section: Spark MLlib ALS on implicit feedback (jobs/als.py).
+
+    Each training positive is a rating of 1 with confidence 1 + alpha (Hu, Koren and
+    Volinsky, ICDM 2008); the rest of the matrix is 0 with confidence 1. Spark scales
+    reg_param by each user's (item's) rating count. Defaults: the best validation HR@10 of
+    a small grid on MovieLens-100K (configs/ml-100k.yaml says which).
+    """
+
+    rank: int = 32
+    reg_param: float = 0.2
+    alpha: float = 10.0
+    max_iter: int = 15
+    seed: int = 42
+
+    def __post_init__(self) -> None:
+        check_field(self.rank >= 1, "rank", "must be >= 1")
+        check_field(self.reg_param >= 0, "reg_param", "must be >= 0")
+        check_field(self.alpha >= 0, "alpha", "must be >= 0")
+        check_field(self.max_iter >= 1, "max_iter", "must be >= 1")

@@ -1,9 +1,11 @@
 """Great Expectations suites as code, and the frames derived for cross-row checks.
 
-The suites say what the lake must hold after ingest (``interactions``) and after prepare
-(``users``, ``items``, the splits, one positive per evaluated user, no negative that is a
-positive, no held-out positive left in train). `jobs.validate` runs them and reports.
-Importing this module imports Great Expectations (~10 s).
+The suites say what the lake must hold after ingest (``interactions``), after prepare
+(``users``, ``items``, the splits, the held-out positives per evaluated user, no negative
+that is a positive, no held-out positive left in train) and after recommend (``topk``:
+types, ranges, k ranked rows for every user, scores falling with rank, no item the user
+already has). `jobs.validate` runs them and reports. Importing this module imports
+Great Expectations (~10 s).
 """
 
 from __future__ import annotations
@@ -25,7 +27,12 @@ from jobs.layout import (
     ITEMS_SCHEMA,
     LABEL,
     PAIRS_SCHEMA,
+    RANK,
+    SCORE,
+    SOURCE,
     TEST,
+    TOPK,
+    TOPK_SCHEMA,
     TRAIN,
     TS,
     USER_ID,
@@ -37,7 +44,7 @@ from jobs.layout import (
     Schema,
 )
 
-EVAL_SPLITS = (VALIDATION, TEST)  # one held-out positive per user, plus sampled negatives
+EVAL_SPLITS = (VALIDATION, TEST)  # held-out positives per user, plus sampled negatives
 SPLITS = (TRAIN, *EVAL_SPLITS)
 
 # Columns of the frames derived for the cross-row checks (not lake columns).
@@ -46,6 +53,9 @@ N_POSITIVES = "n_positives"
 N_NEGATIVES = "n_negatives"
 NEGATIVE_IS_POSITIVE = "negative_is_positive"
 IN_TRAIN_POSITIVES = "in_train_positives"
+N_ROWS = "n_rows"
+SCORES_NON_INCREASING = "scores_non_increasing"
+RECOMMENDED_SEEN = "recommended_seen"
 
 RERUN_PREPARE = "re-run prepare for this date"
 
@@ -133,13 +143,22 @@ def pairs_suite(split: str, *, n_users: int, n_items: int) -> ExpectationSuite:
     ])
 
 
-def per_user_suite(split: str) -> ExpectationSuite:
-    """On `per_user_labels(<split>)`: one held-out positive and some negatives per user."""
+def per_user_suite(split: str, *, one_positive: bool = True) -> ExpectationSuite:
+    """On `per_user_labels(<split>)`: the held-out positive(s) and some negatives per user.
+
+    one_positive: exactly one (leave-one-out's test, every validation split); otherwise
+    at least one (time_cutoff and stratified test several positives per user).
+    """
+    positives = (gxe.ExpectColumnValuesToBeInSet(
+        column=N_POSITIVES, value_set=[1],
+        meta={"hint": f"leave-one-out holds out exactly one positive per user in {split}/ "
+                      f"(each ranking is scored on one positive); {RERUN_PREPARE}"})
+        if one_positive else gxe.ExpectColumnValuesToBeBetween(
+        column=N_POSITIVES, min_value=1,
+        meta={"hint": f"each user of {split}/ needs a held-out positive to rank; "
+                      f"{RERUN_PREPARE}"}))
     return _suite(f"{split}_per_user", [
-        gxe.ExpectColumnValuesToBeInSet(
-            column=N_POSITIVES, value_set=[1],
-            meta={"hint": f"leave-one-out holds out exactly one positive per user in {split}/ "
-                          f"(each ranking is scored on one positive); {RERUN_PREPARE}"}),
+        positives,
         gxe.ExpectColumnValuesToBeBetween(
             column=N_NEGATIVES, min_value=1,
             meta={"hint": f"each evaluated user needs sampled negatives in {split}/ to rank the "
@@ -162,6 +181,80 @@ def leakage_suite() -> ExpectationSuite:
         column=IN_TRAIN_POSITIVES, value_set=[False],
         meta={"hint": "a validation/test positive must be removed from train/, or the "
                       f"evaluation measures memorisation; {RERUN_PREPARE}"})])
+
+
+RERUN_RECOMMEND = "re-run recommend for this date (after prepare, if prepare was re-run)"
+# Pandas dtypes of the lake's Spark types, as written (before any widening for GX).
+_PANDAS_TYPES = {"int": "int32", "float": "float32", "string": "str"}
+
+
+def topk_schema_suite() -> ExpectationSuite:
+    """topk/ as written: exactly the columns of layout.TOPK_SCHEMA, with their dtypes."""
+    hint = {"hint": f"{TOPK}/ must follow the lake contract (jobs/layout.py TOPK_SCHEMA); "
+                    f"fix ncf_model's recommend and {RERUN_RECOMMEND}"}
+    return _suite(f"{TOPK}_schema", [
+        gxe.ExpectTableColumnsToMatchSet(column_set=layout.columns(TOPK_SCHEMA),
+                                         exact_match=True, meta=hint),
+        *(gxe.ExpectColumnValuesToBeOfType(column=column, type_=_PANDAS_TYPES[dtype], meta=hint)
+          for column, dtype in TOPK_SCHEMA),
+    ])
+
+
+def topk_suite(*, n_users: int, n_items: int, k: int) -> ExpectationSuite:
+    """topk/ rows: k per user of users/, indices in range, ranks 1..k, no repeats, scores."""
+    fix = f"; {RERUN_RECOMMEND}"
+    return _suite(TOPK, [
+        gxe.ExpectTableRowCountToEqual(
+            value=n_users * k,
+            meta={"hint": f"k={k} rows for each of the {n_users} users of users/{fix}"}),
+        *(gxe.ExpectColumnValuesToNotBeNull(
+            column=column, meta={"hint": f"every {TOPK}/ row needs a {column}{fix}"})
+          for column in layout.columns(TOPK_SCHEMA)),
+        *(gxe.ExpectColumnValuesToBeBetween(
+            column=column, min_value=0, max_value=max(n - 1, 0),
+            meta={"hint": f"{column} must index a row of {mapping}/ ({n} rows, from the "
+                          f"prepare manifest): {TOPK}/ comes from another run's data{fix}"})
+          for column, n, mapping in ((USER_IDX, n_users, USERS), (ITEM_IDX, n_items, ITEMS))),
+        gxe.ExpectColumnValuesToBeBetween(
+            column=RANK, min_value=1, max_value=k,
+            meta={"hint": f"ranks run 1 (best) to k={k}{fix}"}),
+        gxe.ExpectColumnValuesToBeBetween(
+            column=SCORE, min_value=0.0, max_value=1.0,
+            meta={"hint": "scores are probabilities (the model's sigmoid) or popularity "
+                          f"shares, both in [0, 1]{fix}"}),
+        gxe.ExpectColumnValuesToBeInSet(
+            column=SOURCE, value_set=[layout.SOURCE_MODEL, layout.SOURCE_POPULARITY],
+            meta={"hint": f"source is {layout.SOURCE_MODEL!r} or "
+                          f"{layout.SOURCE_POPULARITY!r} (cold-start fallback){fix}"}),
+        gxe.ExpectCompoundColumnsToBeUnique(
+            column_list=[USER_IDX, RANK],
+            meta={"hint": f"one row per (user, rank){fix}"}),
+        gxe.ExpectCompoundColumnsToBeUnique(
+            column_list=[USER_IDX, ITEM_IDX],
+            meta={"hint": f"an item appears at most once in a user's list{fix}"}),
+    ])
+
+
+def topk_per_user_suite(*, k: int) -> ExpectationSuite:
+    """On `per_user_topk(...)`: every user of users/ has k rows, scores falling with rank."""
+    return _suite(f"{TOPK}_per_user", [
+        gxe.ExpectColumnValuesToBeInSet(
+            column=N_ROWS, value_set=[k],
+            meta={"hint": f"every user of users/ gets exactly k={k} recommendations (0: the "
+                          f"user is missing from {TOPK}/); {RERUN_RECOMMEND}"}),
+        gxe.ExpectColumnValuesToBeInSet(
+            column=SCORES_NON_INCREASING, value_set=[True],
+            meta={"hint": "a better rank must not have a lower score: the list is not sorted "
+                          f"by score; fix the top-k order and {RERUN_RECOMMEND}"}),
+    ])
+
+
+def topk_seen_suite() -> ExpectationSuite:
+    """On `seen_recommendations(...)`: no recommended item is a positive of that user."""
+    return _suite(f"{TOPK}_seen", [gxe.ExpectColumnValuesToBeInSet(
+        column=RECOMMENDED_SEEN, value_set=[False],
+        meta={"hint": "recommend must exclude every item the user has a positive on in "
+                      f"train/, validation/ or test/; {RERUN_RECOMMEND}"})])
 
 
 # --- derived frames (pure) ----------------------------------------------------------
@@ -228,3 +321,28 @@ def eval_positives_in_train(train: pd.DataFrame,
     train_keys = _pair_keys(train_pairs[train_pairs[LABEL] == 1])
     pairs = {name: _valid_pairs(frame) for name, frame in evaluation.items()}
     return _flag_rows(pairs, label=1, among=train_keys, flag=IN_TRAIN_POSITIVES)
+
+
+def per_user_topk(topk: pd.DataFrame, users: np.ndarray) -> pd.DataFrame:
+    """One row per user of `users` (user_idx values) or of topk/: user_idx, n_rows,
+    scores_non_increasing (False where a rank scores higher than the rank before it)."""
+    rows = topk.dropna(subset=[USER_IDX]).astype({USER_IDX: "int64"})
+    ordered = rows.dropna(subset=[RANK, SCORE]).sort_values([USER_IDX, RANK], kind="stable")
+    rises = (ordered.groupby(USER_IDX)[SCORE].diff() > 0).groupby(ordered[USER_IDX]).sum()
+    n_rows = rows.groupby(USER_IDX).size()
+    index = pd.Index(np.union1d(np.asarray(users, dtype=np.int64),
+                                n_rows.index.to_numpy(dtype=np.int64)), name=USER_IDX)
+    return pd.DataFrame({
+        N_ROWS: n_rows.reindex(index, fill_value=0).astype("int64"),
+        SCORES_NON_INCREASING: rises.reindex(index, fill_value=0).to_numpy() == 0,
+    }, index=index).reset_index()
+
+
+def seen_recommendations(topk: pd.DataFrame,
+                         positives: Sequence[pd.DataFrame]) -> pd.DataFrame:
+    """Every topk/ row as (user_idx, rank, item_idx, recommended_seen): seen when the user
+    has the item as a positive in one of `positives` (frames of user_idx, item_idx)."""
+    rows = topk[[USER_IDX, RANK, ITEM_IDX]].dropna().astype("int64")
+    seen = np.concatenate([_pair_keys(frame) for frame in positives]
+                          or [np.empty(0, dtype=np.int64)])
+    return rows.assign(**{RECOMMENDED_SEEN: _isin(_pair_keys(rows), seen)})

@@ -14,6 +14,8 @@ the DAG files can all import it.
         validation/    per user the second-latest positive + m sampled negatives
         test/          per user the latest positive + m sampled negatives
         model/         the trained model (state dict + config) chosen on validation
+        baselines/als/ user_factors/ (user_idx, factors array<float>), item_factors/ (item_idx,
+                       factors): Spark ALS on the train positives (jobs/als.py)
         topk/          user_idx, rank, item_idx, score, source (model | popularity)
         reports/       validation reports (Great Expectations results)
         _manifest.json row counts, parameters, seed, input checksums of each stage
@@ -57,6 +59,7 @@ COUNTRY = "country"
 TITLE = "title"
 GENRES = "genres"
 SOURCE = "source"  # where a recommendation came from: SOURCE_MODEL or SOURCE_POPULARITY
+FACTORS = "factors"  # a latent factor vector (ALS baseline)
 
 # --- dataset folders ----------------------------------------------------------
 INTERACTIONS = "interactions"
@@ -71,6 +74,9 @@ VALIDATION = "validation"
 TEST = "test"
 MODEL = "model"
 TOPK = "topk"
+ALS = "baselines/als"  # holds USER_FACTORS/ and ITEM_FACTORS/, swapped in together
+USER_FACTORS = "user_factors"
+ITEM_FACTORS = "item_factors"
 REPORTS = "reports"
 MANIFEST = "_manifest.json"
 
@@ -94,6 +100,8 @@ ITEM_FEATURES_SCHEMA: Schema = ((ITEM_ID, "string"), (TITLE, "string"),
 PRESPLIT_TEST_SCHEMA: Schema = ((USER_ID, "string"), (ITEM_ID, "string"), (LABEL, "tinyint"))
 # MovieLens 1M's age codes, as bands; raw ages elsewhere are bucketed into the same ones.
 AGE_BUCKETS = ("<18", "18-24", "25-34", "35-44", "45-49", "50-55", "56+")
+USER_FACTORS_SCHEMA: Schema = ((USER_IDX, "int"), (FACTORS, "array<float>"))
+ITEM_FACTORS_SCHEMA: Schema = ((ITEM_IDX, "int"), (FACTORS, "array<float>"))
 TOPK_SCHEMA: Schema = ((USER_IDX, "int"), (RANK, "int"), (ITEM_IDX, "int"), (SCORE, "float"),
                        (SOURCE, "string"))
 # A topk/ row is the model's score, or a cold-start user's popularity fallback.

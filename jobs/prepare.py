@@ -1,29 +1,36 @@
-"""Prepare: clean interactions -> dense ids, a leave-one-out split by time, sampled negatives.
+"""Prepare: clean interactions -> positives, dense ids, a split, sampled negatives.
 
 Reads   <lake>/<dataset>/<logical_date>/interactions/   (written by jobs/ingest.py)
 Writes  <lake>/<dataset>/<logical_date>/users/ items/     user_id -> user_idx, item_id -> item_idx
         <lake>/<dataset>/<logical_date>/train/            positives (label 1) + n_negatives each
-        <lake>/<dataset>/<logical_date>/validation/ test/ per user 1 positive + m negatives
-        and the manifest entry "prepare" (counts, params, input checksum).
+        <lake>/<dataset>/<logical_date>/validation/       per user 1 positive + m negatives
+        <lake>/<dataset>/<logical_date>/test/             per user its test positive(s) + m
+                                                          negatives
+        and the manifest entry "prepare" (each step's counts, params, input checksum).
 
 Run:
-    spark-submit jobs/prepare.py --config configs/ml-100k.yaml --logical-date 2026-11-23
+    spark-submit jobs/prepare.py --config configs/ml-100k.yaml --logical-date 2026-11-23 \
+        [--as-of 2026-11-24T00:00:00+00:00]
 
-The protocol of the NCF paper: each user's latest positive is the test item, the
-second latest the validation item, the rest train; users with fewer than three
-positives are trained on, never evaluated. Same-second ties are broken by item_idx,
-the higher index counting as the later one. Negatives are never an item the user
-touched (in any split, at any rating). All randomness comes from
-xxhash64(seed, stream, user_idx, draw), so one seed gives the same rows, and the same
-Parquet bytes, whatever the parallelism or the input's partitioning.
+Steps (jobs/filters.py): only events before the as-of time (default: the end of the
+logical date's day, UTC) so that a backfill sees what was known then; binarise by the
+configured rule; a seeded sample of users; a k-core. Then dense ids and the split
+(jobs/split.py): leave_one_out, the NCF paper's protocol (each user's latest positive is
+the test item, the second latest the validation item, the rest train; users with fewer
+than three positives are trained on, never evaluated), time_cutoff or stratified.
+Negatives are never an item the user touched (in any split, at any rating). All
+randomness comes from xxhash64(seed, stream, ...), so one seed gives the same rows, and
+the same Parquet bytes, whatever the parallelism or the input's partitioning.
 """
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import dataclasses
 import functools
 import logging
+from datetime import UTC, date, datetime, time, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -32,14 +39,21 @@ from pyspark.sql import functions as F
 
 from jobs import layout
 from jobs.cli import configure_logging, lake_root, load_stage_config, stage_parser
-from jobs.config import PRESPLIT_FORMAT, PrepareConfig
+from jobs.config import FORMATS_WITHOUT_TIMESTAMPS, PRESPLIT_FORMAT, PrepareConfig, parse_utc
+from jobs.filters import select_positives
 from jobs.negatives import N_NEEDED, sample_negatives
 from jobs.spark import conform, get_spark, read_parquet, write_parquet
-from jobs.split import split_leave_one_out, split_presplit
+from jobs.split import (
+    split_leave_one_out,
+    split_presplit,
+    split_stratified,
+    split_time_cutoff,
+    time_cutoff_for_fraction,
+)
 
 log = logging.getLogger(__name__)
 
-# Independent random streams drawn with the one seed (jobs.split uses 4).
+# Independent random streams drawn with the one seed (jobs.split: 4, 6; filters: 5).
 STREAM_TRAIN, STREAM_VALIDATION, STREAM_TEST = 1, 2, 3
 
 
@@ -53,17 +67,6 @@ def pairs_order() -> list[Column]:
 
 
 # --- transforms ----------------------------------------------------------------------
-
-def binarise(interactions: DataFrame, *, threshold: float | None) -> DataFrame:
-    """Positives: interactions with value >= threshold (all when None), one row per pair.
-
-    Repeated (user_id, item_id) events collapse to one positive stamped with the
-    latest ts. Returns user_id, item_id, ts.
-    """
-    kept = interactions if threshold is None else interactions.where(
-        F.col(layout.VALUE) >= F.lit(float(threshold)))
-    return kept.groupBy(layout.USER_ID, layout.ITEM_ID).agg(F.max(layout.TS).alias(layout.TS))
-
 
 def _dense_index(ids: DataFrame, id_col: str, idx_col: str) -> DataFrame:
     """Number distinct ids 0..n-1: numerically when all are digits, else as text."""
@@ -108,15 +111,16 @@ def build_pairs(
 ) -> tuple[DataFrame, DataFrame, DataFrame]:
     """(train, validation, test) in layout.PAIRS_SCHEMA: the split's positives + negatives.
 
-    The positives are the (user_idx, item_idx) frames of `split_leave_one_out`; touched
-    holds every pair any user interacted with (more than the positives when a
-    binarisation threshold applies). Each split draws from its own random stream.
+    The positives are the (user_idx, item_idx) frames of a jobs.split protocol; touched
+    holds every pair any user interacted with (more than the positives when binarisation
+    leaves some out). Each split draws from its own random stream.
     `presplit_test` (user_idx, item_idx, label), a source's own test split, is test/
     as it is: its negatives are not drawn again.
     """
     def evaluation(positives: DataFrame, stream: int) -> DataFrame:
-        demand = positives.select(layout.USER_IDX,
-                                  F.lit(cfg.n_eval_negatives).alias(N_NEEDED))
+        # One demand row per user: time_cutoff and stratified test several positives each.
+        demand = positives.select(layout.USER_IDX).distinct().select(
+            layout.USER_IDX, F.lit(cfg.n_eval_negatives).alias(N_NEEDED))
         negatives = sample_negatives(demand, touched, n_items=n_items, seed=cfg.seed,
                                      stream=stream, distinct=True)
         return _labelled(positives, negatives)
@@ -148,21 +152,65 @@ def _users_short(pairs: DataFrame, n_eval_negatives: int) -> DataFrame:
     return per_user.where(F.col("_negatives") < n_eval_negatives).select(layout.USER_IDX)
 
 
-def write_outputs(interactions: DataFrame, paths: layout.LakePaths,
-                  cfg: PrepareConfig, *, presplit_test: DataFrame | None = None) -> dict[str, Any]:
+def _split(positives: DataFrame, indexed: DataFrame, cfg: PrepareConfig,
+           ) -> tuple[list[DataFrame], DataFrame | None, dict[str, Any]]:
+    """([train, validation, test] positives, unscorable test positives, split facts).
+
+    `positives` are the raw-id positives (for the time_cutoff's time), `indexed` the same
+    with user_idx, item_idx. The one action here picks time_cutoff's time from
+    test_fraction.
+    """
+    split = cfg.split
+    info: dict[str, Any] = {"method": split.method}
+    if split.method == "leave_one_out":
+        return list(split_leave_one_out(indexed, seed=cfg.seed)), None, info
+    if split.method == "stratified":
+        info["train_ratio"] = split.train_ratio
+        return (list(split_stratified(indexed, train_ratio=float(split.train_ratio or 0.0),
+                                      seed=cfg.seed)), None, info)
+    test_from = split.test_from_utc
+    if test_from is None:
+        # As microseconds: Python datetimes from Spark are in the driver's local zone.
+        row = time_cutoff_for_fraction(positives, test_fraction=float(
+            split.test_fraction or 0.0)).select(F.unix_micros(layout.TS)).first()
+        if row is None or row[0] is None:
+            raise PrepareError("split.test_fraction: no positive has a timestamp to cut at")
+        test_from = datetime(1970, 1, 1, tzinfo=UTC) + timedelta(microseconds=int(row[0]))
+        info["test_fraction"] = split.test_fraction
+    info["test_from"] = test_from.isoformat()
+    train, validation, test, unscorable = split_time_cutoff(indexed, test_from=test_from,
+                                                            seed=cfg.seed)
+    return [train, validation, test], unscorable, info
+
+
+def _per_user(test: DataFrame) -> dict[str, Any]:
+    """Test users and test positives per user (min/mean/max) of the written test/."""
+    row = (test.where(F.col(layout.LABEL) == 1).groupBy(layout.USER_IDX).count()
+           .agg(F.count(F.lit(1)), F.min("count"), F.avg("count"), F.max("count")).first())
+    n_users = int(row[0]) if row is not None else 0
+    stats = ({"min": int(row[1]), "mean": round(float(row[2]), 4), "max": int(row[3])}
+             if row is not None and n_users else {"min": 0, "mean": 0.0, "max": 0})
+    return {"test_users": n_users, "test_positives_per_user": stats}
+
+
+def write_outputs(events: DataFrame, positives: DataFrame, paths: layout.LakePaths,
+                  cfg: PrepareConfig, *, presplit_test: DataFrame | None = None,
+                  ) -> dict[str, Any]:
     """Write users/, items/, train/, validation/, test/ together; return the counts.
 
-    All five folders are staged and swapped in only when every one was written, so a
-    failure leaves the previous run's outputs untouched. `presplit_test` (raw ids,
-    layout.PRESPLIT_TEST_SCHEMA) is a source's own test split, taken as test/ as it is
-    (its items are indexed too); validation is then each user's latest other positive.
+    `events` are the interactions prepare may use (known at as-of): every pair in them is
+    touched, never a negative. `positives` (user_id, item_id, ts) are what
+    jobs.filters.select_positives kept. All five folders are staged and swapped in only
+    when every one was written, so a failure leaves the previous run's outputs
+    untouched. `presplit_test` (raw ids, layout.PRESPLIT_TEST_SCHEMA) is a source's own
+    test split, taken as test/ as it is (its items are indexed too); validation is then
+    each user's latest other positive.
     """
-    spark = interactions.sparkSession
+    spark = positives.sparkSession
     names = (layout.USERS, layout.ITEMS, layout.TRAIN, layout.VALIDATION, layout.TEST)
     with contextlib.ExitStack() as stack:
         staged = {name: stack.enter_context(layout.staged_dir(paths.path(name)))
                   for name in names}
-        positives = interactions.transform(binarise, threshold=cfg.binarise_threshold)
         ids = positives if presplit_test is None else positives.select(
             layout.USER_ID, layout.ITEM_ID).unionByName(
             presplit_test.select(layout.USER_ID, layout.ITEM_ID))
@@ -176,23 +224,26 @@ def write_outputs(interactions: DataFrame, paths: layout.LakePaths,
         items = read_parquet(spark, staged[layout.ITEMS])
         n_users, n_items = users.count(), items.count()
         if n_users == 0:
-            raise PrepareError(f"{paths.path(layout.INTERACTIONS)}: no positives with "
-                               f"binarise_threshold={cfg.binarise_threshold}")
+            raise PrepareError(f"{paths.path(layout.INTERACTIONS)}: no positives to index "
+                               f"with {cfg.binarise}")
 
         def indexed(df: DataFrame) -> DataFrame:
             return (df.join(users, layout.USER_ID).join(items, layout.ITEM_ID)
                     .drop(layout.USER_ID, layout.ITEM_ID))
 
         # Each sampling round and each write reads these again: compute them once.
-        touched = interactions.select(layout.USER_ID, layout.ITEM_ID).distinct().transform(indexed)
+        touched = events.select(layout.USER_ID, layout.ITEM_ID).distinct().transform(indexed)
+        unscorable = given_test = None
         if presplit_test is None:
-            kept = [touched, *split_leave_one_out(positives.transform(indexed), seed=cfg.seed)]
-            given_test = None
+            split_positives, unscorable, split_info = _split(
+                positives, positives.transform(indexed), cfg)
+            kept = [touched, *split_positives]
         else:
             given_test = presplit_test.transform(indexed)
             test_pairs = given_test.where(F.col(layout.LABEL) == 1)
             kept = [touched, *split_presplit(positives.transform(indexed), test_pairs,
                                              seed=cfg.seed), test_pairs]
+            split_info = {"method": "presplit"}
         for df in kept:
             df.persist()
             stack.callback(df.unpersist)
@@ -210,29 +261,79 @@ def write_outputs(interactions: DataFrame, paths: layout.LakePaths,
             df.select(F.lit(name).alias("_split"), layout.LABEL) for name, df in written.items()
         ]).groupBy("_split").agg(F.count(F.lit(1)), F.sum(layout.LABEL)).collect()
         split_rows = {name: 0 for name in written}
-        split_positives = {name: 0 for name in written}
+        split_positives_n = {name: 0 for name in written}
         for split, n_rows, n_positive in tallies:
-            split_rows[split], split_positives[split] = int(n_rows), int(n_positive)
+            split_rows[split], split_positives_n[split] = int(n_rows), int(n_positive)
         short = (_users_short(written[layout.VALIDATION], cfg.n_eval_negatives)
                  .unionByName(_users_short(written[layout.TEST], cfg.n_eval_negatives)))
+        split_info.update(_per_user(written[layout.TEST]))
+        unscorable_users = 0
+        if unscorable is not None:  # time_cutoff: test users without a training positive
+            row = unscorable.agg(F.count(F.lit(1)), F.countDistinct(layout.USER_IDX)).first()
+            split_info["unscorable_test_positives"] = int(row[0]) if row else 0
+            unscorable_users = split_info["unscorable_test_users"] = int(row[1]) if row else 0
         counts = {
             "n_users": n_users,
             "n_items": n_items,
-            "n_positives": sum(split_positives.values()),
+            "n_positives": sum(split_positives_n.values()),
             **{f"{name}_rows": n for name, n in split_rows.items()},
-            "users_train_only": n_users - split_positives[layout.TEST],  # one per test user
+            "users_train_only": n_users - split_info["test_users"] - unscorable_users,
             "users_short_of_eval_negatives": short.distinct().count(),
+            "split": split_info,
         }
     return counts
 
 
+# --- the job -------------------------------------------------------------------------
+
+def _as_of_arg(text: str) -> datetime:
+    """argparse type: an ISO 8601 timestamp, UTC unless it carries an offset."""
+    try:
+        return parse_utc(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not an ISO 8601 timestamp such as 2026-11-24T00:00:00+00:00"
+        ) from None
+
+
+def default_as_of(logical_date: str) -> datetime:
+    """The end of the logical date's daily data interval: the next day, 00:00 UTC."""
+    return datetime.combine(date.fromisoformat(logical_date) + timedelta(days=1), time(),
+                            tzinfo=UTC)
+
+
+def _check_config(cfg: PrepareConfig, source_format: str) -> None:
+    """Refuse what the source cannot support, before Spark starts."""
+    if cfg.split.method == "time_cutoff" and source_format in FORMATS_WITHOUT_TIMESTAMPS:
+        raise PrepareError(f"prepare.split.method: time_cutoff needs timestamps and format "
+                           f"{source_format} has none: use leave_one_out or stratified")
+    if source_format == PRESPLIT_FORMAT:
+        changed = [name for name, value, default in (
+            ("split.method", cfg.split.method, "leave_one_out"),
+            ("user_fraction", cfg.user_fraction, 1.0),
+            ("min_user_positives", cfg.min_user_positives, 1),
+            ("min_item_positives", cfg.min_item_positives, 1)) if value != default]
+        if changed:
+            raise PrepareError(f"prepare.{changed[0]}: format {PRESPLIT_FORMAT} keeps the "
+                               "source's own test split as it is; remove "
+                               f"{', '.join(changed)}")
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = stage_parser(__doc__).parse_args(argv)
+    parser = stage_parser(__doc__)
+    parser.add_argument("--as-of", type=_as_of_arg, default=None,
+                        help="use only events before this time (ISO 8601, UTC unless it "
+                             "says otherwise; default: the day after --logical-date, 00:00 UTC)")
+    args = parser.parse_args(argv)
     configure_logging()
     cfg = load_stage_config(args.config)
+    _check_config(cfg.prepare, cfg.source.format)
     paths = layout.LakePaths(lake_root(args.lake_root), cfg.dataset, args.logical_date)
     source = paths.path(layout.INTERACTIONS)
     _check_input(source)
+    as_of = None
+    if cfg.prepare.as_of_cutoff:
+        as_of = args.as_of if args.as_of is not None else default_as_of(args.logical_date)
 
     spark = get_spark(f"prepare-{cfg.dataset}")
     interactions = spark.read.schema(layout.ddl(layout.INTERACTIONS_SCHEMA)).parquet(str(source))
@@ -246,9 +347,31 @@ def main(argv: list[str] | None = None) -> int:
         _check_input(folder)
         presplit_test = spark.read.schema(layout.ddl(layout.PRESPLIT_TEST_SCHEMA)).parquet(
             str(folder))
-    counts = write_outputs(interactions, paths, cfg.prepare, presplit_test=presplit_test)
+    selection = select_positives(interactions, cfg.prepare, as_of=as_of)
+    try:
+        steps = selection.counts
+        log.info("prepare %s %s: as of %s: %s", cfg.dataset, args.logical_date, as_of, steps)
+        if steps["positives_selected"] == 0:
+            raise PrepareError(f"{source}: no positives left after the as-of cutoff "
+                               f"({as_of}), binarise, user sample and k-core: {steps}")
+        if cfg.prepare.split.method == "time_cutoff" and steps["events_without_ts_kept"]:
+            raise PrepareError(f"{source}: prepare.split.method time_cutoff needs a timestamp "
+                               f"on every event; {steps['events_without_ts_kept']} have none: "
+                               "use leave_one_out or stratified")
+        counts = write_outputs(selection.events, selection.positives, paths, cfg.prepare,
+                               presplit_test=presplit_test)
+    finally:
+        selection.unpersist()
+    events_used = steps["events_in"] - steps["events_dropped_after_as_of"]
+    timestamps = ("none" if steps["events_without_ts_kept"] == events_used
+                  else "all" if steps["events_without_ts_kept"] == 0 else "some")
+    # Held-out validation (and leave_one_out's test) positives: the latest, or without
+    # timestamps the seeded hash alone picks them (a seeded random hold-out).
+    counts["split"]["hold_out"] = "latest" if timestamps == "all" else "seeded_random"
     layout.update_manifest(paths, "prepare", {
-        "params": dataclasses.asdict(cfg.prepare), "input_sha256": input_sha256, **counts})
+        "params": dataclasses.asdict(cfg.prepare), "input_sha256": input_sha256,
+        "as_of": None if as_of is None else as_of.isoformat(), "timestamps": timestamps,
+        **steps, **counts})
     log.info("prepare %s %s: %s -> %s", cfg.dataset, args.logical_date, counts, paths.base)
     return 0
 

@@ -1,13 +1,19 @@
 """Data validation: Great Expectations suites, written as code, on what ingest and prepare wrote.
 
-Two stages, each a gate in the DAG:
+Three stages, each a gate in the DAG:
 
 * ``interactions`` (after ingest) reads ``interactions/``: at least one row, no nulls in
   user_id/item_id/ts/value, no blank ids.
 * ``splits`` (after prepare) reads ``users/``, ``items/``, ``train/``, ``validation/``,
   ``test/``: dense unique indices, every index of the splits in range, labels in {0, 1},
-  exactly one positive and at least one negative per evaluated user, no sampled negative
-  that is a positive of the same user anywhere, no held-out positive left in train.
+  one positive per user in validation/ and, under leave-one-out, in test/ (time_cutoff
+  and stratified test several), at least one negative per evaluated user, no sampled
+  negative that is a positive of the same user anywhere, no held-out positive in train.
+* ``recommendations`` (after recommend) reads ``topk/`` against ``users/``, the splits'
+  positives and the manifest (n_users, n_items, k): the columns and dtypes of the
+  contract, k rows ranked 1..k for every user, indices in range, no repeated item in a
+  list, scores in [0, 1] falling with rank, source model|popularity, and no recommended
+  item the user already has a positive on.
 
 Each suite's full GX result goes to ``reports/<suite>.json`` in the run's lake folder, the
 stage's summary to the manifest under ``validate_<stage>``; any failed expectation raises
@@ -15,7 +21,7 @@ stage's summary to the manifest under ``validate_<stage>``; any failed expectati
 and what to fix.
 
     python -m jobs.validate --config configs/ml-100k.yaml --logical-date 2026-11-23 \
-        --stage interactions|splits [--lake-root data/lake]
+        --stage interactions|splits|recommendations [--lake-root data/lake]
 
 Importing this module imports Great Expectations (~10 s): DAG files run it as a subprocess.
 """
@@ -54,6 +60,12 @@ from jobs.expectations import (
     pairs_suite,
     per_user_labels,
     per_user_suite,
+    per_user_topk,
+    seen_recommendations,
+    topk_per_user_suite,
+    topk_schema_suite,
+    topk_seen_suite,
+    topk_suite,
 )
 from jobs.layout import (
     INTERACTIONS,
@@ -61,8 +73,13 @@ from jobs.layout import (
     ITEM_IDX,
     ITEMS,
     ITEMS_SCHEMA,
+    LABEL,
     PAIRS_SCHEMA,
+    RANK,
     REPORTS,
+    TEST,
+    TOPK,
+    TOPK_SCHEMA,
     TRAIN,
     USER_IDX,
     USERS,
@@ -77,7 +94,10 @@ logger = logging.getLogger(__name__)
 for _name in ("great_expectations", "great_expectations.data_context.types.base"):
     logging.getLogger(_name).setLevel(logging.WARNING)
 
-STAGES = ("interactions", "splits")
+STAGES = ("interactions", "splits", "recommendations")
+# Split methods whose test/ holds one positive per user (jobs.config.SPLIT_METHODS; presplit:
+# the NCF paper's files). time_cutoff and stratified hold out several.
+ONE_TEST_POSITIVE = ("leave_one_out", "presplit")
 SAMPLE_SIZE = 5  # unexpected values quoted per failed expectation in the error message
 
 
@@ -188,16 +208,23 @@ class _Check:
     index_columns: tuple[str, ...] = field(default=())
 
 
-def read_lake_folder(path: Path, schema: Schema) -> pd.DataFrame:
-    """A lake dataset folder as pandas; an existing folder without data files is 0 rows."""
+def read_lake_folder(path: Path, schema: Schema, *, widen: bool = True) -> pd.DataFrame:
+    """A lake dataset folder as pandas; an existing folder without data files is 0 rows.
+
+    widen=False keeps the dtypes as written (for a dtype check).
+    """
     try:
         table = layout.read_lake_table(path, schema)
     except layout.LakeReadError as exc:
         raise DataValidationError(str(exc)) from exc
     frame = table.to_pandas()
-    # GX 1.24 vectorises expect_column_values_to_be_between only for int64/float64 columns;
-    # int32 indices would go through a Python call per value (~20x slower on 5M rows).
-    # Columns with nulls are float64 already.
+    return widen_integers(frame) if widen else frame
+
+
+def widen_integers(frame: pd.DataFrame) -> pd.DataFrame:
+    """Integer columns as int64. GX 1.24 vectorises expect_column_values_to_be_between only
+    for int64/float64 columns; int32 indices would go through a Python call per value (~20x
+    slower on 5M rows). Columns with nulls are float64 already."""
     wide = {name: "int64" for name, dtype in frame.dtypes.items()
             if pd.api.types.is_integer_dtype(dtype) and dtype != np.int64}
     return frame.astype(wide) if wide else frame
@@ -308,8 +335,12 @@ def validate_interactions(paths: LakePaths, *, timestamps: bool = True) -> Valid
                    [_Check(interactions_suite(timestamps=timestamps), frame, f"{INTERACTIONS}/")])
 
 
-def validate_splits(paths: LakePaths) -> ValidationReport:
-    """Gate after prepare: the id mappings, the three splits and how they relate."""
+def validate_splits(paths: LakePaths, *, one_test_positive: bool = True) -> ValidationReport:
+    """Gate after prepare: the id mappings, the three splits and how they relate.
+
+    one_test_positive=False: test/ may hold several positives per user (time_cutoff,
+    stratified); validation/ always holds one.
+    """
     _require(paths, [USERS, ITEMS, *SPLITS])
     users = read_lake_folder(paths.path(USERS), USERS_SCHEMA)
     items = read_lake_folder(paths.path(ITEMS), ITEMS_SCHEMA)
@@ -321,8 +352,8 @@ def validate_splits(paths: LakePaths) -> ValidationReport:
         _Check(index_suite(ITEMS, n=n_items), items, f"{ITEMS}/"),
         *(_Check(pairs_suite(name, n_users=n_users, n_items=n_items), frame, f"{name}/")
           for name, frame in splits.items()),
-        *(_Check(per_user_suite(name), per_user_labels(frame),
-                 f"{name}/ counted per user", (USER_IDX,))
+        *(_Check(per_user_suite(name, one_positive=one_test_positive or name != TEST),
+                 per_user_labels(frame), f"{name}/ counted per user", (USER_IDX,))
           for name, frame in evaluation.items()),
         _Check(negatives_suite(), negative_collisions(splits),
                f"label-0 rows of {', '.join(f'{s}/' for s in SPLITS)}",
@@ -334,10 +365,55 @@ def validate_splits(paths: LakePaths) -> ValidationReport:
     return _finish("splits", paths, checks)
 
 
+def _manifest_counts(paths: LakePaths, stage: str, keys: Sequence[str]) -> list[int]:
+    entry = layout.read_manifest(paths).get(stage) or {}
+    missing = [key for key in keys if not isinstance(entry.get(key), int)]
+    if missing:
+        raise DataValidationError(f"{paths.manifest} has no {stage} entry with {missing}: "
+                                  f"run {stage} for this date first")
+    return [int(entry[key]) for key in keys]
+
+
+def _positive_pairs(path: Path) -> pd.DataFrame:
+    """The label-1 rows of a split folder as (user_idx, item_idx)."""
+    frame = read_lake_folder(path, PAIRS_SCHEMA)
+    return frame.loc[frame[LABEL] == 1, [USER_IDX, ITEM_IDX]].dropna()
+
+
+def validate_recommendations(paths: LakePaths) -> ValidationReport:
+    """Gate between recommend and publish: topk/ against users/, the splits and the manifest."""
+    _require(paths, [TOPK, USERS, *SPLITS])
+    n_users, n_items = _manifest_counts(paths, "prepare", ("n_users", "n_items"))
+    (k,) = _manifest_counts(paths, "recommend", ("k",))
+    as_written = read_lake_folder(paths.path(TOPK), TOPK_SCHEMA, widen=False)
+    topk = widen_integers(as_written)
+    users = read_lake_folder(paths.path(USERS), USERS_SCHEMA)[USER_IDX].to_numpy()
+    positives = [_positive_pairs(paths.path(name)) for name in SPLITS]
+    checks = [
+        _Check(topk_schema_suite(), as_written, f"{TOPK}/ as written"),
+        _Check(topk_suite(n_users=n_users, n_items=n_items, k=k), topk, f"{TOPK}/",
+               (USER_IDX, RANK)),
+        _Check(topk_per_user_suite(k=k), per_user_topk(topk, users),
+               f"{TOPK}/ counted per user of {USERS}/", (USER_IDX,)),
+        _Check(topk_seen_suite(), seen_recommendations(topk, positives),
+               f"{TOPK}/ against the positives of {', '.join(f'{s}/' for s in SPLITS)}",
+               (USER_IDX, RANK, ITEM_IDX)),
+    ]
+    return _finish("recommendations", paths, checks)
+
+
+def _split_method(paths: LakePaths, cfg: DataConfig) -> str:
+    """The split prepare wrote (its manifest entry), else the one the config asks for."""
+    entry = layout.read_manifest(paths).get("prepare") or {}
+    return str((entry.get("split") or {}).get("method") or cfg.prepare.split.method)
+
+
 _STAGE_RUNNERS: dict[str, Callable[[LakePaths, DataConfig], ValidationReport]] = {
     "interactions": lambda paths, cfg: validate_interactions(
         paths, timestamps=cfg.source.format not in FORMATS_WITHOUT_TIMESTAMPS),
-    "splits": lambda paths, _cfg: validate_splits(paths),
+    "splits": lambda paths, cfg: validate_splits(
+        paths, one_test_positive=_split_method(paths, cfg) in ONE_TEST_POSITIVE),
+    "recommendations": lambda paths, _cfg: validate_recommendations(paths),
 }
 
 

@@ -6,12 +6,17 @@ champion from an earlier run is wrapped in a `RemappedScorer`: today's index -> 
 the champion's index. Pairs with a user or item the champion never saw score -inf: in
 evaluation they count against the model (ties go against the positive), in top-K they are
 never chosen over a known item, and such users are cold-start users (popularity fallback).
+
+A hybrid champion is the exception: it scores a user or item it never saw from today's
+side features (its out-of-vocabulary id row plus the embedded features), so every user is
+scored by the model and none falls back to popularity.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
+from typing import cast
 
 import pandas as pd
 import torch
@@ -19,23 +24,50 @@ from torch import Tensor, nn
 
 from jobs import layout
 from ncf_model import checkpoint
+from ncf_model.features import SideFeatures, load_side_features
+from ncf_model.models import Hybrid
 
 
 class RemappedScorer(nn.Module):
-    """`model` scored on another index space; -inf for ids the model does not know."""
+    """`model` scored on another index space; -inf for ids the model does not know.
+
+    For a `Hybrid` model pass `features`: today's side features in today's index space,
+    encoded with the model's vocabulary. Unknown ids then take the model's
+    out-of-vocabulary row and are scored from their features.
+    """
 
     user_map: Tensor
     item_map: Tensor
+    user_codes: Tensor
+    item_tags: Tensor
+    item_offsets: Tensor
 
-    def __init__(self, model: nn.Module, user_map: Tensor, item_map: Tensor) -> None:
+    def __init__(self, model: nn.Module, user_map: Tensor, item_map: Tensor,
+                 features: SideFeatures | None = None) -> None:
         super().__init__()
         self.model = model
         self.register_buffer("user_map", user_map.to(torch.int64))  # (n_users_today,)
         self.register_buffer("item_map", item_map.to(torch.int64))  # (n_items_today,)
+        self.hybrid = isinstance(model, Hybrid)
+        if self.hybrid:
+            if features is None or (features.n_users, features.n_items) != (
+                    len(user_map), len(item_map)):
+                raise ValueError("a hybrid model needs today's side features, one row per "
+                                 f"user ({len(user_map)}) and item ({len(item_map)})")
+            self.register_buffer("user_codes", features.user_codes)  # (n_users_today, fields)
+            self.register_buffer("item_tags", features.item_tags)  # (T,)
+            self.register_buffer("item_offsets", features.item_offsets)  # (n_items_today,)
 
     def forward(self, user_idx: Tensor, item_idx: Tensor) -> Tensor:
         user = self.user_map[user_idx]  # (B,) the model's index, -1 when unknown
         item = self.item_map[item_idx]  # (B,)
+        if self.hybrid:
+            model = cast(Hybrid, self.model)  # checked in __init__
+            user_row = torch.where(user >= 0, user, torch.full_like(user, model.n_users))
+            item_row = torch.where(item >= 0, item, torch.full_like(item, model.n_items))
+            return model.score(user_row, self.user_codes[user_idx], item_row, item_idx,
+                               item_tags=self.item_tags,
+                               item_offsets=self.item_offsets).float()  # (B,)
         known = (user >= 0) & (item >= 0)
         logits = self.model(user.clamp(min=0), item.clamp(min=0)).float()  # (B,)
         return logits.masked_fill(~known, float("-inf"))
@@ -57,9 +89,10 @@ def lake_ids(paths: layout.LakePaths) -> tuple[list[str], list[str]]:
 
 def load_for_lake(folder: Path, paths: layout.LakePaths,
                   device: torch.device | str = "cpu") -> tuple[nn.Module, Tensor]:
-    """(scorer over `paths`' indices, (n_users,) bool: users the model knows).
+    """(scorer over `paths`' indices, (n_users,) bool: users the model scores).
 
-    When the model was trained on exactly these indices the model itself is returned.
+    When the model was trained on exactly these indices the model itself is returned. A
+    hybrid model scores every user (unknown ones from their features): all True.
     """
     model, _meta = checkpoint.load_model(folder, device)
     model_users, model_items = checkpoint.load_vocabulary(folder)
@@ -67,5 +100,9 @@ def load_for_lake(folder: Path, paths: layout.LakePaths,
     if users == model_users and items == model_items:
         return model, torch.ones(len(users), dtype=torch.bool)
     user_map, item_map = index_map(users, model_users), index_map(items, model_items)
+    if isinstance(model, Hybrid):
+        features = load_side_features(paths, users, items, model.vocabulary)
+        scorer = RemappedScorer(model, user_map, item_map, features).to(device).eval()
+        return scorer, torch.ones(len(users), dtype=torch.bool)
     scorer = RemappedScorer(model, user_map, item_map).to(device).eval()
     return scorer, user_map >= 0

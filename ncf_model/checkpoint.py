@@ -1,10 +1,11 @@
 """The trained model in the lake: `model/` holds `state_dict.pt`, `model.json` and the id
 vocabulary (`users.parquet`, `items.parquet`: raw id -> index the model was trained with).
 
-`model.json` carries the ModelConfig and the index sizes, so evaluate and recommend
-rebuild exactly the trained architecture without the training config at hand. The
-vocabulary lets a later day's data (whose dense indices may differ) be scored with this
-model: the folder is also logged to MLflow, so the registry's champion is self-contained.
+`model.json` carries the ModelConfig and the index sizes (and a hybrid model's feature
+vocabulary), so evaluate and recommend rebuild exactly the trained architecture without
+the training config at hand. The id vocabulary lets a later day's data (whose dense
+indices may differ) be scored with this model: the folder is also logged to MLflow, so the
+registry's champion is self-contained.
 """
 
 from __future__ import annotations
@@ -20,7 +21,8 @@ from torch import nn
 from jobs import layout
 from jobs.layout import staged_dir
 from ncf_model.config import ModelConfig
-from ncf_model.models import build_model
+from ncf_model.features import FeatureVocabulary, SideFeatures
+from ncf_model.models import Hybrid, build_model
 
 STATE_FILE = "state_dict.pt"
 META_FILE = "model.json"
@@ -44,6 +46,8 @@ def save_model(model: nn.Module, cfg: ModelConfig, *, n_users: int, n_items: int
     state = {name: tensor.detach().cpu() for name, tensor in model.state_dict().items()}
     meta = {"model": dataclasses.asdict(cfg), "n_users": n_users, "n_items": n_items,
             **(extra or {})}
+    if isinstance(model, Hybrid):  # today's features are encoded with it at serving time
+        meta["features"] = model.vocabulary.to_json()
     users_dir, items_dir = vocabulary
     users = layout.read_lake_table(users_dir, layout.USERS_SCHEMA).sort_by(layout.USER_IDX)
     items = layout.read_lake_table(items_dir, layout.ITEMS_SCHEMA).sort_by(layout.ITEM_IDX)
@@ -84,6 +88,17 @@ def load_model(folder: Path,
     raw = dict(meta["model"])
     raw["mlp_layers"] = tuple(raw["mlp_layers"])
     cfg = ModelConfig(**raw)
-    model = build_model(cfg, int(meta["n_users"]), int(meta["n_items"]))
-    model.load_state_dict(torch.load(state_path, map_location="cpu", weights_only=True))
+    n_users, n_items = int(meta["n_users"]), int(meta["n_items"])
+    state = torch.load(state_path, map_location="cpu", weights_only=True)
+    features = None
+    if cfg.kind == "hybrid":
+        if "features" not in meta:
+            raise CheckpointError(f"{meta_path}: a hybrid model without its feature "
+                                  "vocabulary ('features'); retrain it")
+        # The feature tables are buffers of the state dict: shaped here, filled by it.
+        features = SideFeatures.placeholder(FeatureVocabulary.from_json(meta["features"]),
+                                            n_users=n_users, n_items=n_items,
+                                            n_tag_entries=int(state["item_tags"].numel()))
+    model = build_model(cfg, n_users, n_items, features)
+    model.load_state_dict(state)
     return model.to(device).eval(), meta

@@ -3,18 +3,27 @@
     python -m ncf_model train     --config configs/ml-100k.yaml --logical-date 2026-11-23
     python -m ncf_model evaluate  --config configs/ml-100k.yaml --logical-date 2026-11-23
     python -m ncf_model recommend --config configs/ml-100k.yaml --logical-date 2026-11-23
+    python -m ncf_model baselines --config configs/ml-100k.yaml --logical-date 2026-11-23
 
 train      reads train/ and validation/, trains on CUDA if present (else CPU), keeps the epoch
            with the best validation HR@k, writes model/, logs params, per-epoch metrics and
-           the model to a new MLflow run; prints the run id (the Airflow task's XCom).
-evaluate   reads model/ and test/, logs test HR@k / NDCG@k / AUC to the same run, registers
+           the model to a new MLflow run; prints the run id (the Airflow task's XCom). A
+           retry after a kill continues from the last epoch's state (_train_state/) in the
+           same MLflow run.
+evaluate   reads model/ and test/, logs test HR@k / NDCG@k / AUC, full-ranking HR@k /
+           NDCG@k / recall@k and the hr_at_k.png / training_curves.png plots to the same
+           run, registers
            a model version, scores the current `champion` on the same test split and moves
            the alias only if the new HR@k clears `evaluate.min_hr` and is at most
            `evaluate.tolerance` worse. Prints the version; exits 99 (Airflow: skipped, so
            nothing new is published) when refused and `evaluate.on_refusal` is `skip`.
 recommend  scores every user of this date's data with the registry's champion (downloaded
            from MLflow when it is an earlier run's model) and writes topk/: the top-k unseen
-           items per user; users the champion does not know get popular items instead.
+           items per user; users the champion does not know get popular items instead
+           (a hybrid champion scores them from their side features).
+baselines  evaluates popularity, a dot-product MF and Spark ALS (factors from jobs/als.py)
+           on test/ like evaluate, one MLflow run each (ncf_model.baselines); prints
+           name=run_id pairs.
 Each stage records its counts and parameters in the run's `_manifest.json`.
 """
 
@@ -35,13 +44,14 @@ import torch
 
 from jobs import layout
 from jobs.cli import configure_logging, lake_root, stage_parser
-from ncf_model import champion, checkpoint, tracking
+from ncf_model import baselines, champion, checkpoint, resume, tracking
 from ncf_model.config import NCFConfig, load_ncf_config
 from ncf_model.data import Pairs, TrainingData, load_pairs
-from ncf_model.evaluate import champion_gate, evaluate
-from ncf_model.models import PairScorer, build_model
+from ncf_model.evaluate import champion_gate, evaluate, evaluate_report, load_split
+from ncf_model.features import load_side_features
+from ncf_model.models import PairScorer
 from ncf_model.topk import popularity_top_k, recommend_top_k
-from ncf_model.train import select_device, train
+from ncf_model.train import fit, select_device
 
 log = logging.getLogger("ncf_model")
 ENV_TORCH_THREADS = "NCF_TORCH_THREADS"  # deployment setting: torch CPU threads
@@ -69,43 +79,57 @@ def _manifest_entry(paths: layout.LakePaths, stage: str, needed_by: str) -> dict
     return dict(entry)
 
 
-def _generator(device: torch.device, seed: int) -> torch.Generator:
-    generator = torch.Generator(device=device)
-    generator.manual_seed(seed)
-    return generator
-
-
 def run_train(cfg: NCFConfig, paths: layout.LakePaths, device: torch.device) -> str:
+    """Train, keep the best validation epoch, write model/ and log it all to MLflow.
+
+    Each epoch's state is saved under `_train_state/` (ncf_model.resume): a retry of a
+    killed task with the same config and data continues from it, in the same MLflow run.
+    """
     prepared = _manifest_entry(paths, "prepare", "train")
     n_users, n_items = int(prepared["n_users"]), int(prepared["n_items"])
-    torch.manual_seed(cfg.train.seed)  # initial weights (and dropout) are seeded too
     train_pairs = load_pairs(paths.path(layout.TRAIN), device)
     validation = load_pairs(paths.path(layout.VALIDATION), device)
     data = TrainingData(train_pairs, n_users=n_users, n_items=n_items)
-    model = build_model(cfg.model, n_users, n_items).to(device)
+    features = None
+    if cfg.model.kind == "hybrid":
+        user_ids, item_ids = champion.lake_ids(paths)
+        features = load_side_features(paths, user_ids, item_ids)
+    states = resume.TrainingStates(paths.path(resume.TRAIN_STATE_DIR), resume.fingerprint({
+        "model": dataclasses.asdict(cfg.model), "train": dataclasses.asdict(cfg.train),
+        "prepare": prepared, "device": device.type, "torch": torch.__version__}))
+    resumed_run = states.run_id()
 
     tags = {"ncf.dataset": cfg.dataset, "ncf.logical_date": paths.logical_date,
             "ncf.stage": "train", "ncf.device": device.type}
     with tracking.start_run(cfg.dataset, run_name=f"{cfg.dataset}-{paths.logical_date}",
-                            tags=tags) as run:
-        run.log_params({"model": dataclasses.asdict(cfg.model),
-                        "train": dataclasses.asdict(cfg.train),
-                        "data": {"n_users": n_users, "n_items": n_items,
-                                 "train_rows": len(train_pairs),
-                                 "validation_rows": len(validation)}})
-        run.log_lineage(lake_path=paths.base, manifest_sha256=layout.sha256_file(paths.manifest),
-                        context="training")
+                            tags=tags, run_id=resumed_run) as run:
+        if resumed_run is None:  # a resumed run has them already
+            run.log_params({"model": dataclasses.asdict(cfg.model),
+                            "train": dataclasses.asdict(cfg.train),
+                            "data": {"n_users": n_users, "n_items": n_items,
+                                     "train_rows": len(train_pairs),
+                                     "validation_rows": len(validation)}})
+            run.log_lineage(lake_path=paths.base,
+                            manifest_sha256=layout.sha256_file(paths.manifest),
+                            context="training")
+        states.begin(run.run_id)  # from here on a retry continues this run
         started = time.perf_counter()
-        result = train(model, data, validation, cfg.train, device=device, generator=
-                       _generator(device, cfg.train.seed),
-                       on_epoch=lambda epoch, metrics: run.log_metrics(metrics, step=epoch))
+        fitted = fit(cfg.model, cfg.train, data, validation, device=device, features=features,
+                     on_epoch=lambda epoch, metrics: run.log_metrics(metrics, step=epoch),
+                     states=states)
         seconds = time.perf_counter() - started
+        model, result = fitted.model, fitted.result
         best = {f"best_{key}": value for key, value in result.best_metrics.items()
                 if key.startswith("val_")}
+        for phase, phase_result in fitted.pretrained.items():
+            best |= {f"pretrain_{phase}_best_{key}": value
+                     for key, value in phase_result.best_metrics.items()
+                     if key.startswith("val_")}
         run.log_metrics({**best, "best_epoch": result.best_epoch, "train_seconds": seconds})
-        run.log_dict({"history": result.history, "best_epoch": result.best_epoch},
+        run.log_dict({"history": result.history, "best_epoch": result.best_epoch,
+                      **{f"pretrain_{phase}": {"history": r.history, "best_epoch": r.best_epoch}
+                         for phase, r in fitted.pretrained.items()}},
                      "training_history.json")
-        model.load_state_dict(result.best_state)
         model.eval()
         checkpoint.save_model(model, cfg.model, n_users=n_users, n_items=n_items,
                               folder=paths.path(layout.MODEL),
@@ -120,11 +144,12 @@ def run_train(cfg: NCFConfig, paths: layout.LakePaths, device: torch.device) -> 
 
     layout.update_manifest(paths, "train", {
         "run_id": run_id, "model_uri": model_uri, "best_epoch": result.best_epoch,
-        "epochs_run": len(result.history),
+        "epochs_run": len(result.history), "resumed": resumed_run is not None,
         "best_metrics": result.best_metrics, "seconds": round(seconds, 2),
         "device": device.type, "params": {"model": dataclasses.asdict(cfg.model),
                                           "train": dataclasses.asdict(cfg.train)},
     })
+    states.clear()  # done: a re-run of this date trains afresh
     log.info("trained %s: best epoch %d, %s", cfg.dataset, result.best_epoch, best)
     return run_id
 
@@ -154,16 +179,28 @@ def _register(model_name: str, trained: dict[str, Any], paths: layout.LakePaths,
 
 def run_evaluate(cfg: NCFConfig, paths: layout.LakePaths, device: torch.device,
                  model_name: str) -> tuple[str, bool]:
-    """Test metrics, a registered version and the champion gate; (version, promoted)."""
+    """Test metrics (sampled and full-ranking), the HR@K and training-curve plots, a
+    registered version and the champion gate (on sampled test HR@k); (version, promoted)."""
     trained = _manifest_entry(paths, "train", "evaluate")
+    prepared = _manifest_entry(paths, "prepare", "evaluate")
     run_id = str(trained["run_id"])
     model, _meta = checkpoint.load_model(paths.path(layout.MODEL), device)
-    test = load_pairs(paths.path(layout.TEST), device)
+    test, full = load_split(paths, layout.TEST, device, n_items=int(prepared["n_items"]),
+                            full_ranking=cfg.evaluate.full_ranking,
+                            chunk_users=cfg.evaluate.chunk_users)
     k = cfg.evaluate.k
     metric = f"test_hr_{k}"
-    metrics = {f"test_{key}": value for key, value in evaluate(model, test, k).items()}
+    started = time.perf_counter()
+    report = evaluate_report(model, test, k, full=full)
+    metrics = {f"test_{key}": value for key, value in report.metrics.items()}
+    seconds = time.perf_counter() - started
     with tracking.start_run(cfg.dataset, run_name="", run_id=run_id) as run:
-        run.log_metrics(metrics)
+        run.log_evaluation({**metrics, "evaluate_seconds": seconds}, report.hr_at_k, k=k,
+                           title=f"{model_name} test")
+        trained_history = tracking.load_run_dict(run_id, tracking.TRAINING_HISTORY) or {}
+        if trained_history.get("history"):
+            run.log_training_curves(trained_history["history"],
+                                    title=f"{model_name} {paths.logical_date}")
         version = _register(model_name, trained, paths, metrics)
         current = tracking.champion(model_name)
         champion_metrics: dict[str, float] = {}
@@ -191,6 +228,7 @@ def run_evaluate(cfg: NCFConfig, paths: layout.LakePaths, device: torch.device,
         "metrics": metrics, "champion_metrics": champion_metrics,
         "previous_champion": None if current is None else current.version,
         "champion_version": serving, "promoted": decision.promote, "reason": decision.reason,
+        "hr_at_k": report.hr_at_k, "seconds": round(seconds, 2),
         "params": dataclasses.asdict(cfg.evaluate),
     })
     log.info("evaluated %s version %s: %s", model_name, version,
@@ -218,7 +256,8 @@ def run_recommend(cfg: NCFConfig, paths: layout.LakePaths, device: torch.device,
     """Top-k unseen items for every user of this run's data, from the registry's champion.
 
     Users the champion does not know (cold start: new since it was trained) get the most
-    popular unseen training items instead, marked source = popularity in topk/.
+    popular unseen training items instead, marked source = popularity in topk/. A hybrid
+    champion knows them from their side features: they are scored by it (source = model).
     """
     import pyarrow as pa
     import pyarrow.parquet as pq
@@ -274,9 +313,9 @@ def run_recommend(cfg: NCFConfig, paths: layout.LakePaths, device: torch.device,
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = stage_parser("NCF torch stages: train, evaluate, recommend")
+    parser = stage_parser("NCF torch stages: train, evaluate, recommend, baselines")
     parser.prog = "python -m ncf_model"
-    parser.add_argument("stage", choices=("train", "evaluate", "recommend"))
+    parser.add_argument("stage", choices=("train", "evaluate", "recommend", "baselines"))
     parser.add_argument("--device", help="cuda, cuda:1, cpu (default: CUDA when available)")
     parser.add_argument("--model-name", help="registered model (default ncf-<dataset>)")
     args = parser.parse_args(argv)
@@ -301,6 +340,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             log.warning("nothing new is published: the table keeps serving the champion's "
                         "set (exit %d: Airflow skips recommend and publish)", SKIP_EXIT_CODE)
             code = SKIP_EXIT_CODE
+    elif args.stage == "baselines":
+        result = ",".join(f"{name}={run}" for name, run in
+                          baselines.run_baselines(cfg, paths, device).items())
     else:
         result = run_recommend(cfg, paths, device, model_name)
     # The last stdout line is the Airflow task's XCom (BashOperator).

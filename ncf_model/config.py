@@ -1,4 +1,5 @@
-"""Model-side configuration sections (`model`, `train`, `evaluate`, `recommend`).
+"""Model-side configuration sections (`model`, `train`, `evaluate`, `recommend`,
+`baselines`).
 
 Loaded from the same `configs/<dataset>.yaml` as the data jobs, with the same strict
 loader (`jobs.config`, which imports no pyspark).
@@ -9,21 +10,37 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
-from jobs.config import build_section, check_field, read_yaml
+from jobs.config import BASELINES, AlsConfig, build_section, check_field, read_yaml
 
-MODEL_KINDS = ("gmf", "mlp", "neumf")
+MODEL_KINDS = ("gmf", "mlp", "neumf", "mf", "hybrid")
 NEGATIVE_MODES = ("resample", "lake")
+LOSSES = ("bce", "bpr")
+OPTIMIZERS = ("adam", "sgd")
 
 
 @dataclasses.dataclass(frozen=True)
 class ModelConfig:
-    """Architecture. `factors` is the GMF embedding size; the MLP tower's input is
-    `mlp_layers[0]`, i.e. user and item MLP embeddings of `mlp_layers[0] // 2` each."""
+    """Architecture. `factors` is the GMF (and MF) embedding size; the MLP tower's input is
+    `mlp_layers[0]`, i.e. user and item MLP embeddings of `mlp_layers[0] // 2` each.
+
+    kind "mf" is a plain dot product with user, item and global biases (Rendle et al. 2020);
+    "hybrid" is NeuMF whose user and item vectors add embedded side features, so it also
+    scores users and items it never saw (see ncf_model.features).
+    """
 
     kind: str = "neumf"
     factors: int = 32
     mlp_layers: tuple[int, ...] = (64, 32, 16, 8)
     dropout: float = 0.0
+    batch_norm: bool = False  # BatchNorm1d after each Linear of the MLP tower
+    # neumf only: train GMF, then MLP (each its best validation epoch), start NeuMF from
+    # them (head mixed by pretrain_alpha), then fine-tune with train.finetune_optimizer.
+    pretrain: bool = False
+    pretrain_alpha: float = 0.5
+    # hybrid only: the probability, per training pair, of replacing the user id (and,
+    # independently, the item id) by the out-of-vocabulary row, so that feature-only
+    # vectors are learned for the users and items a later day brings.
+    id_dropout: float = 0.1
 
     def __post_init__(self) -> None:
         check_field(self.kind in MODEL_KINDS, "kind", f"{self.kind!r} is not one of {MODEL_KINDS}")
@@ -33,6 +50,10 @@ class ModelConfig:
         check_field(self.mlp_layers[0] % 2 == 0, "mlp_layers",
                "the first size must be even (user and item embeddings are half each)")
         check_field(0.0 <= self.dropout < 1.0, "dropout", "must be in [0, 1)")
+        check_field(not self.pretrain or self.kind == "neumf", "pretrain",
+                    f"only kind neumf is pre-trained (from GMF and MLP), not {self.kind!r}")
+        check_field(0.0 <= self.pretrain_alpha <= 1.0, "pretrain_alpha", "must be in [0, 1]")
+        check_field(0.0 <= self.id_dropout < 1.0, "id_dropout", "must be in [0, 1)")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -40,25 +61,41 @@ class TrainConfig:
     """Optimisation. The best epoch is chosen on validation HR@k, never on test."""
 
     epochs: int = 20
-    batch_size: int = 1024
+    batch_size: int = 1024  # rows per step; with loss bpr, (positive, negative) pairs per step
     lr: float = 0.001
     weight_decay: float = 0.0
+    optimizer: str = "adam"
+    loss: str = "bce"  # bce: pointwise, label 1/0; bpr: -log sigmoid(s(u, i+) - s(u, i-))
     negatives: str = "resample"  # resample on the device each epoch, or use the lake's as-is
     n_negatives: int = 8  # per positive when resampling
     patience: int = 5  # epochs without a better validation HR@k before stopping
     k: int = 10
     seed: int = 42
+    # model.pretrain: the optimiser and learning rate that fine-tune NeuMF after it starts
+    # from GMF and MLP. The paper uses plain SGD: Adam's moment estimates are not carried
+    # over from the pre-training, and a fresh Adam's first steps undo it.
+    finetune_optimizer: str = "sgd"
+    finetune_lr: float = 0.1  # ML-100K, 5 epochs: 0.01 barely moves NeuMF, 0.1-1.0 improve it
 
     def __post_init__(self) -> None:
         check_field(self.epochs >= 1, "epochs", "must be >= 1")
         check_field(self.batch_size >= 1, "batch_size", "must be >= 1")
         check_field(self.lr > 0, "lr", "must be > 0")
         check_field(self.weight_decay >= 0, "weight_decay", "must be >= 0")
+        check_field(self.optimizer in OPTIMIZERS, "optimizer",
+                    f"{self.optimizer!r} is not one of {OPTIMIZERS}")
+        check_field(self.loss in LOSSES, "loss", f"{self.loss!r} is not one of {LOSSES}")
         check_field(self.negatives in NEGATIVE_MODES, "negatives",
                f"{self.negatives!r} is not one of {NEGATIVE_MODES}")
+        check_field(self.loss != "bpr" or self.negatives == "resample", "loss",
+                    "bpr pairs each positive with its own sampled negatives: use "
+                    "negatives: resample (the lake's negatives are not paired)")
         check_field(self.n_negatives >= 1, "n_negatives", "must be >= 1")
         check_field(self.patience >= 1, "patience", "must be >= 1")
         check_field(self.k >= 1, "k", "must be >= 1")
+        check_field(self.finetune_optimizer in OPTIMIZERS, "finetune_optimizer",
+                    f"{self.finetune_optimizer!r} is not one of {OPTIMIZERS}")
+        check_field(self.finetune_lr > 0, "finetune_lr", "must be > 0")
 
 
 REFUSAL_ACTIONS = ("skip", "serve_champion")
@@ -77,6 +114,10 @@ class EvaluateConfig:
     min_hr: float = 0.0  # absolute floor on test HR@k
     tolerance: float = 0.01  # how much worse than the champion's HR@k is still accepted
     on_refusal: str = "skip"
+    # Full-ranking metrics (full_hr_k, full_ndcg_k, full_recall_k) beside the sampled ones:
+    # every unseen item scored for each test user, chunk_users users at a time.
+    full_ranking: bool = True
+    chunk_users: int = 256
 
     def __post_init__(self) -> None:
         check_field(self.k >= 1, "k", "must be >= 1")
@@ -84,6 +125,7 @@ class EvaluateConfig:
         check_field(0.0 <= self.tolerance <= 1.0, "tolerance", "must be in [0, 1]")
         check_field(self.on_refusal in REFUSAL_ACTIONS, "on_refusal",
                     f"{self.on_refusal!r} is not one of {REFUSAL_ACTIONS}")
+        check_field(self.chunk_users >= 1, "chunk_users", "must be >= 1")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -97,12 +139,62 @@ class RecommendConfig:
 
 
 @dataclasses.dataclass(frozen=True)
+class MFBaselineConfig:
+    """The `baselines.mf` section: a dot-product MF (model kind mf) trained by `train()` with
+    resampled negatives, its epoch chosen on validation HR@k like NCF's.
+
+    The defaults were tuned on MovieLens-100K's validation split (see configs/ml-100k.yaml).
+    """
+
+    factors: int = 64
+    epochs: int = 30
+    batch_size: int = 1024
+    lr: float = 0.001
+    weight_decay: float = 0.0
+    loss: str = "bce"
+    n_negatives: int = 8
+    patience: int = 5
+    seed: int = 42
+
+    def __post_init__(self) -> None:
+        # The same checks as the NCF sections, naming this section's fields.
+        self.model_config()
+        self.train_config(k=10)
+
+    def model_config(self) -> ModelConfig:
+        return ModelConfig(kind="mf", factors=self.factors)
+
+    def train_config(self, k: int) -> TrainConfig:
+        return TrainConfig(epochs=self.epochs, batch_size=self.batch_size, lr=self.lr,
+                           weight_decay=self.weight_decay, loss=self.loss,
+                           negatives="resample", n_negatives=self.n_negatives,
+                           patience=self.patience, k=k, seed=self.seed)
+
+
+@dataclasses.dataclass(frozen=True)
+class BaselinesConfig:
+    """What the `baselines` stage evaluates beside NCF, with the same metrics on the same
+    test split: popularity, a dot-product MF, and Spark ALS (fitted by jobs/als.py)."""
+
+    enabled: tuple[str, ...] = BASELINES
+    mf: MFBaselineConfig = dataclasses.field(default_factory=MFBaselineConfig)
+    als: AlsConfig = dataclasses.field(default_factory=AlsConfig)
+
+    def __post_init__(self) -> None:
+        unknown = [name for name in self.enabled if name not in BASELINES]
+        check_field(not unknown, "enabled", f"{unknown} not in {list(BASELINES)}")
+        check_field(len(set(self.enabled)) == len(self.enabled), "enabled",
+                    "names a baseline twice")
+
+
+@dataclasses.dataclass(frozen=True)
 class NCFConfig:
     dataset: str
     model: ModelConfig
     train: TrainConfig
     evaluate: EvaluateConfig
     recommend: RecommendConfig
+    baselines: BaselinesConfig = dataclasses.field(default_factory=BaselinesConfig)
 
 
 def load_ncf_config(path: str | Path) -> NCFConfig:
@@ -114,4 +206,5 @@ def load_ncf_config(path: str | Path) -> NCFConfig:
         train=build_section(TrainConfig, raw.get("train"), f"{where}: train"),
         evaluate=build_section(EvaluateConfig, raw.get("evaluate"), f"{where}: evaluate"),
         recommend=build_section(RecommendConfig, raw.get("recommend"), f"{where}: recommend"),
+        baselines=build_section(BaselinesConfig, raw.get("baselines"), f"{where}: baselines"),
     )

@@ -4,12 +4,12 @@ Reads a lake pairs folder (`train/`, `validation/`, `test/`: user_idx, item_idx,
 see `jobs.layout.PAIRS_SCHEMA`) once with pyarrow and keeps it on the device. Each
 training epoch draws its negatives with one seeded `torch.randint`, redraws exactly the
 draws that hit one of the user's positives, shuffles with `torch.randperm` and batches
-with `.split()`: no Dataset, no DataLoader, no Python loop over users.
+with `.split()`: no Dataset, no DataLoader, no Python loop over users. For the BPR loss,
+`pair_epoch` pairs every positive with its own freshly drawn negatives instead.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,6 +21,8 @@ from jobs.layout import ITEM_IDX, LABEL, PAIRS_SCHEMA, USER_IDX, columns
 from ncf_model.config import NEGATIVE_MODES
 
 Batch = tuple[Tensor, Tensor, Tensor]  # user (B,) int64, item (B,) int64, label (B,) float32
+# user (B,) int64, positive item (B,) int64, negative item (B,) int64
+PairBatch = tuple[Tensor, Tensor, Tensor]
 
 
 @dataclass(frozen=True)
@@ -125,8 +127,13 @@ class TrainingData:
             redraw = redraw[self.is_positive(user[redraw], item[redraw])]
         return user, item
 
+    @staticmethod
+    def _check(n_negatives: int, batch_size: int) -> None:
+        if batch_size < 1 or n_negatives < 1:
+            raise ValueError(f"batch_size={batch_size}, n_negatives={n_negatives}: must be >= 1")
+
     def epoch(self, n_negatives: int, batch_size: int, generator: torch.Generator,
-              mode: str) -> Iterator[Batch]:
+              mode: str) -> list[Batch]:
         """One shuffled pass over the positives and their negatives, in batches.
 
         mode "resample": `n_negatives` fresh negatives per positive, drawn with `generator`;
@@ -135,8 +142,7 @@ class TrainingData:
         """
         if mode not in NEGATIVE_MODES:
             raise ValueError(f"negatives mode {mode!r} is not one of {NEGATIVE_MODES}")
-        if batch_size < 1 or n_negatives < 1:
-            raise ValueError(f"batch_size={batch_size}, n_negatives={n_negatives}: must be >= 1")
+        self._check(n_negatives, batch_size)
         if mode == "resample":
             neg_user, neg_item = self.sample_negatives(n_negatives, generator)
         else:
@@ -149,5 +155,17 @@ class TrainingData:
         label = torch.cat([torch.ones(self.n_positives, device=self.device),
                            torch.zeros(neg_user.shape[0], device=self.device)])
         order = torch.randperm(user.shape[0], generator=generator, device=self.device)
-        return zip(user[order].split(batch_size), item[order].split(batch_size),
-                   label[order].split(batch_size), strict=True)
+        return list(zip(user[order].split(batch_size), item[order].split(batch_size),
+                        label[order].split(batch_size), strict=True))
+
+    def pair_epoch(self, n_negatives: int, batch_size: int,
+                   generator: torch.Generator) -> list[PairBatch]:
+        """One shuffled pass of (user, positive, negative) triples for a pairwise loss: each
+        positive `n_negatives` times, each time with its own negative, drawn as in
+        `sample_negatives` (never one of the user's positives)."""
+        self._check(n_negatives, batch_size)
+        user, negative = self.sample_negatives(n_negatives, generator)  # (P * n,), (P * n,)
+        positive = self.item.repeat_interleave(n_negatives)  # (P * n,), aligned with `user`
+        order = torch.randperm(user.shape[0], generator=generator, device=self.device)
+        return list(zip(user[order].split(batch_size), positive[order].split(batch_size),
+                        negative[order].split(batch_size), strict=True))

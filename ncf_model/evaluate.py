@@ -1,4 +1,10 @@
-"""Score a model on leave-one-out pairs (validation/ or test/) and compute HR@K, NDCG@K, AUC.
+"""Score a model on evaluation pairs (validation/ or test/): sampled and full-ranking metrics.
+
+Sampled (the NCF protocol, `ncf_model.metrics`): each positive ranked among its user's
+sampled negatives -> hr_<k>, ndcg_<k>, auc (and HR@1..50 as the data of a plot).
+Full ranking (when given `FullRanking`): each user's positives ranked among every item
+the user has not seen -> full_hr_<k>, full_ndcg_<k>, full_recall_<k>, users scored
+`chunk_users` at a time so memory stays bounded on any device.
 
 Metric names are MLflow-safe (`hr_10`, not `HR@10`: MLflow rejects '@'). Logging them is
 the caller's business (`ncf_model.tracking`).
@@ -11,8 +17,27 @@ import dataclasses
 import torch
 from torch import Tensor, nn
 
-from ncf_model.data import Pairs
-from ncf_model.metrics import auc, hit_rate, ndcg, positive_ranks
+from jobs import layout
+from ncf_model.data import Pairs, load_pairs
+from ncf_model.metrics import (
+    FullRankingSums,
+    auc_of_counts,
+    count_negatives,
+    full_ranking_positions,
+    hit_rate,
+    hit_rate_curve,
+    ndcg,
+)
+from ncf_model.topk import score_items
+
+CURVE_MAX_K = 50  # HR@1..HR@50 for the hr_at_k plot
+
+
+def model_device(model: nn.Module) -> torch.device:
+    """The device of a model's first parameter, else of its first buffer, else the CPU."""
+    for tensor in (*model.parameters(), *model.buffers()):
+        return tensor.device
+    return torch.device("cpu")
 
 
 def score_pairs(model: nn.Module, user: Tensor, item: Tensor, *,
@@ -24,7 +49,7 @@ def score_pairs(model: nn.Module, user: Tensor, item: Tensor, *,
     """
     if batch_size < 1:
         raise ValueError(f"batch_size={batch_size}: must be >= 1")
-    device = next(model.parameters()).device
+    device = model_device(model)
     was_training = model.training
     model.eval()
     try:
@@ -37,18 +62,132 @@ def score_pairs(model: nn.Module, user: Tensor, item: Tensor, *,
     return torch.cat(scores) if scores else torch.empty(0, device=device)
 
 
-def evaluate(model: nn.Module, pairs: Pairs, k: int) -> dict[str, float]:
-    """{"hr_<k>", "ndcg_<k>", "auc", "n_users"} of `model` on leave-one-out `pairs`."""
+@dataclasses.dataclass(frozen=True)
+class FullRanking:
+    """What full-ranking evaluation needs beside the model and the pairs.
+
+    `seen_user`/`seen_item`: the pairs never ranked (for test: the train and validation
+    positives; for validation: the train positives). `chunk_users` users are scored at
+    once against all `n_items` items.
+    """
+
+    n_items: int
+    seen_user: Tensor
+    seen_item: Tensor
+    chunk_users: int = 256
+
+    def __post_init__(self) -> None:
+        if self.n_items < 1 or self.chunk_users < 1:
+            raise ValueError(f"n_items={self.n_items}, chunk_users={self.chunk_users}: "
+                             "both must be >= 1")
+        if self.seen_user.shape != self.seen_item.shape or self.seen_user.dim() != 1:
+            raise ValueError(f"seen_user {tuple(self.seen_user.shape)} and seen_item "
+                             f"{tuple(self.seen_item.shape)} must be 1-d of equal length")
+
+
+@dataclasses.dataclass(frozen=True)
+class Evaluation:
+    metrics: dict[str, float]  # hr_<k>, ndcg_<k>, auc, n_users, n_positives [, full_*]
+    hr_at_k: list[float]  # sampled HR@1 .. HR@CURVE_MAX_K
+
+
+def evaluate_full_ranking(model: nn.Module, positives: Pairs, full: FullRanking,
+                         k: int) -> dict[str, float]:
+    """{"full_hr_<k>", "full_ndcg_<k>", "full_recall_<k>"}: each user of `positives` (label 1
+    rows) ranking its positives among all items but its seen ones, chunk by chunk."""
+    device = model_device(model)
+    user, item = positives.user.to(device).long(), positives.item.to(device).long()
+    if user.numel() == 0:
+        raise ValueError("no positives to rank")
+    if int(item.max()) >= full.n_items or int(item.min()) < 0:
+        raise ValueError(f"positives hold item_idx outside 0..{full.n_items - 1}")
+    seen_user = full.seen_user.to(device).long()
+    seen_item = full.seen_item.to(device).long()
+    if seen_item.numel() and (int(seen_item.max()) >= full.n_items or int(seen_item.min()) < 0):
+        raise ValueError(f"seen pairs hold item_idx outside 0..{full.n_items - 1}")
+    order = torch.argsort(user, stable=True)
+    user, item = user[order], item[order]
+    seen_order = torch.argsort(seen_user, stable=True)
+    seen_user, seen_item = seen_user[seen_order], seen_item[seen_order]
+    users = torch.unique(user)  # (U,) sorted
+    sums = FullRankingSums(k)
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.inference_mode():
+            for chunk in users.split(full.chunk_users):
+                first, last = int(chunk[0]), int(chunk[-1])
+                scores = score_items(model, chunk, full.n_items)  # (C, n_items)
+                pos_user, pos_item = _slice(user, item, first, last)
+                s_user, s_item = _slice(seen_user, seen_item, first, last)
+                s_row = torch.searchsorted(chunk, s_user)
+                known = chunk[s_row.clamp(max=len(chunk) - 1)] == s_user  # a chunk user's
+                pos_row = torch.searchsorted(chunk, pos_user)
+                positions = full_ranking_positions(scores, pos_row, pos_item,
+                                                   s_row[known], s_item[known])
+                sums.add(positions, pos_row, len(chunk))
+    finally:
+        model.train(was_training)
+    return sums.means()
+
+
+def _slice(user: Tensor, item: Tensor, first: int, last: int) -> tuple[Tensor, Tensor]:
+    """The rows of users first..last from (user, item) sorted by user."""
+    lo, hi = torch.searchsorted(user, torch.tensor([first, last + 1],
+                                                   device=user.device)).tolist()
+    return user[lo:hi], item[lo:hi]
+
+
+def evaluate_report(model: nn.Module, pairs: Pairs, k: int, *, full: FullRanking | None = None,
+                    curve_max_k: int = CURVE_MAX_K) -> Evaluation:
+    """Sampled metrics (and full-ranking ones when `full` is given) plus the HR@K curve."""
     score = score_pairs(model, pairs.user, pairs.item)
     label = pairs.label.to(score.device)
     user = pairs.user.to(score.device)
-    ranks = positive_ranks(user, label, score)
-    return {
+    counts = count_negatives(user, label, score)
+    ranks = counts.n_at_or_above
+    metrics = {
         f"hr_{k}": hit_rate(ranks, k),
         f"ndcg_{k}": ndcg(ranks, k),
-        "auc": auc(user, label, score),
-        "n_users": float(ranks.numel()),
+        "auc": auc_of_counts(counts),
+        "n_users": float(torch.unique(counts.user).numel()),
+        "n_positives": float(ranks.numel()),
     }
+    if full is not None:
+        positive = pairs.label == 1
+        metrics.update(evaluate_full_ranking(
+            model, Pairs(pairs.user[positive], pairs.item[positive], pairs.label[positive]),
+            full, k))
+    return Evaluation(metrics, hit_rate_curve(ranks, curve_max_k))
+
+
+def evaluate(model: nn.Module, pairs: Pairs, k: int, *,
+             full: FullRanking | None = None) -> dict[str, float]:
+    """{"hr_<k>", "ndcg_<k>", "auc", "n_users", "n_positives"} of `model` on `pairs`, and
+    {"full_hr_<k>", "full_ndcg_<k>", "full_recall_<k>"} when `full` is given."""
+    return evaluate_report(model, pairs, k, full=full).metrics
+
+
+# The positives never ranked in full-ranking evaluation of a split: those of the earlier
+# splits (the user has seen them); the split's own positives are what is ranked.
+_EARLIER_SPLITS = {layout.VALIDATION: (layout.TRAIN,),
+                   layout.TEST: (layout.TRAIN, layout.VALIDATION)}
+
+
+def load_split(paths: layout.LakePaths, split: str, device: torch.device | str, *,
+               n_items: int, full_ranking: bool,
+               chunk_users: int) -> tuple[Pairs, FullRanking | None]:
+    """validation/ or test/ of a lake run, and (when `full_ranking`) what full-ranking
+    evaluation of it needs: the positives of the earlier splits as the seen items."""
+    if split not in _EARLIER_SPLITS:
+        raise ValueError(f"split {split!r} is not one of {list(_EARLIER_SPLITS)}")
+    pairs = load_pairs(paths.path(split), device)
+    if not full_ranking:
+        return pairs, None
+    seen = [load_pairs(paths.path(name), "cpu") for name in _EARLIER_SPLITS[split]]
+    seen_user = torch.cat([p.user[p.label == 1] for p in seen])
+    seen_item = torch.cat([p.item[p.label == 1] for p in seen])
+    return pairs, FullRanking(n_items, seen_user, seen_item, chunk_users=chunk_users)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -4,12 +4,31 @@ Users are scored `chunk_users` at a time against every item, so memory is bounde
 chunk_users * n_items pairs whatever the number of users. An item the user has seen
 (any pair in `seen_user`/`seen_item`: train, validation and test positives) is never
 recommended.
+
+`score_items` is the one place a chunk of users is scored against every item; a model
+with a `score_all_items(user_idx) -> (C, n_items)` method (the dot-product baselines)
+is asked for the matrix directly, any other with (user, item) pairs.
 """
 
 from __future__ import annotations
 
 import torch
 from torch import Tensor, nn
+
+
+def score_items(model: nn.Module, users: Tensor, n_items: int) -> Tensor:
+    """(C, n_items) float32 logits of `users` (C,) against every item, on `users`' device.
+
+    Call in inference mode with the model in eval mode. Memory: C * n_items pairs (and
+    whatever the model keeps per pair), so callers bound C.
+    """
+    score_all = getattr(model, "score_all_items", None)
+    if callable(score_all):
+        scores: Tensor = score_all(users)
+        return scores.float().contiguous()  # a writable copy where it was an expanded view
+    all_items = torch.arange(n_items, device=users.device)
+    logits = model(users.repeat_interleave(n_items), all_items.repeat(len(users)))  # (C * n,)
+    return logits.float().view(len(users), n_items)
 
 
 def recommend_top_k(model: nn.Module, *, n_users: int, n_items: int, seen_user: Tensor,
@@ -45,15 +64,12 @@ def recommend_top_k(model: nn.Module, *, n_users: int, n_items: int, seen_user: 
     was_training = model.training
     model.eval()
     items, scores = [], []
-    all_items = torch.arange(n_items, device=device)
     try:
         with torch.inference_mode():
             for start in range(0, n_users, chunk_users):
                 end = min(start + chunk_users, n_users)
                 users = torch.arange(start, end, device=device)  # (C,)
-                logits = model(users.repeat_interleave(n_items),
-                               all_items.repeat(end - start)).float()  # (C * n_items,)
-                logits = logits.view(end - start, n_items)  # (C, n_items)
+                logits = score_items(model, users, n_items)  # (C, n_items)
                 lo, hi = torch.searchsorted(seen, torch.tensor([start * n_items, end * n_items],
                                                                device=device)).tolist()
                 chunk_seen = seen[lo:hi]

@@ -1,9 +1,12 @@
 """Everything MLflow: the only module of the project that imports mlflow.
 
 Training and evaluation code hand their numbers to the functions here. One MLflow
-experiment per dataset (`ncf-<dataset>`), one run per DAG run, resumed by the
-evaluate task; models are registered as `ncf-<dataset>` and the `champion` alias
-is moved only when evaluation's champion gate says so (`set_champion`).
+experiment per dataset (`ncf-<dataset>`), one NCF run per DAG run, resumed by the
+evaluate task, beside one run per baseline (tagged `ncf.baseline`) with the same metric
+names; models are registered as `ncf-<dataset>` and the `champion` alias is moved only
+when evaluation's champion gate says so (`set_champion`). Plots (`ncf_model.plots`) are
+logged as PNG artifacts: hr_at_k.png (with its data, hr_at_k.json) and
+training_curves.png.
 
 Settings (deployment, read here because this is the MLflow entry point):
   MLFLOW_TRACKING_URI       default sqlite:///<repo>/data/mlflow/mlflow.db
@@ -17,7 +20,7 @@ import contextlib
 import logging
 import os
 import warnings
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -34,6 +37,10 @@ ENV_ARTIFACT_ROOT = "NCF_MLFLOW_ARTIFACT_ROOT"
 DEFAULT_TRACKING_DB = "data/mlflow/mlflow.db"
 MODEL_ARTIFACT = "model"
 CHAMPION = "champion"
+HR_AT_K_PLOT = "hr_at_k.png"
+HR_AT_K_DATA = "hr_at_k.json"
+TRAINING_CURVES_PLOT = "training_curves.png"
+TRAINING_HISTORY = "training_history.json"  # the train stage's per-epoch metrics
 
 
 def tracking_uri() -> str:
@@ -112,6 +119,26 @@ class RunLogger:
     def log_artifacts(self, folder: Path, artifact_path: str) -> None:
         mlflow.log_artifacts(str(folder), artifact_path)
 
+    def log_figure(self, figure: Any, artifact_file: str) -> None:
+        mlflow.log_figure(figure, artifact_file)
+
+    def log_evaluation(self, metrics: Mapping[str, float], hr_at_k: Sequence[float], *,
+                       k: int, title: str) -> None:
+        """An evaluation's metrics, and its sampled HR@1..N as hr_at_k.json and .png."""
+        from ncf_model.plots import hr_at_k_figure
+
+        self.log_metrics(metrics)
+        self.log_dict({"k": list(range(1, len(hr_at_k) + 1)), "hr": list(hr_at_k)},
+                      HR_AT_K_DATA)
+        self.log_figure(hr_at_k_figure({title: hr_at_k}, title=title, mark_k=k), HR_AT_K_PLOT)
+
+    def log_training_curves(self, history: Sequence[Mapping[str, float]], *,
+                            title: str) -> None:
+        """Loss and validation HR/NDCG per epoch as training_curves.png."""
+        from ncf_model.plots import training_curves_figure
+
+        self.log_figure(training_curves_figure(history, title=title), TRAINING_CURVES_PLOT)
+
     def log_lineage(self, *, lake_path: Path, manifest_sha256: str, context: str) -> None:
         """Record which lake folder (and which manifest) the run read, as an MLflow dataset."""
         import pandas as pd
@@ -124,13 +151,27 @@ class RunLogger:
         self.set_tags({"ncf.lake_path": lake_path, "ncf.manifest_sha256": manifest_sha256})
 
     def log_torch_model(self, model: Any, input_example: Any) -> str:
-        """Log a torch module (a PairScorer) as the run's model; returns its model URI."""
-        import mlflow.pytorch
+        """Log a torch module (a PairScorer, in eval mode) as the run's model, with its
+        signature (from `input_example`, a numpy array, and the model's output on it) and
+        the input example; returns its model URI.
 
+        Requirements are given, not inferred: inferring them loads the model again in a
+        subprocess (about 30 s), and serving a pt2 model needs torch alone.
+        """
+        import mlflow.pytorch
+        import torch
+        from mlflow.models import infer_signature
+
+        with torch.inference_mode():
+            output = model(torch.from_numpy(input_example)).float().cpu().numpy()
+        signature = infer_signature(input_example, output)
+        requirements = [f"torch=={torch.__version__.split('+')[0]}",
+                        f"mlflow=={mlflow.__version__}"]
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             info = mlflow.pytorch.log_model(model, name=MODEL_ARTIFACT,
-                                            input_example=input_example,
+                                            input_example=input_example, signature=signature,
+                                            pip_requirements=requirements,
                                             serialization_format="pt2")
         return str(info.model_uri)
 
@@ -201,6 +242,26 @@ def tag_version(name: str, version: str, tags: Mapping[str, Any]) -> None:
     client = MlflowClient()
     for key, value in tags.items():
         client.set_model_version_tag(name, version, key, str(value))
+
+
+def load_run_dict(run_id: str, artifact_file: str) -> dict[str, Any] | None:
+    """A JSON artifact of a run (e.g. training_history.json), or None when it has none."""
+    configure()
+    try:
+        loaded = mlflow.artifacts.load_dict(f"runs:/{run_id}/{artifact_file}")
+    except (MlflowException, OSError) as exc:
+        log.warning("run %s has no readable %s: %s", run_id, artifact_file, exc)
+        return None
+    return dict(loaded)
+
+
+def find_runs(dataset: str, tags: Mapping[str, Any]) -> list[str]:
+    """Ids of the runs of `ncf-<dataset>` carrying all of `tags`, newest first."""
+    exp = experiment_id(dataset)
+    where = " and ".join(f"tags.`{key}` = '{value}'" for key, value in tags.items())
+    found = MlflowClient().search_runs([exp], filter_string=where,
+                                       order_by=["attributes.start_time DESC"])
+    return [run.info.run_id for run in found]
 
 
 def download_artifacts(run_id: str, artifact_path: str, dst: Path) -> Path:

@@ -239,3 +239,101 @@ def test_stage_out_of_order_names_the_missing_stage(tmp_path: Path, mlflow_store
     with pytest.raises(cli.StageError, match="run the prepare task"):
         cli.main(["train", "--config", str(config), "--logical-date", "2026-11-23",
                   "--lake-root", str(tmp_path / "lake"), "--device", "cpu"])
+
+
+def _write_features(paths: layout.LakePaths, users: list[str], items: list[str]) -> None:
+    """Side features that tell the two taste groups apart: an even user's occupation is
+    "even", an item of i0..i14 has the genre "first"."""
+    for name, schema, rows in (
+            (layout.USER_FEATURES, layout.USER_FEATURES_SCHEMA,
+             [{layout.USER_ID: u, layout.OCCUPATION:
+               "even" if int(u.lstrip("unew")) % 2 == 0 else "odd"} for u in users]),
+            (layout.ITEM_FEATURES, layout.ITEM_FEATURES_SCHEMA,
+             [{layout.ITEM_ID: i, layout.GENRES: ["first" if i in ITEM_IDS[:15] else "second"]}
+              for i in items])):
+        paths.path(name).mkdir(parents=True)
+        pq.write_table(pa.Table.from_pylist(rows, schema=layout.arrow_schema(schema)),
+                       paths.path(name) / "part-00000.parquet")
+
+
+def test_a_hybrid_champion_scores_new_users_from_their_features(
+        tmp_path: Path, mlflow_store: str, capsys: pytest.CaptureFixture[str]) -> None:
+    lake = tmp_path / "lake"
+    config = tmp_path / "hybrid.yaml"
+    raw = yaml.safe_load(_config(tmp_path, min_hr=0.0, train={"epochs": 8}).read_text())
+    raw["model"] |= {"kind": "hybrid", "id_dropout": 0.3}
+    config.write_text(yaml.safe_dump(raw))
+    day1 = _tiny_lake(lake)
+    _write_features(day1, USER_IDS, ITEM_IDS)
+    for stage in ("train", "evaluate", "recommend"):
+        _run(stage, config, lake, capsys)
+    assert json.loads((day1.path(layout.MODEL) / "model.json").read_text())["features"][
+        "user_fields"]["occupation"] == ["even", "odd"]
+
+    new_users = ["new1", "new2", "new3", "new4"]
+    day2 = _tiny_lake(lake, "2026-11-24", users=[*USER_IDS[::-1], *new_users],
+                      items=ITEM_IDS[::-1])
+    _write_features(day2, [*USER_IDS[::-1], *new_users], ITEM_IDS[::-1])
+    # Day 2's own model was refused by the gate (serve_champion): recommend with day 1's.
+    layout.update_manifest(day2, "evaluate", {"promoted": False})
+    _run("recommend", config, lake, capsys, date="2026-11-24")
+
+    recommended = layout.read_manifest(day2)["recommend"]
+    assert recommended["popularity_users"] == 0
+    topk = pq.read_table(day2.path(layout.TOPK)).to_pandas()
+    assert set(topk[layout.SOURCE]) == {layout.SOURCE_MODEL}
+    users = dict(enumerate([*USER_IDS[::-1], *new_users]))
+    items = dict(enumerate(ITEM_IDS[::-1]))
+    for n, user in enumerate(new_users, start=1):
+        rows = topk[topk[layout.USER_IDX].map(users) == user]
+        assert len(rows) == 5 and rows[layout.SCORE].between(0, 1).all()
+        liked = set(ITEM_IDS[:15]) if n % 2 == 0 else set(ITEM_IDS[15:])
+        # Never seen in training: its occupation alone places it in its taste group.
+        assert sum(items[i] in liked for i in rows[layout.ITEM_IDX]) >= 4, (user, rows)
+
+
+def test_a_killed_train_task_resumes_in_the_same_mlflow_run(
+        tmp_path: Path, mlflow_store: str, capsys: pytest.CaptureFixture[str],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    import torch
+    from mlflow.tracking import MlflowClient
+
+    from ncf_model import resume, tracking
+
+    class Killed(RuntimeError):
+        pass
+
+    log_metrics = tracking.RunLogger.log_metrics
+    kills = []
+
+    def dies_once_at_epoch_2(self, metrics, step=None):
+        if step == 2 and not kills:
+            kills.append(step)
+            raise Killed("the worker died")
+        log_metrics(self, metrics, step=step)
+
+    config = _config(tmp_path, min_hr=0.0)
+    paths = _tiny_lake(tmp_path / "lake")
+    monkeypatch.setattr(tracking.RunLogger, "log_metrics", dies_once_at_epoch_2)
+    with pytest.raises(Killed):
+        _run("train", config, paths.root, capsys)
+    state = paths.path(resume.TRAIN_STATE_DIR)
+    killed_run = json.loads((state / resume.RUN_FILE).read_text())["run_id"]
+    assert sorted(p.name for p in state.iterdir()) == ["model.pt", "run.json"]
+
+    run_id = _run("train", config, paths.root, capsys)  # the Airflow retry
+    assert run_id == killed_run
+    assert not state.exists()
+    assert layout.read_manifest(paths)["train"]["resumed"] is True
+    client = MlflowClient(tracking_uri=mlflow_store)
+    assert [m.step for m in client.get_metric_history(run_id, "loss")] == [1, 2, 3, 4]
+    assert client.get_run(run_id).info.status == "FINISHED"
+    assert len(client.search_runs([client.get_run(run_id).info.experiment_id])) == 1
+
+    # The same weights as a training that was never interrupted.
+    other = _tiny_lake(tmp_path / "lake2")
+    _run("train", config, other.root, capsys)
+    resumed = torch.load(paths.path(layout.MODEL) / "state_dict.pt", weights_only=True)
+    uninterrupted = torch.load(other.path(layout.MODEL) / "state_dict.pt", weights_only=True)
+    assert resumed.keys() == uninterrupted.keys()
+    assert all(torch.equal(resumed[k], uninterrupted[k]) for k in resumed)

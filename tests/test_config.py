@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -82,6 +83,61 @@ def test_bad_data_config_names_file_and_field(tmp_path: Path, payload: object,
     with pytest.raises(ConfigError, match=message) as error:
         load_data_config(path)
     assert str(path) in str(error.value)
+
+
+@pytest.mark.parametrize(("prepare", "message"), [
+    ({"binarise_threshold": 4}, r"prepare: unknown key\(s\) \['binarise_threshold'\]"),
+    ({"binarise": {"rule": "likes"}}, "prepare.binarise.rule: 'likes' is not one of"),
+    ({"binarise": {"rule": "rating"}}, "prepare.binarise.threshold: rule 'rating' needs"),
+    ({"binarise": {"rule": "any", "threshold": 3}}, "prepare.binarise.threshold: must be null"),
+    ({"binarise": {"rule": "plays", "threshold": "ten"}},
+     "prepare.binarise.threshold: expected a number"),
+    ({"binarise": {"rule": "plays", "threshold": 5, "min": 1}},
+     r"prepare.binarise: unknown key\(s\) \['min'\]"),
+    ({"user_fraction": 0}, r"prepare.user_fraction: must be in \(0, 1\]"),
+    ({"user_fraction": 1.5}, "prepare.user_fraction"),
+    ({"min_user_positives": 0}, "prepare.min_user_positives: must be >= 1"),
+    ({"min_item_positives": 2.5}, "prepare.min_item_positives: expected a whole number"),
+    ({"k_core_max_iterations": 0}, "prepare.k_core_max_iterations: must be >= 1"),
+    ({"as_of_cutoff": "yes"}, "prepare.as_of_cutoff: expected true or false"),
+    ({"split": {"method": "random"}}, "prepare.split.method: 'random' is not one of"),
+    ({"split": {"method": "time_cutoff"}}, "prepare.split.test_from: method 'time_cutoff' "
+                                           "needs exactly one of test_from"),
+    ({"split": {"method": "time_cutoff", "test_from": "2026-01-01", "test_fraction": 0.2}},
+     "prepare.split.test_from: method 'time_cutoff' needs exactly one"),
+    ({"split": {"method": "time_cutoff", "test_from": "last tuesday"}},
+     "prepare.split.test_from: 'last tuesday' is not an ISO 8601 timestamp"),
+    ({"split": {"method": "time_cutoff", "test_fraction": 1.0}},
+     r"prepare.split.test_fraction: must be in \(0, 1\)"),
+    ({"split": {"method": "leave_one_out", "train_ratio": 0.8}},
+     "prepare.split.train_ratio: does not apply to method 'leave_one_out'"),
+    ({"split": {"method": "stratified", "test_fraction": 0.2}},
+     "prepare.split.test_fraction: does not apply to method 'stratified'"),
+    ({"split": {"method": "stratified", "train_ratio": 0}}, "prepare.split.train_ratio"),
+])
+def test_bad_prepare_config_names_the_field(tmp_path: Path, prepare: dict[str, object],
+                                            message: str) -> None:
+    path = _write(tmp_path, _base(prepare=prepare))
+    with pytest.raises(ConfigError, match=message) as error:
+        load_data_config(path)
+    assert str(path) in str(error.value)
+
+
+def test_prepare_sections_defaults_and_asdict(tmp_path: Path) -> None:
+    default = load_data_config(_write(tmp_path, _base())).prepare
+    assert (default.binarise.rule, default.binarise.threshold) == ("any", None)
+    assert (default.split.method, default.as_of_cutoff, default.user_fraction) == (
+        "leave_one_out", True, 1.0)
+    assert not default.k_core
+    prepare = load_data_config(_write(tmp_path, _base(prepare={
+        "binarise": {"rule": "plays", "threshold": 5}, "min_user_positives": 5,
+        "split": {"method": "stratified"}}))).prepare
+    assert prepare.k_core and prepare.binarise.threshold == 5.0
+    assert dataclasses.asdict(prepare)["split"] == {
+        "method": "stratified", "test_from": None, "test_fraction": None, "train_ratio": 0.75}
+    cutoff = load_data_config(_write(tmp_path, _base(prepare={"split": {
+        "method": "time_cutoff", "test_from": "2026-01-01T06:00:00+02:00"}}))).prepare.split
+    assert cutoff.test_from_utc == datetime(2026, 1, 1, 4, tzinfo=UTC)
 
 
 @pytest.mark.parametrize(("section", "message"), [

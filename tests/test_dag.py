@@ -15,7 +15,7 @@ from tests.tiny_data import write_tiny_config, write_tiny_u_data
 REPO = Path(__file__).resolve().parents[1]
 DAGS = REPO / "dags"
 STAGES = ["ingest", "validate_interactions", "prepare", "validate_splits", "train",
-          "evaluate", "recommend", "publish"]
+          "evaluate", "recommend", "validate_recommendations", "publish", "als", "baselines"]
 
 
 def _dagbag(config_dir: Path, monkeypatch: pytest.MonkeyPatch):  # type: ignore[no-untyped-def]
@@ -39,7 +39,13 @@ def test_dagbag_imports_one_dag_per_config(monkeypatch: pytest.MonkeyPatch) -> N
                                           "ncf_downstream_example"])
     dag = bag.dags["ncf_ml-100k"]
     assert dag is not None
-    assert [t.task_id for t in dag.topological_sort()] == STAGES
+    assert sorted(t.task_id for t in dag.tasks) == sorted(STAGES)
+    for upstream, downstream in zip(STAGES[:8], STAGES[1:9], strict=True):  # the main chain
+        assert dag.get_task(upstream).downstream_task_ids == (
+            {downstream, "als"} if upstream == "validate_splits" else {downstream}), upstream
+    # The baselines branch: after the splits, in parallel with NCF, feeding nothing.
+    assert dag.get_task("als").downstream_task_ids == {"baselines"}
+    assert dag.get_task("baselines").downstream_task_ids == set()
     assert dag.max_active_runs == 1
     assert dag.catchup is False
     assert dag.doc_md and "ingest" in dag.doc_md
@@ -54,6 +60,11 @@ def test_dagbag_imports_one_dag_per_config(monkeypatch: pytest.MonkeyPatch) -> N
     consumer = bag.dags["ncf_downstream_example"]
     condition = consumer.timetable.asset_condition  # type: ignore[attr-defined]
     assert "ncf://recommendations/ml-100k" in {asset.uri for asset in condition.objects}
+    # prepare cuts events at the run's data interval end: a backfill sees what was known.
+    prepare_args = dag.get_task("prepare").application_args  # type: ignore[attr-defined]
+    assert prepare_args[-2:] == ["--as-of", "{{ data_interval_end | ts }}"]
+    check_topk = dag.get_task("validate_recommendations")
+    assert check_topk.bash_command.endswith("--stage recommendations")  # type: ignore[attr-defined]
     ingest = dag.get_task("ingest")
     assert ingest.application.endswith("jobs/ingest.py")  # type: ignore[attr-defined]
     assert Path(ingest.application).is_file()  # type: ignore[attr-defined]
@@ -128,6 +139,13 @@ def test_dag_runs_end_to_end_on_tiny_data(tmp_path: Path,
     assert len(client.get_metric_history(mlflow_run.info.run_id, "loss")) >= 1
     versions = client.search_model_versions("name = 'ncf-tiny'")
     assert len(versions) == 1
+    # The baselines ran in the same DAG run, each an MLflow run beside NCF's, same metrics.
+    baseline_runs = client.search_runs([mlflow_run.info.experiment_id],
+                                       "tags.`ncf.baseline` != ''")
+    assert sorted(r.data.tags["ncf.baseline"] for r in baseline_runs) == ["als", "mf",
+                                                                        "popularity"]
+    for baseline in baseline_runs:
+        assert 0.0 <= baseline.data.metrics["test_hr_10"] <= 1.0
 
     # The lake: rejects kept with a reason, a manifest entry per stage.
     import json
@@ -136,8 +154,13 @@ def test_dag_runs_end_to_end_on_tiny_data(tmp_path: Path,
                           .read_text())
     assert manifest["ingest"]["rejected"] == 2
     assert manifest["ingest"]["kept"] == len(rows)
-    for stage in ("ingest", "prepare", "train", "evaluate", "recommend", "publish"):
+    for stage in ("ingest", "prepare", "train", "evaluate", "recommend",
+                  "validate_recommendations", "publish", "als", "baselines"):
         assert stage in manifest, stage
+    # prepare got the run's data interval end as its as-of time (rendered by Airflow).
+    as_of = datetime.fromisoformat(manifest["prepare"]["as_of"])
+    assert as_of == run.data_interval_end, (as_of, run.data_interval_end)
+    assert manifest["validate_recommendations"]["success"] is True
 
     # The publish task emitted the table's asset event, with the counts for consumers.
     from airflow.models.asset import AssetEvent, AssetModel
@@ -163,9 +186,9 @@ def test_dag_runs_end_to_end_on_tiny_data(tmp_path: Path,
                                  include_upstream=False)
     rerun = retrain.test(logical_date=datetime(2026, 11, 23, tzinfo=UTC))
     states = {ti.task_id: ti.state for ti in rerun.get_task_instances()}
-    assert {task: states[task] for task in STAGES[4:]} == {
+    assert {task: states[task] for task in STAGES[4:9]} == {
         "train": "success", "evaluate": "skipped", "recommend": "skipped",
-        "publish": "skipped"}, states
+        "validate_recommendations": "skipped", "publish": "skipped"}, states
     with sqlite3.connect(db_file) as conn:
         assert conn.execute("SELECT user_id, rank, item_id, score, model_version, run_id "
                             "FROM recommendations WHERE dataset = 'tiny'").fetchall() == table

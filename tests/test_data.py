@@ -122,3 +122,20 @@ def test_bad_arguments_are_rejected() -> None:
     data = TrainingData(_positives(), n_users=N_USERS, n_items=N_ITEMS)
     with pytest.raises(ValueError, match="'sometimes' is not one of"):
         data.epoch(4, 2, torch.Generator(), "sometimes")
+
+
+def test_pair_epoch_pairs_each_positive_with_its_own_unseen_negatives() -> None:
+    positives = _positives()
+    data = TrainingData(positives, n_users=N_USERS, n_items=N_ITEMS)
+    batches = data.pair_epoch(3, 10, torch.Generator().manual_seed(0))
+    user, positive, negative = _collect(batches)
+
+    assert [b[0].shape[0] for b in batches] == [10] * 7 + [5]  # 25 positives x 3
+    liked = _key_set(positives.user, positives.item)
+    assert _key_set(user, positive) == liked  # every (user, positive) is a real positive
+    assert _key_set(user, negative).isdisjoint(liked)
+    pairs = sorted(zip(user.tolist(), positive.tolist(), strict=True))
+    assert pairs == sorted([p for p in zip(positives.user.tolist(), positives.item.tolist(),
+                                           strict=True) for _ in range(3)])
+    again = _collect(data.pair_epoch(3, 10, torch.Generator().manual_seed(0)))
+    assert all(torch.equal(x, y) for x, y in zip((user, positive, negative), again, strict=True))

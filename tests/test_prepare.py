@@ -1,7 +1,8 @@
-"""jobs.prepare: binarise, dense ids, the split, negatives, determinism, main() end to end."""
+"""jobs.prepare: dense ids, negatives, determinism, as-of backfills, main() end to end."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import random
@@ -18,10 +19,10 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.testing import assertDataFrameEqual
 
-from jobs import ingest, layout, negatives, prepare
-from jobs.config import PrepareConfig
-from jobs.negatives import sample_negatives
-from jobs.prepare import PrepareError, binarise, build_pairs, index_ids
+from jobs import ingest, layout, prepare
+from jobs.config import BinariseConfig, PrepareConfig
+from jobs.filters import binarise
+from jobs.prepare import PrepareError, build_pairs, default_as_of, index_ids
 from jobs.spark import write_parquet
 from jobs.split import split_leave_one_out
 
@@ -46,21 +47,7 @@ def _pairs(df: DataFrame) -> list[tuple[int, ...]]:
     return sorted(tuple(row) for row in df.collect())
 
 
-# --- binarise, index_ids, split ------------------------------------------------------
-
-def test_binarise_keeps_values_at_threshold_and_the_latest_ts(spark: SparkSession) -> None:
-    interactions = _interactions(spark, [
-        ("u1", "i1", 10, 5.0), ("u1", "i1", 20, 4.0), ("u1", "i1", 30, 1.0),
-        ("u1", "i2", 5, 2.0), ("u2", "i1", 7, 3.0)])
-    every = binarise(interactions, threshold=None)
-    assertDataFrameEqual(every, spark.createDataFrame(
-        [("u1", "i1", _ts(30)), ("u1", "i2", _ts(5)), ("u2", "i1", _ts(7))],
-        "user_id string, item_id string, ts timestamp"))
-    liked = interactions.transform(binarise, threshold=3.0)
-    assertDataFrameEqual(liked, spark.createDataFrame(
-        [("u1", "i1", _ts(20)), ("u2", "i1", _ts(7))],
-        "user_id string, item_id string, ts timestamp"))
-
+# --- index_ids -----------------------------------------------------------------------
 
 def test_index_ids_dense_numeric_for_digits_else_text(spark: SparkSession) -> None:
     interactions = _interactions(spark, [
@@ -75,103 +62,6 @@ def test_index_ids_dense_numeric_for_digits_else_text(spark: SparkSession) -> No
         ("1", 0), ("9", 1), ("10", 2), ("100", 3)]
     assert sorted(map(tuple, items.collect()), key=lambda r: r[1]) == [
         ("10", 0), ("9", 1), ("a", 2), ("b", 3)]
-
-
-def test_split_leave_one_out_latest_to_test(spark: SparkSession) -> None:
-    positives = spark.createDataFrame([
-        (0, 0, _ts(1)), (0, 1, _ts(2)), (0, 2, _ts(3)),
-        (1, 4, _ts(5)), (1, 5, _ts(1)),  # two positives: train only
-        (2, 0, _ts(9)), (2, 1, _ts(8)), (2, 2, _ts(7)),
-    ], POSITIVES_DDL)
-    train, validation, test = split_leave_one_out(positives, seed=7)
-    assert _pairs(test) == [(0, 2), (2, 0)]
-    assert _pairs(validation) == [(0, 1), (2, 1)]
-    assert _pairs(train) == [(0, 0), (1, 4), (1, 5), (2, 2)]
-
-
-def test_split_ties_follow_a_seeded_hash_not_the_item_id(spark: SparkSession) -> None:
-    # 40 users, each with items 0 and 1 rated in the same (latest) second, item 2 earlier.
-    rows = [(u, i, _ts(5)) for u in range(40) for i in (0, 1)] + [(u, 2, _ts(1))
-                                                                  for u in range(40)]
-    positives = spark.createDataFrame(rows, POSITIVES_DDL)
-
-    def tested(seed: int) -> list[tuple[int, int]]:
-        return _pairs(split_leave_one_out(positives, seed=seed)[2])
-
-    first = tested(7)
-    assert first == tested(7)  # deterministic for a seed
-    held_out = [item for _user, item in first]
-    # Neither id wins systematically (a fixed id order would put one item in every test).
-    assert 5 < held_out.count(1) < 35
-    assert first != tested(8)
-    # The tied pair splits between test and validation; the earlier item stays in train.
-    validation = _pairs(split_leave_one_out(positives, seed=7)[1])
-    assert all({t[1], v[1]} == {0, 1} for t, v in zip(first, validation, strict=True))
-
-
-# --- negatives -----------------------------------------------------------------------
-
-N_ITEMS = 20
-TOUCHED = {0: set(range(5)), 1: set(range(18)), 2: set(range(5, 10)), 3: set(range(N_ITEMS))}
-
-
-@pytest.fixture(scope="module")
-def touched(spark: SparkSession) -> DataFrame:
-    return spark.createDataFrame([(u, i) for u, items in TOUCHED.items() for i in items],
-                                 PAIRS_DDL)
-
-
-def _negatives(spark: SparkSession, touched: DataFrame, needs: dict[int, int], *,
-               distinct: bool, max_rounds: int = negatives.MAX_ROUNDS) -> dict[int, list[int]]:
-    demand = spark.createDataFrame(list(needs.items()), "user_idx int, n_needed int")
-    drawn = sample_negatives(demand, touched, n_items=N_ITEMS, seed=7, stream=1,
-                             distinct=distinct, max_rounds=max_rounds)
-    by_user: dict[int, list[int]] = {user: [] for user in needs}
-    for user, item in drawn.collect():
-        by_user[user].append(item)
-    return by_user
-
-
-@pytest.mark.parametrize("max_rounds", [negatives.MAX_ROUNDS, 0])  # 0: enumeration only
-def test_eval_negatives_distinct_untouched_all_of_them_when_short(
-        spark: SparkSession, touched: DataFrame, max_rounds: int) -> None:
-    got = _negatives(spark, touched, {0: 6, 1: 6, 2: 6, 3: 6}, distinct=True,
-                     max_rounds=max_rounds)
-    assert {user: len(items) for user, items in got.items()} == {0: 6, 1: 2, 2: 6, 3: 0}
-    for user, items in got.items():
-        assert len(set(items)) == len(items), user
-        assert not set(items) & TOUCHED[user], user
-        assert all(0 <= item < N_ITEMS for item in items)
-    assert sorted(got[1]) == [18, 19]  # the only untouched items of user 1
-
-
-@pytest.mark.parametrize("max_rounds", [negatives.MAX_ROUNDS, 0])
-def test_train_negatives_exact_counts_repeats_allowed(
-        spark: SparkSession, touched: DataFrame, max_rounds: int) -> None:
-    got = _negatives(spark, touched, {0: 30, 1: 5, 2: 3, 3: 4}, distinct=False,
-                     max_rounds=max_rounds)
-    assert {user: len(items) for user, items in got.items()} == {0: 30, 1: 5, 2: 3, 3: 0}
-    for user, items in got.items():
-        assert not set(items) & TOUCHED[user], user
-    assert set(got[1]) == {18, 19}  # cycles through what is left
-
-
-def test_negatives_do_not_depend_on_partitioning(spark: SparkSession,
-                                                 touched: DataFrame) -> None:
-    demand = spark.createDataFrame([(0, 9), (1, 3), (2, 9)], "user_idx int, n_needed int")
-    runs = []
-    for parts, shuffle in ((1, "1"), (4, "3")):
-        spark.conf.set("spark.sql.shuffle.partitions", shuffle)
-        try:
-            runs.append(_pairs(sample_negatives(
-                demand.repartition(parts), touched.repartition(parts), n_items=N_ITEMS,
-                seed=11, stream=2, distinct=True)))
-        finally:
-            spark.conf.set("spark.sql.shuffle.partitions", "2")
-    assert runs[0] == runs[1]
-    other_seed = _pairs(sample_negatives(demand, touched, n_items=N_ITEMS, seed=12, stream=2,
-                                         distinct=True))
-    assert other_seed != runs[0]
 
 
 # --- build_pairs: determinism ----------------------------------------------------------
@@ -231,8 +121,9 @@ def _write_config(folder: Path, **prepare_params: Any) -> Path:
         "dataset": "tiny",
         "source": {"format": "movielens-100k", "path": "ml-100k/u.data", "sha256": "0" * 64},
         "ingest": {"min_value": 1, "max_value": 5},
-        "prepare": {"binarise_threshold": 3.0, "n_negatives": 2, "n_eval_negatives": 5,
-                    "seed": 3, "output_partitions": 2, **prepare_params},
+        "prepare": {"binarise": {"rule": "rating", "threshold": 3.0}, "n_negatives": 2,
+                    "n_eval_negatives": 5, "seed": 3, "output_partitions": 2,
+                    **prepare_params},
     }
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / "tiny.yaml"
@@ -259,9 +150,9 @@ def _tiny_lake(spark: SparkSession, root: Path) -> layout.LakePaths:
     return paths
 
 
-def _run_prepare(config: Path, root: Path) -> int:
+def _run_prepare(config: Path, root: Path, *extra: str) -> int:
     return prepare.main(["--config", str(config), "--logical-date", DATE,
-                         "--lake-root", str(root)])
+                         "--lake-root", str(root), *extra])
 
 
 @pytest.fixture(scope="module")
@@ -280,13 +171,23 @@ def test_main_end_to_end(spark: SparkSession,
     paths, _config = prepared
     entry = json.loads(paths.manifest.read_text())["prepare"]
     interactions = spark.read.parquet(str(paths.path(layout.INTERACTIONS)))
-    positives = binarise(interactions, threshold=3.0)
+    positives = binarise(interactions, rule="rating", threshold=3.0)
     n_users = positives.select(layout.USER_ID).distinct().count()
     n_items = positives.select(layout.ITEM_ID).distinct().count()
     assert {k: entry[k] for k in ("n_users", "n_items", "n_positives")} == {
         "n_users": n_users, "n_items": n_items, "n_positives": positives.count()}
-    assert entry["params"] == {"binarise_threshold": 3.0, "n_negatives": 2,
-                               "n_eval_negatives": 5, "seed": 3, "output_partitions": 2}
+    assert entry["params"] == dataclasses.asdict(PrepareConfig(
+        binarise=BinariseConfig(rule="rating", threshold=3.0), n_negatives=2,
+        n_eval_negatives=5, seed=3, output_partitions=2))
+    assert entry["params"]["binarise"] == {"rule": "rating", "threshold": 3.0}
+    assert entry["as_of"] == "2026-11-24T00:00:00+00:00"  # the logical date's end, UTC
+    assert (entry["timestamps"], entry["split"]["method"], entry["split"]["hold_out"]) == (
+        "all", "leave_one_out", "latest")
+    assert entry["split"]["test_positives_per_user"] == {"min": 1, "mean": 1.0, "max": 1}
+    assert entry["events_in"] == interactions.count()
+    assert entry["positives_after_binarise"] == entry["positives_selected"] == positives.count()
+    assert (entry["events_dropped_after_as_of"], entry["users_dropped_by_k_core"],
+            entry["k_core_iterations"]) == (0, 0, 0)
     assert entry["input_sha256"] == layout.sha256_dir(paths.path(layout.INTERACTIONS))
     assert entry["users_train_only"] == 1  # u0
     assert entry["users_short_of_eval_negatives"] == 1  # u1: only 3 untouched items
@@ -337,21 +238,125 @@ def test_main_missing_or_empty_interactions_names_the_path(spark: SparkSession,
     assert not (folder.parent / layout.TRAIN).exists()
 
 
-def _data_pages(part: Path) -> bytes:
-    """A Parquet file less its footer (the footer's length is in its last 8 bytes)."""
-    data = part.read_bytes()
-    return data[:len(data) - 8 - int.from_bytes(data[-8:-4], "little")]
+OUTPUTS = (layout.USERS, layout.ITEMS, layout.TRAIN, layout.VALIDATION, layout.TEST)
+
+
+def test_default_as_of_is_the_end_of_the_logical_day_utc() -> None:
+    assert default_as_of("2026-11-23") == datetime(2026, 11, 24, tzinfo=UTC)
+    assert default_as_of("2026-12-31") == datetime(2027, 1, 1, tzinfo=UTC)
+
+
+def test_backfill_as_of_reproduces_what_was_known(spark: SparkSession, tmp_path: Path) -> None:
+    """A backfill reads today's interactions, later events included: with the run's as-of
+    they change nothing, byte for byte; without the cutoff they would."""
+    then = _tiny_lake(spark, tmp_path / "then")
+    now = layout.LakePaths(tmp_path / "now", "tiny", DATE)
+    later = [("u2", "i1", 9_000, 5.0),  # a repeat: would move u2's latest positive
+             ("u0", "i3", 9_100, 5.0),  # u0's low rating, now liked: would add a positive
+             ("u0", "i9", 9_200, 4.0),  # u0's third positive: would evaluate u0
+             ("u99", "i1", 9_300, 5.0), ("u99", "i99", 9_400, 5.0)]  # a new user and item
+    spark.read.parquet(str(then.path(layout.INTERACTIONS))).unionByName(
+        _interactions(spark, later)).repartition(3).write.parquet(
+        str(now.path(layout.INTERACTIONS)))
+    config = _write_config(tmp_path / "configs")
+    as_of = ["--as-of", "1970-01-01T02:00:00+00:00"]  # 7200 s: after every event of `then`
+    for paths in (then, now):
+        assert _run_prepare(config, paths.root, *as_of) == 0
+    for name in OUTPUTS:
+        assert layout.sha256_dir(then.path(name)) == layout.sha256_dir(now.path(name)), name
+    entry = json.loads(now.manifest.read_text())["prepare"]
+    assert entry["as_of"] == "1970-01-01T02:00:00+00:00"
+    assert (entry["events_dropped_after_as_of"], entry["events_without_ts_kept"]) == (5, 0)
+    assert entry["events_in"] == json.loads(then.manifest.read_text())["prepare"][
+        "events_in"] + 5
+
+    no_cutoff = _write_config(tmp_path / "configs-no-cutoff", as_of_cutoff=False)
+    assert _run_prepare(no_cutoff, now.root, *as_of) == 0
+    assert json.loads(now.manifest.read_text())["prepare"]["as_of"] is None
+    assert layout.sha256_dir(then.path(layout.USERS)) != layout.sha256_dir(now.path(layout.USERS))
+
+
+@pytest.mark.parametrize("split", [{"method": "time_cutoff", "test_fraction": 0.3},
+                                   {"method": "stratified", "train_ratio": 0.5}])
+def test_main_multi_positive_splits_pass_the_splits_suites(
+        spark: SparkSession, tmp_path: Path, split: dict[str, Any]) -> None:
+    from jobs import validate
+
+    paths = _tiny_lake(spark, tmp_path / "lake")
+    config = _write_config(tmp_path / "configs", split=split, min_user_positives=3,
+                           min_item_positives=2)
+    assert _run_prepare(config, paths.root) == 0
+    entry = json.loads(paths.manifest.read_text())["prepare"]
+    assert entry["split"]["method"] == split["method"]
+    assert entry["users_dropped_by_k_core"] >= 1  # u0 has two positives
+    assert entry["k_core_converged"] is True
+    per_user = entry["split"]["test_positives_per_user"]
+    assert per_user["min"] >= 1 and per_user["max"] >= 2
+    test = spark.read.parquet(str(paths.path(layout.TEST)))
+    counts = {tuple(r)[1:] for r in test.groupBy(layout.USER_IDX).agg(
+        F.sum(layout.LABEL), F.sum(1 - F.col(layout.LABEL))).collect()}
+    assert max(positives for positives, _ in counts) == per_user["max"]
+    assert entry["split"]["test_users"] == test.select(layout.USER_IDX).distinct().count()
+    if split["method"] == "time_cutoff":
+        assert "1970-01-01" < entry["split"]["test_from"] < "1970-01-02"
+        assert entry["split"]["test_fraction"] == 0.3
+        assert "unscorable_test_users" in entry["split"]
+    else:
+        assert entry["split"]["train_ratio"] == 0.5
+    assert validate.main(["--config", str(config), "--logical-date", DATE, "--lake-root",
+                          str(paths.root), "--stage", "splits"]) == 0
+
+
+def test_main_without_timestamps_keeps_events_and_holds_out_at_random(
+        spark: SparkSession, tmp_path: Path) -> None:
+    """last.fm 360K / HetRec 2K: no ts. The cutoff keeps every event, the manifest says
+    so and that the hold-out is seeded random; time_cutoff is refused."""
+    paths = layout.LakePaths(tmp_path / "lake", "tiny", DATE)
+    rows = [(f"u{u}", f"i{(u + n) % 9}", None, 1.0) for u in range(6) for n in range(4)]
+    spark.createDataFrame(rows, layout.ddl(layout.INTERACTIONS_SCHEMA)).write.parquet(
+        str(paths.path(layout.INTERACTIONS)))
+    config = _write_config(tmp_path / "configs", binarise={"rule": "plays", "threshold": 1})
+    assert _run_prepare(config, paths.root) == 0
+    entry = json.loads(paths.manifest.read_text())["prepare"]
+    assert (entry["timestamps"], entry["events_without_ts_kept"], entry["n_positives"]) == (
+        "none", 24, 24)
+    assert entry["split"]["hold_out"] == "seeded_random"
+    assert entry["split"]["test_users"] == 6
+    timed = _write_config(tmp_path / "timed", binarise={"rule": "any"},
+                          split={"method": "time_cutoff", "test_fraction": 0.2})
+    with pytest.raises(PrepareError, match="time_cutoff needs a timestamp on every event; "
+                                           "24 have none"):
+        _run_prepare(timed, paths.root)
+
+
+def test_main_refuses_a_split_the_source_cannot_support(tmp_path: Path) -> None:
+    config = _write_config(tmp_path / "a", split={"method": "time_cutoff",
+                                                  "test_from": "2026-01-01"})
+    raw = yaml.safe_load(config.read_text())
+    raw["source"] = {"format": "lastfm-360k", "path": "x.tsv", "sha256": "0" * 64}
+    config.write_text(yaml.safe_dump(raw))
+    with pytest.raises(PrepareError, match="prepare.split.method: time_cutoff needs timestamps"):
+        _run_prepare(config, tmp_path / "lake")
+    raw["source"] = {"format": "ncf-presplit", "files": {
+        role: {"path": role, "sha256": "0" * 64} for role in ("train", "test", "test_negatives")}}
+    raw["prepare"].pop("split")
+    raw["prepare"]["user_fraction"] = 0.5
+    config.write_text(yaml.safe_dump(raw))
+    with pytest.raises(PrepareError, match="prepare.user_fraction: format ncf-presplit keeps"):
+        _run_prepare(config, tmp_path / "lake")
+
+
+def _file_digests(folder: Path) -> dict[str, str]:
+    """sha256 of every file of a dataset folder (`_SUCCESS` included), by name."""
+    return {p.name: layout.sha256_file(p) for p in sorted(folder.iterdir())}
 
 
 @pytest.mark.slow
-def test_spark_submit_local_1_writes_the_same_rows_and_pages(
+def test_spark_submit_local_1_writes_byte_identical_parquet(
         spark: SparkSession, prepared: tuple[layout.LakePaths, Path], tmp_path: Path) -> None:
     """spark-submit on local[1], 3 shuffle partitions, input in 3 files, against local[2]
-    in this process with 2 shuffle partitions and the input in 1 file.
-
-    Rows and data pages are byte-identical. The footers may differ in one respect:
-    parquet-mr lists a column's encodings in HashSet order, which follows identity
-    hash codes and so can change from one JVM to the next.
+    in this process with 2 shuffle partitions and the input in 1 file: another JVM,
+    another parallelism, another partitioning, and every output file is byte-identical.
     """
     here, config = prepared
     there = layout.LakePaths(tmp_path / "there", "tiny", DATE)
@@ -371,12 +376,16 @@ def test_spark_submit_local_1_writes_the_same_rows_and_pages(
     assert done.returncode == 0, output[-3000:]
     assert "Spark session prepare-tiny on local[1]" in output, output[-3000:]
     for name in (layout.USERS, layout.ITEMS, layout.TRAIN, layout.VALIDATION, layout.TEST):
-        ours, theirs = (sorted(paths.path(name).glob("part-*")) for paths in (here, there))
-        assert [p.name for p in ours] == [p.name for p in theirs], name
-        for mine, other in zip(ours, theirs, strict=True):
-            assert _data_pages(mine) == _data_pages(other), mine.name
-            assertDataFrameEqual(spark.read.parquet(str(mine)), spark.read.parquet(str(other)),
-                                 checkRowOrder=True)
+        ours, theirs = (_file_digests(paths.path(name)) for paths in (here, there))
+        assert ours == theirs, name
+        assert len(ours) == 3, name  # output_partitions=2 part files and _SUCCESS
+        assert (layout.sha256_dir(here.path(name))
+                == layout.sha256_dir(there.path(name))), name
+    # The same counts too; only the input's checksum (1 file here, 3 there) and time differ.
+    entries = [json.loads(paths.manifest.read_text())["prepare"] for paths in (here, there)]
+    for entry in entries:
+        entry.pop("written_at"), entry.pop("input_sha256")
+    assert entries[0] == entries[1]
 
 
 # --- real data -------------------------------------------------------------------------

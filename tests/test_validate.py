@@ -28,7 +28,12 @@ from jobs.layout import (
     ITEMS_SCHEMA,
     LABEL,
     PAIRS_SCHEMA,
+    RANK,
+    SCORE,
+    SOURCE,
     TEST,
+    TOPK,
+    TOPK_SCHEMA,
     TRAIN,
     TS,
     USER_ID,
@@ -44,6 +49,7 @@ from jobs.validate import (
     DataValidationError,
     main,
     validate_interactions,
+    validate_recommendations,
     validate_splits,
 )
 
@@ -235,3 +241,139 @@ def test_cli(paths: LakePaths) -> None:
             "--lake-root", str(paths.root)]
     assert main([*args, "--stage", "splits"]) == 0
     assert main([*args, "--stage", "interactions"]) == 1  # interactions/ was never written
+
+
+def test_several_test_positives_per_user_pass_outside_leave_one_out(paths: LakePaths) -> None:
+    splits = good_splits()
+    splits[TEST].append(pair(0, 6, 1))  # time_cutoff / stratified: several per user
+    write_splits(paths, splits)
+    assert validate_splits(paths, one_test_positive=False).success
+    args = ["--config", str(REPO / "configs" / "ml-100k.yaml"), "--logical-date", DATE,
+            "--lake-root", str(paths.root), "--stage", "splits"]
+    assert main(args) == 1  # the config's leave_one_out demands exactly one
+    layout.update_manifest(paths, "prepare", {"split": {"method": "stratified"}})
+    assert main(args) == 0  # what prepare wrote (its manifest) decides
+    splits[VALIDATION].append(pair(1, 7, 1))  # validation holds one per user, whatever the split
+    write_splits(paths, splits)
+    with pytest.raises(DataValidationError, match="suite validation_per_user.*user_idx=1 "
+                                                  "n_positives=2"):
+        validate_splits(paths, one_test_positive=False)
+
+
+# --- recommendations -------------------------------------------------------------------
+
+K = 2
+
+
+def topk_row(user: int, rank: int, item: int, score: float,
+             source: str = layout.SOURCE_MODEL) -> dict[str, Any]:
+    return {USER_IDX: user, RANK: rank, ITEM_IDX: item, SCORE: score, SOURCE: source}
+
+
+def good_topk() -> list[dict[str, Any]]:
+    """Items 6 and 7 are nobody's positive (good_splits): k=2 for each of the 3 users."""
+    return [topk_row(0, 1, 7, 0.9), topk_row(0, 2, 6, 0.9),  # a tie is fine
+            topk_row(1, 1, 6, 0.8), topk_row(1, 2, 0, 0.1),  # item 0: user 0's, not user 1's
+            topk_row(2, 1, 6, 0.5, layout.SOURCE_POPULARITY),
+            topk_row(2, 2, 7, 0.25, layout.SOURCE_POPULARITY)]
+
+
+def write_recommendations(paths: LakePaths, rows: list[dict[str, Any]],
+                          schema: Schema = TOPK_SCHEMA) -> None:
+    write_splits(paths, good_splits())
+    write_folder(paths.path(TOPK), schema, rows)
+    layout.update_manifest(paths, "prepare", {"n_users": N_USERS, "n_items": N_ITEMS})
+    layout.update_manifest(paths, "recommend", {"k": K, "rows": len(rows)})
+
+
+def test_recommendations_pass_and_report_written(paths: LakePaths) -> None:
+    write_recommendations(paths, good_topk())
+    report = validate_recommendations(paths)
+    assert report.success and report.failed == 0
+    assert [s.suite for s in report.suites] == [
+        "topk_schema", "topk", "topk_per_user", "topk_seen"]
+    entry = layout.read_manifest(paths)["validate_recommendations"]
+    assert (entry["success"], entry["failed_expectations"]) == (True, 0)
+    assert entry["evaluated_expectations"] == report.evaluated == 6 + 13 + 2 + 1
+    assert entry["suites"]["topk"]["rows"] == 6
+    assert json.loads(paths.path("reports/topk.json").read_text())["success"] is True
+    args = ["--config", str(REPO / "configs" / "ml-100k.yaml"), "--logical-date", DATE,
+            "--lake-root", str(paths.root)]
+    assert main([*args, "--stage", "recommendations"]) == 0
+
+
+def _broken(change: str) -> list[dict[str, Any]]:
+    rows = good_topk()
+    if change == "missing_user":
+        return rows[:4]
+    if change == "repeated_item":
+        rows[3][ITEM_IDX] = 6
+    elif change == "seen_item":
+        rows[3][ITEM_IDX] = 2  # user 1's training positive
+    elif change == "score_rises":
+        rows[5][SCORE] = 0.75
+    elif change == "score_above_one":
+        rows[0][SCORE] = rows[1][SCORE] = 1.5
+    elif change == "item_out_of_range":
+        rows[1][ITEM_IDX] = 8
+    elif change == "bad_source":
+        rows[4][SOURCE] = "random"
+    elif change == "rank_gap":
+        rows[1][RANK] = 3
+    return rows
+
+
+@pytest.mark.parametrize(("change", "expected"), [
+    ("missing_user", [
+        "suite topk on topk/: expect_table_row_count_to_equal (value=6): observed 4",
+        "k=2 rows for each of the 3 users of users/",
+        "suite topk_per_user on topk/ counted per user of users/: expect_column_values_to_be"
+        "_in_set on column n_rows (value_set=[2]): 1 of 3 rows unexpected, e.g. user_idx=2 "
+        "n_rows=0", "0: the user is missing from topk/"]),
+    ("repeated_item", ["expect_compound_columns_to_be_unique (column_list=['user_idx', "
+                       "'item_idx'])", "an item appears at most once in a user's list"]),
+    ("seen_item", ["suite topk_seen", "on column recommended_seen", "user_idx=1 rank=2 "
+                   "item_idx=2 recommended_seen=True", "positive on in train/, validation/ "
+                   "or test/"]),
+    ("score_rises", ["on column scores_non_increasing", "user_idx=2 scores_non_increasing="
+                     "False", "not sorted by score"]),
+    ("score_above_one", ["on column score (min_value=0.0, max_value=1.0): 2 of 6 rows",
+                         "scores are probabilities"]),
+    ("item_out_of_range", ["on column item_idx (min_value=0.0, max_value=7.0): 1 of 6 rows "
+                           "unexpected", "must index a row of items/ (8 rows"]),
+    ("bad_source", ["on column source (value_set=['model', 'popularity'])", "'random'"]),
+    ("rank_gap", ["on column rank (min_value=1.0, max_value=2.0): 1 of 6 rows unexpected, "
+                  "e.g. user_idx=0 rank=3"]),
+])
+def test_broken_recommendations_fail_readably(paths: LakePaths, change: str,
+                                              expected: list[str]) -> None:
+    write_recommendations(paths, _broken(change))
+    with pytest.raises(DataValidationError) as raised:
+        validate_recommendations(paths)
+    message = str(raised.value)
+    assert message.startswith(f"data validation failed for {DATASET} {DATE} (stage "
+                              "recommendations)")
+    for fragment in expected:
+        assert fragment in message, (fragment, message)
+    assert layout.read_manifest(paths)["validate_recommendations"]["success"] is False
+
+
+def test_topk_dtypes_are_checked_as_written(paths: LakePaths) -> None:
+    as_doubles: Schema = tuple((name, "double" if name == SCORE else dtype)
+                               for name, dtype in TOPK_SCHEMA)
+    write_recommendations(paths, good_topk(), schema=as_doubles)
+    with pytest.raises(DataValidationError) as raised:
+        validate_recommendations(paths)
+    message = str(raised.value)
+    assert "1 of 22 expectations failed" in message
+    assert ("suite topk_schema on topk/ as written: expect_column_values_to_be_of_type on "
+            "column score (type_='float32'): observed 'float64'") in message
+
+
+def test_recommendations_need_the_recommend_manifest_entry(paths: LakePaths) -> None:
+    write_splits(paths, good_splits())
+    write_folder(paths.path(TOPK), TOPK_SCHEMA, good_topk())
+    layout.update_manifest(paths, "prepare", {"n_users": N_USERS, "n_items": N_ITEMS})
+    with pytest.raises(DataValidationError, match=r"no recommend entry with \['k'\]: run "
+                                                  "recommend for this date first"):
+        validate_recommendations(paths)

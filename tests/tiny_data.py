@@ -47,6 +47,9 @@ def write_tiny_config(folder: Path, raw_file: Path, *, dataset: str = "tiny",
         "evaluate": {"k": 10, "min_hr": 0.0},
         "recommend": {"k": 10, "chunk_users": 16},
         "publish": {"table": "recommendations"},
+        "baselines": {"enabled": ["popularity", "mf", "als"],
+                      "mf": {"factors": 8, "epochs": epochs, "batch_size": 64, "lr": 0.01},
+                      "als": {"rank": 4, "max_iter": 3}},
     }
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / f"{dataset}.yaml"

@@ -1,0 +1,205 @@
+"""Baselines beside NCF, evaluated exactly like it: popularity, a dot-product MF, Spark ALS.
+
+    python -m ncf_model baselines --config configs/ml-100k.yaml --logical-date 2026-11-23
+
+Reads   train/, validation/ (MF's epoch choice), test/ and, for ALS, baselines/als/ (the
+        factors jobs/als.py wrote) of <lake>/<dataset>/<logical_date>/.
+Writes  one MLflow run per baseline in the dataset's experiment (`ncf-<dataset>`), tagged
+        ncf.baseline=<name> and ncf.logical_date, with the metric names of NCF's run
+        (test_hr_10, test_full_ndcg_10, ...) so the UI compares them side by side, and the
+        manifest entry "baselines": each baseline's run id, metrics and parameters.
+
+popularity  score(u, i) = the number of training positives of item i (the same list for
+            every user; ties against the positive as everywhere).
+mf          `<p_u, q_i> + biases` (model kind mf) trained by the same `fit`/`train` as NCF,
+            its epoch chosen on validation HR@k.
+als         `<x_u, y_i>` of Spark MLlib's implicit ALS factors; a user or item without
+            factors (no training positive) scores 0.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from jobs import layout
+from ncf_model import tracking
+from ncf_model.config import NCFConfig
+from ncf_model.data import Pairs, TrainingData, load_pairs
+from ncf_model.evaluate import Evaluation, evaluate_report, load_split
+from ncf_model.train import fit
+
+log = logging.getLogger(__name__)
+
+
+class BaselineError(RuntimeError):
+    """A baseline cannot run on what the lake holds; the message says which stage to run."""
+
+
+class PopularityScorer(nn.Module):
+    """score(u, i) = training positives of item i, for every user."""
+
+    item_count: Tensor
+
+    def __init__(self, item_count: Tensor) -> None:
+        super().__init__()
+        self.register_buffer("item_count", item_count.float())  # (n_items,)
+
+    def forward(self, user_idx: Tensor, item_idx: Tensor) -> Tensor:
+        return self.item_count[item_idx]  # (B,)
+
+    def score_all_items(self, user_idx: Tensor) -> Tensor:
+        return self.item_count.expand(len(user_idx), -1)  # (C, n_items)
+
+
+def popularity_scorer(train: Pairs, n_items: int) -> PopularityScorer:
+    positive = train.label == 1
+    return PopularityScorer(torch.bincount(train.item[positive].long(), minlength=n_items))
+
+
+class FactorScorer(nn.Module):
+    """score(u, i) = <user_factors[u], item_factors[i]> (ALS)."""
+
+    user_factors: Tensor
+    item_factors: Tensor
+
+    def __init__(self, user_factors: Tensor, item_factors: Tensor) -> None:
+        super().__init__()
+        if user_factors.shape[1] != item_factors.shape[1]:
+            raise ValueError(f"user factors {tuple(user_factors.shape)} and item factors "
+                             f"{tuple(item_factors.shape)} must have the same rank")
+        self.register_buffer("user_factors", user_factors.float())  # (n_users, r)
+        self.register_buffer("item_factors", item_factors.float())  # (n_items, r)
+
+    def forward(self, user_idx: Tensor, item_idx: Tensor) -> Tensor:
+        return (self.user_factors[user_idx] * self.item_factors[item_idx]).sum(-1)  # (B,)
+
+    def score_all_items(self, user_idx: Tensor) -> Tensor:
+        return self.user_factors[user_idx] @ self.item_factors.T  # (C, n_items)
+
+
+def _factor_table(folder: Any, schema: layout.Schema, key: str, n_rows: int) -> Tensor:
+    """(n_rows, rank) float32; rows the folder does not hold stay 0."""
+    table = layout.read_lake_table(folder, schema)
+    index = torch.tensor(table.column(key).to_numpy(), dtype=torch.int64)
+    vectors = table.column(layout.FACTORS).to_pylist()
+    if not vectors:
+        raise BaselineError(f"{folder} holds no factors: re-run jobs/als.py")
+    if int(index.min()) < 0 or int(index.max()) >= n_rows:
+        raise BaselineError(f"{folder}: {key} outside 0..{n_rows - 1}: the factors were fitted "
+                            "on another prepare run; re-run jobs/als.py for this date")
+    out = torch.zeros(n_rows, len(vectors[0]))
+    out[index] = torch.tensor(vectors, dtype=torch.float32)
+    return out
+
+
+def load_als_scorer(paths: layout.LakePaths, n_users: int, n_items: int) -> FactorScorer:
+    """The factors jobs/als.py wrote for this run, as a dot-product scorer."""
+    folder = paths.path(layout.ALS)
+    if not folder.is_dir():
+        raise BaselineError(f"{folder} does not exist: run jobs/als.py (spark-submit) for "
+                            f"{paths.logical_date} before the baselines stage")
+    fitted_on = (layout.read_manifest(paths).get("als") or {}).get("input_sha256")
+    if fitted_on is not None and fitted_on != layout.sha256_dir(paths.path(layout.TRAIN)):
+        raise BaselineError(f"{folder} was fitted on another train/ than the one in the lake "
+                            "(prepare ran again since): re-run jobs/als.py for "
+                            f"{paths.logical_date}")
+    return FactorScorer(
+        _factor_table(folder / layout.USER_FACTORS, layout.USER_FACTORS_SCHEMA,
+                      layout.USER_IDX, n_users),
+        _factor_table(folder / layout.ITEM_FACTORS, layout.ITEM_FACTORS_SCHEMA,
+                      layout.ITEM_IDX, n_items))
+
+
+@dataclasses.dataclass
+class Baseline:
+    """A baseline's scorer with what its MLflow run records beside the test metrics."""
+
+    scorer: nn.Module
+    params: dict[str, Any]
+    metrics: dict[str, float] = dataclasses.field(default_factory=dict)  # e.g. best_epoch
+    history: list[dict[str, float]] = dataclasses.field(default_factory=list)
+
+
+def _train_mf(cfg: NCFConfig, train: Pairs, validation: Pairs, *, n_users: int, n_items: int,
+              device: torch.device,
+              on_epoch: Callable[[int, dict[str, float]], None]) -> Baseline:
+    mf = cfg.baselines.mf
+    data = TrainingData(train, n_users=n_users, n_items=n_items)
+    fitted = fit(mf.model_config(), mf.train_config(cfg.train.k), data, validation,
+                 device=device, on_epoch=on_epoch)
+    result = fitted.result
+    best = {f"best_{key}": value for key, value in result.best_metrics.items()
+            if key.startswith("val_")}
+    return Baseline(fitted.model.eval(), dataclasses.asdict(mf),
+                    {**best, "best_epoch": float(result.best_epoch)}, result.history)
+
+
+def _log_baseline(run: tracking.RunLogger, cfg: NCFConfig, paths: layout.LakePaths, *,
+                  name: str, baseline: Baseline, evaluation: Evaluation) -> None:
+    k = cfg.evaluate.k
+    run.log_params({name: baseline.params, "evaluate": {"k": k}})
+    run.log_lineage(lake_path=paths.base, manifest_sha256=layout.sha256_file(paths.manifest),
+                    context="evaluation")
+    metrics = {f"test_{key}": value for key, value in evaluation.metrics.items()}
+    run.log_evaluation({**metrics, **baseline.metrics}, evaluation.hr_at_k, k=k,
+                       title=f"{name} test")
+    if baseline.history:
+        run.log_dict({"history": baseline.history}, tracking.TRAINING_HISTORY)
+        run.log_training_curves(baseline.history, title=f"{name} training")
+
+
+def run_baselines(cfg: NCFConfig, paths: layout.LakePaths,
+                  device: torch.device) -> dict[str, str]:
+    """Evaluate every enabled baseline on test/, one MLflow run each; {name: run_id}."""
+    prepared = layout.read_manifest(paths).get("prepare")
+    if not prepared:
+        raise BaselineError(f"{paths.manifest}: no 'prepare' entry; run the prepare task for "
+                            f"{paths.logical_date} before the baselines")
+    n_users, n_items = int(prepared["n_users"]), int(prepared["n_items"])
+    train = load_pairs(paths.path(layout.TRAIN), device)
+    test, full = load_split(paths, layout.TEST, device, n_items=n_items,
+                            full_ranking=cfg.evaluate.full_ranking,
+                            chunk_users=cfg.evaluate.chunk_users)
+    k = cfg.evaluate.k
+    # Checked before anything is trained or logged: a missing or stale ALS fit fails fast.
+    als = (load_als_scorer(paths, n_users, n_items) if "als" in cfg.baselines.enabled
+           else None)
+    entry: dict[str, Any] = {}
+    for name in cfg.baselines.enabled:
+        tags = {"ncf.dataset": cfg.dataset, "ncf.logical_date": paths.logical_date,
+                "ncf.stage": "baselines", "ncf.baseline": name, "ncf.device": device.type}
+        started = time.perf_counter()
+        with tracking.start_run(cfg.dataset, run_name=f"{cfg.dataset}-{paths.logical_date}-"
+                                f"{name}", tags=tags) as run:
+            if name == "popularity":
+                baseline = Baseline(popularity_scorer(train, n_items), {"score": "item_count"})
+            elif name == "mf":
+                validation = load_pairs(paths.path(layout.VALIDATION), device)
+                baseline = _train_mf(cfg, train, validation, n_users=n_users, n_items=n_items,
+                                     device=device,
+                                     on_epoch=lambda epoch, m: run.log_metrics(m, step=epoch))
+            else:
+                assert als is not None  # loaded above, since "als" is enabled
+                fitted_with = (layout.read_manifest(paths).get("als") or {}).get("params")
+                baseline = Baseline(als, dict(fitted_with or
+                                              dataclasses.asdict(cfg.baselines.als)))
+            evaluation = evaluate_report(baseline.scorer.to(device), test, k, full=full)
+            _log_baseline(run, cfg, paths, name=name, baseline=baseline, evaluation=evaluation)
+            seconds = time.perf_counter() - started
+            run.log_metrics({"baseline_seconds": seconds})
+        entry[name] = {"run_id": run.run_id, "params": baseline.params,
+                       "metrics": {f"test_{key}": value
+                                   for key, value in evaluation.metrics.items()},
+                       **baseline.metrics, "seconds": round(seconds, 2)}
+        log.info("baseline %s: %s", name, ", ".join(
+            f"{key}={value:.4f}" for key, value in entry[name]["metrics"].items()))
+    layout.update_manifest(paths, "baselines", {
+        **entry, "device": device.type, "params": dataclasses.asdict(cfg.baselines)})
+    return {name: str(value["run_id"]) for name, value in entry.items()}

@@ -1,0 +1,198 @@
+"""Side features of users and items as integer codes, for the hybrid model.
+
+Reads the lake's `user_features/` (age_bucket, gender, occupation, country per user_id)
+and `item_features/` (genres, or an artist's tags, per item_id), joins them to user_idx /
+item_idx through `users/` and `items/`, and encodes every value with a
+`FeatureVocabulary`:
+
+- user codes: one code space over all fields, 0 = missing (its embedding stays zero), then
+  each field's values in turn; a user is a (fields,) row of codes;
+- item tags: code = position in `tags`; an item is a bag of codes, stored flat
+  (`item_tags`) with the start of each item's bag (`item_offsets`), as EmbeddingBag wants.
+
+Training builds the vocabulary from its own day's data; serving encodes a later day's
+features with the model's vocabulary (a value it does not know counts as missing).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from jobs import layout
+
+log = logging.getLogger(__name__)
+
+USER_FIELDS = (layout.AGE_BUCKET, layout.GENDER, layout.OCCUPATION, layout.COUNTRY)
+
+
+class SideFeatureError(ValueError):
+    """The lake has no side features for a model that needs them; the message names where."""
+
+
+@dataclass(frozen=True)
+class FeatureVocabulary:
+    """The known values of each user field (in USER_FIELDS order) and the known item tags."""
+
+    user_values: tuple[tuple[str, ...], ...]
+    tags: tuple[str, ...]
+
+    def __post_init__(self) -> None:
+        if len(self.user_values) != len(USER_FIELDS):
+            raise ValueError(f"user_values: one tuple per field {USER_FIELDS}, got "
+                             f"{len(self.user_values)}")
+
+    @property
+    def n_user_codes(self) -> int:
+        return 1 + sum(len(values) for values in self.user_values)
+
+    @property
+    def n_tags(self) -> int:
+        return len(self.tags)
+
+    @property
+    def empty(self) -> bool:
+        return self.n_user_codes == 1 and self.n_tags == 0
+
+    def to_json(self) -> dict[str, Any]:
+        return {"user_fields": dict(zip(USER_FIELDS, map(list, self.user_values), strict=True)),
+                "tags": list(self.tags)}
+
+    @classmethod
+    def from_json(cls, raw: dict[str, Any]) -> FeatureVocabulary:
+        fields = raw["user_fields"]
+        return cls(tuple(tuple(fields.get(name, ())) for name in USER_FIELDS),
+                   tuple(raw["tags"]))
+
+
+@dataclass(frozen=True)
+class SideFeatures:
+    """Encoded features of `n_users` users and `n_items` items (index order)."""
+
+    vocabulary: FeatureVocabulary
+    user_codes: Tensor  # (n_users, len(USER_FIELDS)) int64, 0 = missing
+    item_tags: Tensor  # (T,) int64 tag codes, item after item
+    item_offsets: Tensor  # (n_items,) int64: where each item's bag starts in item_tags
+
+    @property
+    def n_users(self) -> int:
+        return int(self.user_codes.shape[0])
+
+    @property
+    def n_items(self) -> int:
+        return int(self.item_offsets.shape[0])
+
+    @classmethod
+    def placeholder(cls, vocabulary: FeatureVocabulary, *, n_users: int, n_items: int,
+                    n_tag_entries: int) -> SideFeatures:
+        """Zeros of the right shapes: a checkpoint's state dict then fills them in."""
+        return cls(vocabulary, torch.zeros(n_users, len(USER_FIELDS), dtype=torch.int64),
+                   torch.zeros(n_tag_entries, dtype=torch.int64),
+                   torch.zeros(n_items, dtype=torch.int64))
+
+
+def build_vocabulary(user_ids: Sequence[str], item_ids: Sequence[str], user_features: Any,
+                     item_features: Any) -> FeatureVocabulary:
+    """Every value the `user_ids` / `item_ids` hold in the feature tables (pyarrow Tables in
+    layout.USER_FEATURES_SCHEMA / ITEM_FEATURES_SCHEMA), sorted; ages in AGE_BUCKETS order."""
+    users = _user_frame(user_ids, user_features)
+    values = []
+    for name in USER_FIELDS:
+        present = users[name].dropna()
+        if name == layout.AGE_BUCKET:
+            values.append(tuple(b for b in layout.AGE_BUCKETS if b in set(present)))
+        else:
+            values.append(tuple(sorted(set(present))))
+    tags, item_of = _item_tags(item_ids, item_features)
+    listed = {t for t in tags[item_of >= 0] if t is not None}  # tags of listed items only
+    return FeatureVocabulary(tuple(values), tuple(sorted(listed)))
+
+
+def encode(vocabulary: FeatureVocabulary, user_ids: Sequence[str], item_ids: Sequence[str],
+           user_features: Any, item_features: Any) -> SideFeatures:
+    """The features of `user_ids` and `item_ids` (index order) as `vocabulary` codes."""
+    import numpy as np
+    import pandas as pd
+
+    users = _user_frame(user_ids, user_features)
+    codes, offset = [], 1
+    for name, values in zip(USER_FIELDS, vocabulary.user_values, strict=True):
+        field = pd.Categorical(users[name], categories=list(values)).codes.astype("int64")
+        codes.append(np.where(field >= 0, field + offset, 0))
+        offset += len(values)
+    user_codes = np.stack(codes, axis=1) if len(user_ids) else np.zeros((0, len(USER_FIELDS)))
+
+    tags, item_of = _item_tags(item_ids, item_features)
+    tag_codes = pd.Categorical(tags, categories=list(vocabulary.tags)).codes.astype("int64")
+    keep = (tag_codes >= 0) & (item_of >= 0)
+    order = np.argsort(item_of[keep], kind="stable")  # item after item, tags in their order
+    counts = np.bincount(item_of[keep], minlength=len(item_ids))
+    offsets = np.concatenate([[0], np.cumsum(counts)[:-1]]) if len(item_ids) else counts
+    return SideFeatures(vocabulary, torch.from_numpy(user_codes.astype("int64")),
+                        torch.from_numpy(tag_codes[keep][order]),
+                        torch.from_numpy(offsets.astype("int64")))
+
+
+def _user_frame(user_ids: Sequence[str], user_features: Any) -> Any:
+    """A pandas frame of USER_FIELDS, one row per user id (in order), NaN where missing."""
+    frame = user_features.select([layout.USER_ID, *USER_FIELDS]).to_pandas()
+    frame = frame.drop_duplicates(layout.USER_ID).set_index(layout.USER_ID)
+    return frame.reindex(list(user_ids))
+
+
+def _item_tags(item_ids: Sequence[str], item_features: Any) -> tuple[Any, Any]:
+    """(tags, item_idx): every tag of every item row, flat, and the index of its item
+    among `item_ids` (-1 for a row of an item not listed)."""
+    import numpy as np
+    import pandas as pd
+    import pyarrow.compute as pc
+
+    if item_features.num_rows == 0:
+        return np.array([], dtype=object), np.array([], dtype="int64")
+    genres = item_features.column(layout.GENRES).combine_chunks()
+    tags = pc.list_flatten(genres).to_numpy(zero_copy_only=False)
+    parent = pc.list_parent_indices(genres).to_numpy()
+    ids = item_features.column(layout.ITEM_ID).to_pylist()
+    first = ~pd.Index(ids).duplicated()  # one row per item id, as ingest writes it
+    row_item = np.where(first, pd.Index(list(item_ids)).get_indexer(ids), -1)
+    return tags, row_item[parent].astype("int64")
+
+
+def _read_or_empty(paths: layout.LakePaths, name: str, schema: layout.Schema) -> Any:
+    folder = paths.path(name)
+    if not folder.is_dir():
+        return layout.arrow_schema(schema).empty_table()
+    return layout.read_lake_table(folder, schema)
+
+
+def load_side_features(paths: layout.LakePaths, user_ids: Sequence[str],
+                       item_ids: Sequence[str],
+                       vocabulary: FeatureVocabulary | None = None) -> SideFeatures:
+    """The side features of a lake run for `user_ids` / `item_ids` (the users/ and items/
+    ids in index order). Without `vocabulary` (training) it is built from this data, and a
+    run with no side feature at all is an error; with one (serving) missing folders only
+    leave every code missing.
+    """
+    user_features = _read_or_empty(paths, layout.USER_FEATURES, layout.USER_FEATURES_SCHEMA)
+    item_features = _read_or_empty(paths, layout.ITEM_FEATURES, layout.ITEM_FEATURES_SCHEMA)
+    if vocabulary is None:
+        vocabulary = build_vocabulary(user_ids, item_ids, user_features, item_features)
+        if vocabulary.empty:
+            raise SideFeatureError(
+                f"model kind 'hybrid' needs side features, but {paths.path(layout.USER_FEATURES)}"
+                f" and {paths.path(layout.ITEM_FEATURES)} hold none for this run's users and "
+                f"items: dataset {paths.dataset!r} has no users/items files in its source (or "
+                "ingest did not read them); use model.kind neumf for it")
+    elif user_features.num_rows == 0 and item_features.num_rows == 0:
+        log.warning("%s has no side features: users and items the model does not know are "
+                    "scored from its out-of-vocabulary rows alone", paths.base)
+    features = encode(vocabulary, user_ids, item_ids, user_features, item_features)
+    log.info("side features: %d user codes over %d users, %d tags over %d items",
+             vocabulary.n_user_codes - 1, features.n_users, vocabulary.n_tags,
+             features.n_items)
+    return features

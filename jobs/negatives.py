@@ -1,38 +1,67 @@
 """Negative sampling: items a user never touched, drawn reproducibly at any scale.
 
 A pure transform (`sample_negatives`) on the demand per user and every touched pair;
-no session creation, no writes. Draw k of a user is item
-pmod(xxhash64(seed, stream, user_idx, k), n_items): a pure function of its inputs, so
+no session creation, no writes. It counts what is left after each sampling round (to
+decide whether another is needed) and keeps those small leftovers cached. Every draw is
+pmod(xxhash64(seed, stream, user_idx, ...), n_items): a pure function of its inputs, so
 one seed gives the same negatives whatever the parallelism or the partitioning.
+
+How it scales (ML-20M: 80M training negatives against 20M touched pairs). The demand
+and the touched pairs are hash-partitioned by user into the same partitions, and the
+draws are made inside the demand's partitions, so a draw meets its user's touched
+items without being shuffled: excluding them is a hash join per partition (with
+`spark.sql.requireAllClusterKeysForCoPartition=false`, which `jobs.spark.get_spark`
+sets; without it Spark shuffles the draws, slower but the same result). Training
+negatives (repeats allowed) are drawn per slot: slot s of a user keeps its first
+untouched draw, so there is no per-user window or sort, and only the ~2% of slots
+whose first draw was touched go to a second round. Evaluation negatives (distinct) are
+gathered per user, in draw order, where they were drawn.
 """
 
 from __future__ import annotations
+
+import logging
+import math
 
 from pyspark.sql import Column, DataFrame, Window
 from pyspark.sql import functions as F
 
 from jobs import layout
 
+log = logging.getLogger(__name__)
+
 MAX_ROUNDS = 4  # sampling rounds before the rest is drawn from the enumerated complement
 OVERSAMPLE = 1.25  # draws per needed negative, on top of the hit rate of untouched items
 SLACK = 8  # extra draws per user and round, for users who need only a few
+# Later training rounds give each slot still empty as many more draws as make it likely
+# filled: P(all touched) <= MISS_PROBABILITY for its user, at most MAX_ATTEMPTS draws
+# (16 reach 1e-6 for a user who touched 42% of the items; ML-20M's heaviest: 35%).
+MISS_PROBABILITY = 1e-6
+MAX_ATTEMPTS = 16
 
 # Working columns (never written). `N_NEEDED` is the demand's column.
 N_NEEDED = "n_needed"
-_SHORT, _UNTOUCHED, _NEXT_DRAW = "_short", "_n_untouched", "_next_draw"
-_DRAW, _RANK, _N_DRAWS, _GOT = "_draw", "_rank", "_n_draws", "_got"
+_SHORT, _UNTOUCHED, _NEXT_DRAW, _TARGET = "_short", "_n_untouched", "_next_draw", "_target"
+_DRAW, _RANK, _N_DRAWS, _SLOT, _ATTEMPTS = "_draw", "_rank", "_n_draws", "_slot", "_attempts"
+_ATTEMPT, _CHOSEN, _TOUCHED = "_attempt", "_chosen", "_touched"
+_ITEMS = "array<int>"
 
 
-def _draw_item(seed: int, stream: int, draw: Column, n_items: int) -> Column:
-    """The item of one draw: a pure function of (seed, stream, user_idx, draw)."""
+def _draw_item(seed: int, stream: int, n_items: int, *draw: Column) -> Column:
+    """The item of one draw: a pure function of (seed, stream, user_idx, *draw)."""
     hashed = F.xxhash64(F.lit(seed).cast("bigint"), F.lit(stream).cast("int"),
-                        F.col(layout.USER_IDX).cast("int"), draw.cast("bigint"))
+                        F.col(layout.USER_IDX).cast("int"), *[d.cast("bigint") for d in draw])
     return F.pmod(hashed, F.lit(n_items).cast("bigint")).cast("int")
 
 
-def _count_users_still_short(state: DataFrame) -> int:
-    """How many users still need negatives: the one action the sampling loop takes."""
-    return state.where(F.col(_SHORT) > 0).count()
+def _untouched(candidates: DataFrame, by_user: DataFrame, how: str = "left_anti") -> DataFrame:
+    """The candidates whose (user_idx, item_idx) is not (left_anti) / is (left_semi) touched.
+
+    A hash join per partition: `by_user` is the touched pairs partitioned like the
+    candidates, and the hash table is built from it (the smaller side per user).
+    """
+    return candidates.join(by_user.hint("shuffle_hash"), [layout.USER_IDX, layout.ITEM_IDX],
+                           how)
 
 
 def sample_negatives(
@@ -50,63 +79,143 @@ def sample_negatives(
     Never an item of `touched` (user_idx, item_idx: every pair the user touched).
     distinct=True: up to n_needed different items per user; a user with fewer untouched
     items gets all of them. distinct=False: exactly n_needed draws, repeats allowed
-    (any user with an untouched item). Draw k of a user is item
-    pmod(xxhash64(seed, stream, user_idx, k), n_items); per round each short user
-    oversamples, touched (and, if distinct, already chosen) items are dropped, and the
-    first needed by draw number are kept. Users still short after `max_rounds`, and
-    users whose untouched items are so few that random draws would mostly miss, take
-    them from their enumerated untouched items in a hashed order instead.
+    (any user with an untouched item). Users whose untouched items are so few that
+    random draws would mostly miss, and users still short after `max_rounds` rounds,
+    take them from their enumerated untouched items in a hashed order instead.
     """
-    n_touched = touched.groupBy(layout.USER_IDX).agg(F.count(F.lit(1)).alias("_n_touched"))
+    n_parts = int(demand.sparkSession.conf.get("spark.sql.shuffle.partitions") or "200")
+    # Cached once partitioned by user, so no later query shuffles them again, and a
+    # later call with the same `touched` finds the cache (Spark matches cached plans).
+    # The same goes for the count per user.
+    by_user = touched.select(layout.USER_IDX, layout.ITEM_IDX).repartition(
+        n_parts, layout.USER_IDX).persist()
+    n_touched = by_user.groupBy(layout.USER_IDX).agg(
+        F.count(F.lit(1)).alias("_n_touched")).persist()
     untouched = F.lit(n_items) - F.coalesce(F.col("_n_touched"), F.lit(0))
     needed = F.col(N_NEEDED).cast("bigint")
     target = F.least(needed, untouched) if distinct else F.when(untouched > 0, needed)
-    state = (demand.join(n_touched, layout.USER_IDX, "left")
+    state = (demand.repartition(n_parts, layout.USER_IDX)
+             .join(F.broadcast(n_touched), layout.USER_IDX, "left")
              .select(layout.USER_IDX, F.coalesce(target, F.lit(0)).cast("bigint").alias(_SHORT),
-                     untouched.cast("bigint").alias(_UNTOUCHED),
-                     F.lit(0).cast("bigint").alias(_NEXT_DRAW))
+                     untouched.cast("bigint").alias(_UNTOUCHED))
              .where(F.col(_SHORT) > 0))
-    few_untouched = F.col(_UNTOUCHED) <= F.col(_SHORT) * (2 if distinct else 1)
+    few_untouched = F.col(_UNTOUCHED) <= F.col(_SHORT) * 2
     to_enumerate = state.where(few_untouched)
-    state = state.where(~few_untouched)
-
-    chosen: DataFrame | None = None
-    for attempt in range(max_rounds):
-        n_draws = (F.ceil(F.col(_SHORT) * (n_items * OVERSAMPLE * 2 ** attempt)
-                          / F.col(_UNTOUCHED)) + SLACK).cast("bigint")
-        round_state = state.where(F.col(_SHORT) > 0).withColumn(_N_DRAWS, n_draws)
-        candidates = (
-            round_state.select(
-                layout.USER_IDX, _SHORT,
-                F.explode(F.sequence(F.col(_NEXT_DRAW),
-                                     F.col(_NEXT_DRAW) + F.col(_N_DRAWS) - 1)).alias(_DRAW))
-            .withColumn(layout.ITEM_IDX, _draw_item(seed, stream, F.col(_DRAW), n_items))
-            .join(touched, [layout.USER_IDX, layout.ITEM_IDX], "left_anti")
-        )
-        if distinct:
-            if chosen is not None:
-                candidates = candidates.join(chosen, [layout.USER_IDX, layout.ITEM_IDX],
-                                             "left_anti")
-            candidates = candidates.groupBy(layout.USER_IDX, layout.ITEM_IDX, _SHORT).agg(
-                F.min(_DRAW).alias(_DRAW))
-        first_drawn = Window.partitionBy(layout.USER_IDX).orderBy(_DRAW)
-        taken = (candidates.withColumn(_RANK, F.row_number().over(first_drawn))
-                 .where(F.col(_RANK) <= F.col(_SHORT))
-                 .select(layout.USER_IDX, layout.ITEM_IDX))
-        chosen = taken if chosen is None else chosen.unionByName(taken)
-        got = taken.groupBy(layout.USER_IDX).agg(F.count(F.lit(1)).alias(_GOT))
-        state = (round_state.join(got, layout.USER_IDX, "left").select(
-            layout.USER_IDX,
-            (F.col(_SHORT) - F.coalesce(F.col(_GOT), F.lit(0))).alias(_SHORT),
-            F.col(_UNTOUCHED),
-            (F.col(_NEXT_DRAW) + F.col(_N_DRAWS)).alias(_NEXT_DRAW)))
-        if _count_users_still_short(state) == 0:
-            break
-
-    to_enumerate = to_enumerate.unionByName(state.where(F.col(_SHORT) > 0))
-    enumerated = _take_untouched(to_enumerate, touched, chosen, n_items=n_items, seed=seed,
-                                 stream=stream, distinct=distinct)
+    n_to_enumerate = _count(to_enumerate, "users with too few untouched items to draw", 0)
+    sample = _sample_distinct
+    chosen, short, n_short = sample(state.where(~few_untouched), by_user, n_items=n_items,
+                                    seed=seed, stream=stream, max_rounds=max_rounds)
+    if chosen is not None and n_to_enumerate == 0 and n_short == 0:
+        return chosen  # the enumeration's plan costs a pass over `touched` even when empty
+    enumerated = _take_untouched(to_enumerate.unionByName(short), touched, chosen,
+                                 n_items=n_items, seed=seed, stream=stream, distinct=distinct)
     return enumerated if chosen is None else chosen.unionByName(enumerated)
+
+
+_Sampled = tuple[DataFrame | None, DataFrame, int | None]
+
+
+def _sample_slots(state: DataFrame, by_user: DataFrame, *, n_items: int, seed: int,
+                  stream: int, max_rounds: int) -> _Sampled:
+    """Training negatives, repeats allowed: (chosen, users still short with _short left,
+    how many slots are left; None: not counted).
+
+    Slot s (0 <= s < n_needed) of a user draws item(seed, stream, user, s, attempt) for
+    attempt 0, 1, ... and keeps the first untouched one. Round 1 is attempt 0 of every
+    slot; it streams into the output and is never stored. The slots it leaves (their
+    draw was touched: ~2% on ML-20M) are kept, and each later round tries the next
+    `_ATTEMPTS` attempts of each at once, enough that one more round is rarely needed.
+    """
+    if max_rounds <= 0:
+        return None, state.select(layout.USER_IDX, _SHORT, _UNTOUCHED), None
+
+    def item(attempt: Column) -> Column:
+        return _draw_item(seed, stream, n_items, F.col(_SLOT), attempt)
+
+    slots = state.select(layout.USER_IDX, _UNTOUCHED, F.explode(
+        F.sequence(F.lit(0).cast("bigint"), F.col(_SHORT) - 1)).alias(_SLOT))
+    first = slots.withColumn(layout.ITEM_IDX, item(F.lit(0).cast("bigint")))
+    rounds = [_untouched(first, by_user).select(layout.USER_IDX, layout.ITEM_IDX)]
+    left = _untouched(first, by_user, "left_semi").select(layout.USER_IDX, _UNTOUCHED,
+                                                          _SLOT).persist()
+    n_left = _count(left, "slots whose draws were all touched", 1)
+    touched_share = F.lit(1.0) - F.col(_UNTOUCHED) / F.lit(float(n_items))
+    attempts = F.least(F.lit(MAX_ATTEMPTS), F.greatest(F.lit(1), F.ceil(
+        F.lit(math.log(MISS_PROBABILITY)) / F.log(touched_share)))).cast("bigint")
+    for round_number in range(2, max_rounds + 1):
+        if n_left == 0:
+            break
+        tries = (left.withColumn(_ATTEMPTS, attempts)
+                 .withColumn(_ATTEMPT, F.explode(F.sequence(
+                     (F.lit(round_number - 2) * F.col(_ATTEMPTS) + 1).cast("bigint"),
+                     (F.lit(round_number - 1) * F.col(_ATTEMPTS)).cast("bigint"))))
+                 .withColumn(layout.ITEM_IDX, item(F.col(_ATTEMPT))))
+        kept = (_untouched(tries, by_user).groupBy(layout.USER_IDX, _SLOT)
+                .agg(F.min_by(layout.ITEM_IDX, F.col(_ATTEMPT)).alias(layout.ITEM_IDX))
+                .persist())
+        rounds.append(kept.select(layout.USER_IDX, layout.ITEM_IDX))
+        left, previous = left.join(kept, [layout.USER_IDX, _SLOT], "left_anti").persist(), left
+        n_left = _count(left, "slots whose draws were all touched", round_number)
+        previous.unpersist()
+    short = left.groupBy(layout.USER_IDX, _UNTOUCHED).agg(F.count(F.lit(1)).alias(_SHORT))
+    chosen = rounds[0]
+    for more in rounds[1:]:
+        chosen = chosen.unionByName(more)
+    return chosen, short.select(layout.USER_IDX, _SHORT, _UNTOUCHED), n_left
+
+
+def _sample_distinct(state: DataFrame, by_user: DataFrame, *, n_items: int, seed: int,
+                     stream: int, max_rounds: int) -> _Sampled:
+    """Evaluation negatives, distinct: (chosen, users still short with _short left, how
+    many; None: not counted).
+
+    Draw k of a user is item(seed, stream, user, k). Per round each short user
+    oversamples; the user's distinct draws that are neither touched nor chosen in an
+    earlier round, in draw order, extend the chosen items up to the target. A user's
+    draws and touched items are arrays in the user's one row (array_except is a hash
+    set per user), so there is no join, no sort and no shuffle of the draws.
+    """
+    if max_rounds <= 0:
+        return None, state.select(layout.USER_IDX, _SHORT, _UNTOUCHED), None
+    # Cached like by_user: both evaluation splits use the same sets.
+    touched_sets = by_user.groupBy(layout.USER_IDX).agg(
+        F.collect_list(layout.ITEM_IDX).alias(_TOUCHED)).persist()
+    users = state.join(touched_sets, layout.USER_IDX, "left").select(
+        layout.USER_IDX, F.col(_SHORT).alias(_TARGET), _UNTOUCHED,
+        F.coalesce(F.col(_TOUCHED), F.array().cast(_ITEMS)).alias(_TOUCHED),
+        F.lit(0).cast("bigint").alias(_NEXT_DRAW), F.array().cast(_ITEMS).alias(_CHOSEN))
+    missing = F.col(_TARGET) - F.size(_CHOSEN)
+    n_short = None
+    previous: DataFrame | None = None
+    for round_number in range(1, max_rounds + 1):
+        n_draws = F.when(missing > 0, F.ceil(
+            missing * (n_items * OVERSAMPLE * 2 ** (round_number - 1)) / F.col(_UNTOUCHED))
+            + SLACK).otherwise(0).cast("bigint")
+        draws = F.transform(
+            F.sequence(F.col(_NEXT_DRAW), F.col(_NEXT_DRAW) + n_draws - 1),
+            lambda k: _draw_item(seed, stream, n_items, k))
+        fresh = F.array_except(draws, F.concat(_TOUCHED, _CHOSEN))
+        users = users.select(
+            layout.USER_IDX, _TARGET, _UNTOUCHED, _TOUCHED,
+            (F.col(_NEXT_DRAW) + n_draws).alias(_NEXT_DRAW),
+            F.when(missing > 0, F.concat(_CHOSEN, F.slice(fresh, 1, missing.cast("int"))))
+            .otherwise(F.col(_CHOSEN)).alias(_CHOSEN)).persist()
+        n_short = _count(users.where(missing > 0), "users short", round_number)
+        if previous is not None:
+            previous.unpersist()
+        previous = users
+        if n_short == 0:
+            break
+    chosen = users.select(layout.USER_IDX, F.explode(_CHOSEN).alias(layout.ITEM_IDX))
+    short = users.where(missing > 0).select(layout.USER_IDX, missing.alias(_SHORT), _UNTOUCHED)
+    return chosen, short, n_short
+
+
+def _count(df: DataFrame, what: str, round_number: int) -> int:
+    """The one action per round: how much is still to draw (round 0: to enumerate)."""
+    n = df.count()
+    log.info("negative sampling round %d: %d %s", round_number, n, what)
+    return n
 
 
 def _take_untouched(
@@ -139,9 +248,12 @@ def _take_untouched(
     if distinct:
         return ranked.where(F.col(_RANK) < F.col(_SHORT)).select(layout.USER_IDX,
                                                                   layout.ITEM_IDX)
-    wanted = (state.select(layout.USER_IDX, _UNTOUCHED,
-                           F.explode(F.sequence(F.lit(0).cast("bigint"), F.col(_SHORT) - 1))
-                           .alias(_DRAW))
-              .select(layout.USER_IDX, F.pmod(F.col(_DRAW), F.col(_UNTOUCHED)).alias(_RANK)))
-    return wanted.join(ranked.select(layout.USER_IDX, layout.ITEM_IDX, _RANK),
-                       [layout.USER_IDX, _RANK]).select(layout.USER_IDX, layout.ITEM_IDX)
+    # Draw j (0 <= j < _short) is the (j mod U)-th item: item r comes _short // U times,
+    # once more if r < _short mod U. (Repeated in place, not joined to the draws: an
+    # inner join on two keys of sides partitioned by user alone trips Spark 4.2's
+    # adaptive execution under requireAllClusterKeysForCoPartition=false.)
+    times = (F.floor(F.col(_SHORT) / F.col(_UNTOUCHED))
+             + F.when(F.col(_RANK) < F.pmod(F.col(_SHORT), F.col(_UNTOUCHED)), 1).otherwise(0))
+    return ranked.where(times > 0).select(
+        layout.USER_IDX, F.explode(F.array_repeat(layout.ITEM_IDX, times.cast("int")))
+        .alias(layout.ITEM_IDX))

@@ -6,22 +6,30 @@ plain `python -m jobs.<stage>` falls back to `local[*]`.
 
 `write_parquet` writes a DataFrame into a folder (normally the temporary path yielded
 by `layout.staged_dir`) so that the same rows give the same bytes under the same file
-names, whatever the parallelism: that is what lets a stage's output checksum
-(`layout.sha256_dir`) stand for its content in the manifest.
+names, whatever the parallelism, the partitioning or the JVM: that is what lets a
+stage's output checksum (`layout.sha256_dir`) stand for its content in the manifest.
+Spark partitions, sorts and writes; pyarrow re-encodes each file.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
-import re
-from collections.abc import Mapping, Sequence
+import shutil
+from collections.abc import Iterable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F
+from pyspark.sql.types import StructType
 
 from jobs.layout import Schema
+
+if TYPE_CHECKING:
+    import pyarrow as pa
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +42,13 @@ _DEFAULT_CONF = {
     "spark.sql.parquet.outputTimestampType": "TIMESTAMP_MICROS",
     # Progress bars garble the task logs that Airflow keeps.
     "spark.ui.showConsoleProgress": "false",
+    # A join on (user_idx, item_idx) of two sides already hash-partitioned by user_idx
+    # alike needs no shuffle: jobs.negatives draws ~100M candidates inside the demand's
+    # partitions and meets the touched pairs there. (Spark's default shuffles both sides
+    # again on both keys, for fear of skew on a subset of the keys.) Under it, Spark 4.2's
+    # adaptive execution fails an *inner* join on several keys whose sides sit in
+    # different numbers of partitions: the jobs' multi-key joins are anti and semi joins.
+    "spark.sql.requireAllClusterKeysForCoPartition": "false",
 }
 # Settings no caller may change: timestamps in the lake are UTC instants.
 _FORCED_CONF = {"spark.sql.session.timeZone": "UTC"}
@@ -87,7 +102,15 @@ def conform(df: DataFrame, schema: Schema) -> DataFrame:
     return df.select(*[F.col(name).cast(dtype).alias(name) for name, dtype in schema])
 
 
-_PART_FILE = re.compile(r"^part-(\d+)-.*?(\.[a-z0-9]+)?\.parquet$")
+# Rows per Parquet row group: pyarrow's default. Row groups are cut at exact multiples
+# of it whatever the batches read, so the cut (and with it every byte) depends only on
+# the rows.
+ROW_GROUP_ROWS = 1 << 20
+COMPRESSION = "snappy"
+PART_NAME = "part-{:05d}." + COMPRESSION + ".parquet"
+SUCCESS_MARKER = "_SUCCESS"
+_SPARK_OUTPUT = ".spark-output"  # Spark's own files, inside the folder until re-encoded
+_REENCODE_THREADS = 4  # pyarrow releases the GIL: files are re-encoded side by side
 
 
 def write_parquet(
@@ -104,7 +127,16 @@ def write_parquet(
     the rows go to `files` files by a hash of `key` (required when files > 1, since a
     round-robin split depends on the input's partitioning): a given key always lands in
     the same file. Each file is sorted by `sort_by`; with one file the sort is global.
-    Part files are renamed `part-00000.parquet`, ... so names carry no job id.
+    Files are named `part-00000.snappy.parquet`, ... in partition order (no job ids),
+    then `_SUCCESS`; a DataFrame without rows gives one file with the schema and no rows.
+
+    Spark partitions, sorts and writes; pyarrow then re-encodes each file, rows in the
+    same order, so the bytes are a function of the rows, their order and the schema
+    alone. Spark's own files are not: parquet-mr lists a column chunk's encodings in
+    HashSet order, which follows identity hash codes and so changes from one JVM to the
+    next. Re-encoding costs the driver one read and one write of the data (~2 s for
+    40M rows of pairs); it needs the folder on a file system the driver sees, as the
+    lake is (a local disk, or the cluster's shared volume).
     """
     if files is not None:
         if files > 1 and key is None:
@@ -116,8 +148,89 @@ def write_parquet(
               else df.repartition(1))
     if sort_by:
         df = df.sortWithinPartitions(*sort_by)
-    df.write.parquet(str(path))
-    _rename_part_files(Path(path))
+    folder = Path(path)
+    if folder.exists():  # as Spark's writer: never into an old folder
+        raise FileExistsError(f"{folder} exists already: write_parquet writes a new folder")
+    spark_output = folder / _SPARK_OUTPUT
+    df.write.parquet(str(spark_output))
+    # Spark names a task's files part-<partition>-<job uuid>-c<n>: name order is
+    # partition order. It writes no file for an empty partition, one if all are empty.
+    parts = sorted(p for p in spark_output.glob("part-*.parquet"))
+    schema = arrow_schema(df.schema)
+    targets = [str(folder / PART_NAME.format(number)) for number in range(len(parts))]
+    with ThreadPoolExecutor(_REENCODE_THREADS) as pool:
+        rows = list(pool.map(functools.partial(_reencode, schema=schema), parts, targets))
+    shutil.rmtree(spark_output)
+    if not any(rows):  # one file, so that the schema can be read back
+        for target in targets:
+            Path(target).unlink(missing_ok=True)
+        _write_table(schema.empty_table(), str(folder / PART_NAME.format(0)))
+    (folder / SUCCESS_MARKER).touch()
+    log.info("wrote %s: %d rows in %d files", folder, sum(rows), max(len(parts), 1))
+
+
+def arrow_schema(schema: StructType) -> pa.Schema:
+    """The Arrow schema a Spark schema is written with: the same types and nullability,
+    int32 as int32 and tinyint as int8, timestamps as UTC microseconds."""
+    from pyspark.sql.pandas.types import to_arrow_schema
+
+    return to_arrow_schema(schema, timezone=_FORCED_CONF["spark.sql.session.timeZone"])
+
+
+def _reencode(part: Path, target: str, *, schema: pa.Schema) -> int:
+    """One file of Spark's, its rows in order, written again by pyarrow; the row count."""
+    import pyarrow.parquet as pq
+
+    return write_batches(pq.ParquetFile(part).iter_batches(batch_size=1 << 16), target,
+                         schema)
+
+
+def _write_table(table: pa.Table, where: str) -> None:
+    import pyarrow.parquet as pq
+
+    with pq.ParquetWriter(where, table.schema, compression=COMPRESSION) as writer:
+        writer.write_table(table, row_group_size=ROW_GROUP_ROWS)
+
+
+def write_batches(batches: Iterable[pa.RecordBatch], where: str, schema: pa.Schema, *,
+                  row_group_rows: int = ROW_GROUP_ROWS) -> int:
+    """Write Arrow batches, in order, as one Parquet file; return the number of rows.
+
+    Row groups hold exactly `row_group_rows` rows (the last one the rest), whatever the
+    batches' sizes, and each is written as one contiguous chunk, so the bytes depend on
+    the rows alone. Nothing is written when there are no rows. The batches are cast to
+    `schema` (a file of Spark's may say INT96 or large_string where the lake says
+    otherwise).
+    """
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    writer: pq.ParquetWriter | None = None
+    pending: list[pa.RecordBatch] = []
+    pending_rows = rows = 0
+
+    def flush(table: pa.Table) -> None:
+        nonlocal writer, rows
+        if writer is None:
+            writer = pq.ParquetWriter(where, schema, compression=COMPRESSION)
+        writer.write_table(table.cast(schema).combine_chunks(), row_group_size=row_group_rows)
+        rows += table.num_rows
+
+    try:
+        for batch in batches:
+            pending.append(batch)
+            pending_rows += batch.num_rows
+            while pending_rows >= row_group_rows:
+                table = pa.Table.from_batches(pending)
+                flush(table.slice(0, row_group_rows))
+                pending = table.slice(row_group_rows).to_batches()
+                pending_rows -= row_group_rows
+        if pending_rows:
+            flush(pa.Table.from_batches(pending))
+    finally:
+        if writer is not None:
+            writer.close()
+    return rows
 
 
 def read_parquet(spark: SparkSession, folder: Path) -> DataFrame:
@@ -130,14 +243,3 @@ def read_parquet(spark: SparkSession, folder: Path) -> DataFrame:
     if not parts:
         raise FileNotFoundError(f"{folder} holds no Parquet files")
     return spark.read.parquet(*parts)
-
-
-def _rename_part_files(folder: Path) -> None:
-    for crc in folder.glob(".*.crc"):
-        crc.unlink()
-    parts = sorted((p for p in folder.iterdir() if _PART_FILE.match(p.name)),
-                   key=lambda p: p.name)
-    for number, part in enumerate(parts):
-        match = _PART_FILE.match(part.name)
-        codec = match.group(2) if match and match.group(2) else ""
-        part.rename(folder / f"part-{number:05d}{codec}.parquet")

@@ -1,4 +1,5 @@
-"""Shared fixtures: one local SparkSession for the session, the shared data folder."""
+"""Shared fixtures: one local SparkSession for the session, the shared data folder, a
+throw-away MLflow store."""
 
 from __future__ import annotations
 
@@ -54,3 +55,11 @@ def shared_data() -> Path:
         pytest.skip(f"real-data test: {folder} has no ml-100k/u.data "
                     "(set NCF_SHARED_DATA to the shared data folder)")
     return folder
+
+
+@pytest.fixture
+def mlflow_store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
+    """A fresh local SQLite MLflow store for one test (MLFLOW_TRACKING_URI points at it)."""
+    uri = f"sqlite:///{tmp_path / 'mlflow' / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    return uri

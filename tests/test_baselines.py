@@ -126,11 +126,6 @@ def _config(tmp_path: Path, **baselines_section: object) -> Path:
     return path
 
 
-@pytest.fixture
-def mlflow_store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
-    uri = f"sqlite:///{tmp_path / 'mlflow' / 'mlflow.db'}"
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
-    return uri
 
 
 def _main(stage: str, config: Path, paths: layout.LakePaths) -> int:

@@ -82,11 +82,6 @@ def _config(tmp_path: Path, min_hr: float, name: str = "tiny", train: dict | Non
     return path
 
 
-@pytest.fixture
-def mlflow_store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
-    uri = f"sqlite:///{tmp_path / 'mlflow' / 'mlflow.db'}"
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
-    return uri
 
 
 def _run(stage: str, config: Path, lake: Path, capsys: pytest.CaptureFixture[str], *,

@@ -12,13 +12,6 @@ from ncf_model import tracking
 from ncf_model.models import GMF, PairScorer
 
 
-@pytest.fixture
-def mlflow_store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
-    uri = f"sqlite:///{tmp_path / 'mlflow' / 'mlflow.db'}"
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
-    return uri
-
-
 def test_logged_model_has_a_signature_an_input_example_and_loads_back(
         mlflow_store: str) -> None:
     import mlflow

@@ -77,6 +77,10 @@ rollback: venv ## serve the previous published run again: make rollback [DATASET
 bench: venv ## training throughput vs a per-sample DataLoader (prints figures, asserts nothing)
 	$(PY) bench/train.py
 
+.PHONY: bench-prep
+bench-prep: venv ## ingest + prepare of a synthetic ML-20M, Spark vs pandas (ARGS="--baseline-users 0.25")
+	$(PY) bench/prep.py $(ARGS)
+
 clean: ## remove the local lake, MLflow store, table and Airflow home (keeps .venv)
 	rm -rf data/lake data/mlflow data/recommendations.db $(AIRFLOW_HOME)
 

@@ -315,8 +315,9 @@ def report(spark: dict[str, tuple[float, int]] | None,
         print(f"  pandas rows: {details['rows']}" + (" (of the sampled users)"
                                                       if fraction < 1 else ""))
         if spark_total:
-            print(f"\npandas / spark wall: {total / spark_total:.1f}x"
-                  + (" (pandas extrapolated)" if fraction < 1 else ""))
+            print(f"\nwall time, spark / pandas: {spark_total / total:.2f}x "
+                  f"(pandas / spark: {total / spark_total:.2f}x)"
+                  + (", pandas extrapolated" if fraction < 1 else ""))
     print(f"load average now: {load()} on {os.cpu_count()} cores")
 
 

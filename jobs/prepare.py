@@ -231,23 +231,25 @@ def write_outputs(events: DataFrame, positives: DataFrame, paths: layout.LakePat
             return (df.join(users, layout.USER_ID).join(items, layout.ITEM_ID)
                     .drop(layout.USER_ID, layout.ITEM_ID))
 
-        # Each sampling round and each write reads these again: compute them once.
+        # Not persisted here: jobs.negatives caches it once, partitioned by user, and its
+        # three calls share that cache (persisting it here too held it twice).
         touched = events.select(layout.USER_ID, layout.ITEM_ID).distinct().transform(indexed)
         unscorable = given_test = None
         if presplit_test is None:
             split_positives, unscorable, split_info = _split(
                 positives, positives.transform(indexed), cfg)
-            kept = [touched, *split_positives]
+            kept = list(split_positives)
         else:
             given_test = presplit_test.transform(indexed)
             test_pairs = given_test.where(F.col(layout.LABEL) == 1)
-            kept = [touched, *split_presplit(positives.transform(indexed), test_pairs,
-                                             seed=cfg.seed), test_pairs]
+            kept = [*split_presplit(positives.transform(indexed), test_pairs, seed=cfg.seed),
+                    test_pairs]
             split_info = {"method": "presplit"}
+        # Each sampling round and each write reads the split's positives again: once.
         for df in kept:
             df.persist()
             stack.callback(df.unpersist)
-        touched, train_positives, validation_positives, test_positives = kept
+        train_positives, validation_positives, test_positives = kept
         pairs = build_pairs(train_positives, validation_positives, test_positives, touched,
                             n_items=n_items, cfg=cfg, presplit_test=given_test)
         written = {}

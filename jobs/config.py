@@ -333,7 +333,7 @@ class SplitConfig:
 class PrepareConfig:
     """What prepare keeps (cutoff, binarisation, sample, k-core), the split, the negatives."""
 
-    # Only events before --as-of (default: the end of the logical date's day, UTC) are
+    # Only events before --as-of (default: the logical date, 00:00 UTC) are
     # used, so a backfill sees what was known then. Events without a timestamp are kept.
     as_of_cutoff: bool = True
     binarise: BinariseConfig = dataclasses.field(default_factory=BinariseConfig)

@@ -147,6 +147,14 @@ class Selection:
     def unpersist(self) -> None:
         self.positives.unpersist()
 
+    def indexed(self, n_users: int, n_items: int) -> dict[str, Any]:
+        """`counts` with the users and items after binarise that `select_positives` left
+        to the caller (distinct_later): those of the index of these very positives."""
+        counts = dict(self.counts)
+        if counts["users_after_binarise"] is None:
+            counts["users_after_binarise"], counts["items_after_binarise"] = n_users, n_items
+        return counts
+
 
 def _tally(positives: DataFrame) -> tuple[int, int, int]:
     """(positives, users, items) in one pass."""
@@ -157,11 +165,14 @@ def _tally(positives: DataFrame) -> tuple[int, int, int]:
 
 
 def select_positives(interactions: DataFrame, cfg: PrepareConfig, *,
-                     as_of: datetime | None) -> Selection:
+                     as_of: datetime | None, distinct_later: bool = False) -> Selection:
     """Cutoff, binarise, sample, k-core in that order, counting what each step kept.
 
     `as_of` None: no cutoff (prepare.as_of_cutoff false). Runs a handful of counting
-    passes: the manifest's record of where the positives went.
+    passes: the manifest's record of where the positives went. distinct_later: when
+    no user sample and no k-core leave out anything, the users and items after
+    binarise are left None (counting distinct raw ids is a pass of its own) for the
+    caller to fill in from its index of the same positives (`Selection.indexed`).
     """
     ts = F.col(layout.TS)
     late = F.lit(False) if as_of is None else ts >= F.lit(as_of)
@@ -173,7 +184,14 @@ def select_positives(interactions: DataFrame, cfg: PrepareConfig, *,
 
     binarised = events.transform(binarise, rule=cfg.binarise.rule,
                                  threshold=cfg.binarise.threshold).persist()
-    n_binarised, users_binarised, items_binarised = _tally(binarised)
+    unfiltered = (cfg.user_fraction == 1.0 and cfg.min_user_positives <= 1
+                  and cfg.min_item_positives <= 1)
+    users_binarised: int | None
+    items_binarised: int | None
+    if distinct_later and unfiltered:
+        n_binarised, users_binarised, items_binarised = binarised.count(), None, None
+    else:
+        n_binarised, users_binarised, items_binarised = _tally(binarised)
     sampled = binarised.transform(sample_users, fraction=cfg.user_fraction, seed=cfg.seed)
     users_sampled, items_sampled = users_binarised, items_binarised
     if cfg.user_fraction < 1.0:
@@ -195,12 +213,20 @@ def select_positives(interactions: DataFrame, cfg: PrepareConfig, *,
         "positives_after_binarise": n_binarised,
         "users_after_binarise": users_binarised,
         "items_after_binarise": items_binarised,
-        "users_dropped_by_sampling": users_binarised - users_sampled,
-        "items_dropped_by_sampling": items_binarised - items_sampled,
-        "users_dropped_by_k_core": users_sampled - n_users,
-        "items_dropped_by_k_core": items_sampled - n_items,
+        "users_dropped_by_sampling": 0,
+        "items_dropped_by_sampling": 0,
+        "users_dropped_by_k_core": 0,
+        "items_dropped_by_k_core": 0,
         "k_core_iterations": core.iterations,
         "k_core_converged": core.converged,
         "positives_selected": n_positives,
     }
+    if not unfiltered:
+        assert None not in (users_binarised, items_binarised, users_sampled, items_sampled,
+                            n_users, n_items)
+        counts.update({
+            "users_dropped_by_sampling": users_binarised - users_sampled,  # type: ignore[operator]
+            "items_dropped_by_sampling": items_binarised - items_sampled,  # type: ignore[operator]
+            "users_dropped_by_k_core": users_sampled - n_users,  # type: ignore[operator]
+            "items_dropped_by_k_core": items_sampled - n_items})  # type: ignore[operator]
     return Selection(events, positives, counts)

@@ -62,6 +62,7 @@ class _Reading:
     expected: dict[str, str] = dataclasses.field(default_factory=dict)
     rejects: list[DataFrame] = dataclasses.field(default_factory=list)
     kept_lines: dict[str, int] = dataclasses.field(default_factory=dict)  # files without a folder
+    cached: list[DataFrame] = dataclasses.field(default_factory=list)  # parsed, persisted
 
     def lines(self, role: str, line_format: readers.LineFormat) -> DataFrame:
         """The decoded data lines of the file of `role` (its bad encodings to rejects)."""
@@ -94,7 +95,8 @@ def _parse_source(reading: _Reading,
     files = reading.files
     events = functools.reduce(DataFrame.unionByName, [
         reading.kept(readers.parse_interactions(reading.lines(role, spec.line), spec,
-                                                min_value=cfg.min_value, max_value=cfg.max_value))
+                                                min_value=cfg.min_value, max_value=cfg.max_value,
+                                                cache=reading.cached))
         for role, spec in fmt.interactions.items()])
     tables = {layout.INTERACTIONS: (readers.collapse_duplicates(events, combine=fmt.combine),
                                     tuple(fmt.interactions))}
@@ -149,6 +151,7 @@ def write_outputs(spark: SparkSession, files: Mapping[str, Path], source: Source
     reading = _Reading(spark, files, source)
     tables = _parse_source(reading, cfg)
     with contextlib.ExitStack() as stack:
+        stack.callback(lambda: [df.unpersist() for df in reading.cached])
         staged = {name: stack.enter_context(layout.staged_dir(paths.path(name)))
                   for name in (*tables, layout.REJECTS)}
         write_parquet(functools.reduce(DataFrame.unionByName, reading.rejects),

@@ -7,21 +7,18 @@ pmod(xxhash64(seed, stream, user_idx, ...), n_items): a pure function of its inp
 one seed gives the same negatives whatever the parallelism or the partitioning.
 
 How it scales (ML-20M: 80M training negatives against 20M touched pairs). The demand
-and the touched pairs are hash-partitioned by user into the same partitions, and the
-draws are made inside the demand's partitions, so a draw meets its user's touched
-items without being shuffled: excluding them is a hash join per partition (with
-`spark.sql.requireAllClusterKeysForCoPartition=false`, which `jobs.spark.get_spark`
-sets; without it Spark shuffles the draws, slower but the same result). Training
-negatives (repeats allowed) are drawn per slot: slot s of a user keeps its first
-untouched draw, so there is no per-user window or sort, and only the ~2% of slots
-whose first draw was touched go to a second round. Evaluation negatives (distinct) are
-gathered per user, in draw order, where they were drawn.
+and the touched pairs are hash-partitioned by user into the same partitions, and each
+user's touched items and draws are arrays in the user's one row: excluding the touched
+items is a hash set per user (`array_except`), with no join, no sort and no shuffle of
+the draws. Every user's negatives are distinct (drawn without replacement), training
+and evaluation alike; only a user who needs more negatives than it has untouched items
+gets repeats (training: its untouched items in turn), and one who needs nearly all of
+them takes them from the enumerated complement instead of drawing.
 """
 
 from __future__ import annotations
 
 import logging
-import math
 
 from pyspark.sql import Column, DataFrame, Window
 from pyspark.sql import functions as F
@@ -33,17 +30,11 @@ log = logging.getLogger(__name__)
 MAX_ROUNDS = 4  # sampling rounds before the rest is drawn from the enumerated complement
 OVERSAMPLE = 1.25  # draws per needed negative, on top of the hit rate of untouched items
 SLACK = 8  # extra draws per user and round, for users who need only a few
-# Later training rounds give each slot still empty as many more draws as make it likely
-# filled: P(all touched) <= MISS_PROBABILITY for its user, at most MAX_ATTEMPTS draws
-# (16 reach 1e-6 for a user who touched 42% of the items; ML-20M's heaviest: 35%).
-MISS_PROBABILITY = 1e-6
-MAX_ATTEMPTS = 16
 
 # Working columns (never written). `N_NEEDED` is the demand's column.
 N_NEEDED = "n_needed"
 _SHORT, _UNTOUCHED, _NEXT_DRAW, _TARGET = "_short", "_n_untouched", "_next_draw", "_target"
-_DRAW, _RANK, _N_DRAWS, _SLOT, _ATTEMPTS = "_draw", "_rank", "_n_draws", "_slot", "_attempts"
-_ATTEMPT, _CHOSEN, _TOUCHED = "_attempt", "_chosen", "_touched"
+_RANK, _CHOSEN, _TOUCHED = "_rank", "_chosen", "_touched"
 _ITEMS = "array<int>"
 
 
@@ -76,12 +67,13 @@ def sample_negatives(
 ) -> DataFrame:
     """Negatives (user_idx, item_idx) for each user of `demand` (user_idx, n_needed).
 
-    Never an item of `touched` (user_idx, item_idx: every pair the user touched).
-    distinct=True: up to n_needed different items per user; a user with fewer untouched
-    items gets all of them. distinct=False: exactly n_needed draws, repeats allowed
-    (any user with an untouched item). Users whose untouched items are so few that
-    random draws would mostly miss, and users still short after `max_rounds` rounds,
-    take them from their enumerated untouched items in a hashed order instead.
+    Never an item of `touched` (user_idx, item_idx: every pair the user touched), and
+    distinct within a user. distinct=True: up to n_needed items per user; a user with
+    fewer untouched items gets all of them. distinct=False (training): exactly n_needed
+    for any user with an untouched item, repeating its untouched items in turn only when
+    it has fewer than n_needed. Users whose untouched items are so few that random draws
+    would mostly miss, and users still short after `max_rounds` rounds, take them from
+    their enumerated untouched items in a hashed order instead.
     """
     n_parts = int(demand.sparkSession.conf.get("spark.sql.shuffle.partitions") or "200")
     # Cached once partitioned by user, so no later query shuffles them again, and a
@@ -102,9 +94,9 @@ def sample_negatives(
     few_untouched = F.col(_UNTOUCHED) <= F.col(_SHORT) * 2
     to_enumerate = state.where(few_untouched)
     n_to_enumerate = _count(to_enumerate, "users with too few untouched items to draw", 0)
-    sample = _sample_distinct
-    chosen, short, n_short = sample(state.where(~few_untouched), by_user, n_items=n_items,
-                                    seed=seed, stream=stream, max_rounds=max_rounds)
+    chosen, short, n_short = _sample_distinct(state.where(~few_untouched), by_user,
+                                              n_items=n_items, seed=seed, stream=stream,
+                                              max_rounds=max_rounds)
     if chosen is not None and n_to_enumerate == 0 and n_short == 0:
         return chosen  # the enumeration's plan costs a pass over `touched` even when empty
     enumerated = _take_untouched(to_enumerate.unionByName(short), touched, chosen,
@@ -113,55 +105,6 @@ def sample_negatives(
 
 
 _Sampled = tuple[DataFrame | None, DataFrame, int | None]
-
-
-def _sample_slots(state: DataFrame, by_user: DataFrame, *, n_items: int, seed: int,
-                  stream: int, max_rounds: int) -> _Sampled:
-    """Training negatives, repeats allowed: (chosen, users still short with _short left,
-    how many slots are left; None: not counted).
-
-    Slot s (0 <= s < n_needed) of a user draws item(seed, stream, user, s, attempt) for
-    attempt 0, 1, ... and keeps the first untouched one. Round 1 is attempt 0 of every
-    slot; it streams into the output and is never stored. The slots it leaves (their
-    draw was touched: ~2% on ML-20M) are kept, and each later round tries the next
-    `_ATTEMPTS` attempts of each at once, enough that one more round is rarely needed.
-    """
-    if max_rounds <= 0:
-        return None, state.select(layout.USER_IDX, _SHORT, _UNTOUCHED), None
-
-    def item(attempt: Column) -> Column:
-        return _draw_item(seed, stream, n_items, F.col(_SLOT), attempt)
-
-    slots = state.select(layout.USER_IDX, _UNTOUCHED, F.explode(
-        F.sequence(F.lit(0).cast("bigint"), F.col(_SHORT) - 1)).alias(_SLOT))
-    first = slots.withColumn(layout.ITEM_IDX, item(F.lit(0).cast("bigint")))
-    rounds = [_untouched(first, by_user).select(layout.USER_IDX, layout.ITEM_IDX)]
-    left = _untouched(first, by_user, "left_semi").select(layout.USER_IDX, _UNTOUCHED,
-                                                          _SLOT).persist()
-    n_left = _count(left, "slots whose draws were all touched", 1)
-    touched_share = F.lit(1.0) - F.col(_UNTOUCHED) / F.lit(float(n_items))
-    attempts = F.least(F.lit(MAX_ATTEMPTS), F.greatest(F.lit(1), F.ceil(
-        F.lit(math.log(MISS_PROBABILITY)) / F.log(touched_share)))).cast("bigint")
-    for round_number in range(2, max_rounds + 1):
-        if n_left == 0:
-            break
-        tries = (left.withColumn(_ATTEMPTS, attempts)
-                 .withColumn(_ATTEMPT, F.explode(F.sequence(
-                     (F.lit(round_number - 2) * F.col(_ATTEMPTS) + 1).cast("bigint"),
-                     (F.lit(round_number - 1) * F.col(_ATTEMPTS)).cast("bigint"))))
-                 .withColumn(layout.ITEM_IDX, item(F.col(_ATTEMPT))))
-        kept = (_untouched(tries, by_user).groupBy(layout.USER_IDX, _SLOT)
-                .agg(F.min_by(layout.ITEM_IDX, F.col(_ATTEMPT)).alias(layout.ITEM_IDX))
-                .persist())
-        rounds.append(kept.select(layout.USER_IDX, layout.ITEM_IDX))
-        left, previous = left.join(kept, [layout.USER_IDX, _SLOT], "left_anti").persist(), left
-        n_left = _count(left, "slots whose draws were all touched", round_number)
-        previous.unpersist()
-    short = left.groupBy(layout.USER_IDX, _UNTOUCHED).agg(F.count(F.lit(1)).alias(_SHORT))
-    chosen = rounds[0]
-    for more in rounds[1:]:
-        chosen = chosen.unionByName(more)
-    return chosen, short.select(layout.USER_IDX, _SHORT, _UNTOUCHED), n_left
 
 
 def _sample_distinct(state: DataFrame, by_user: DataFrame, *, n_items: int, seed: int,

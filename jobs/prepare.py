@@ -12,8 +12,9 @@ Run:
     spark-submit jobs/prepare.py --config configs/ml-100k.yaml --logical-date 2026-11-23 \
         [--as-of 2026-11-24T00:00:00+00:00]
 
-Steps (jobs/filters.py): only events before the as-of time (default: the end of the
-logical date's day, UTC) so that a backfill sees what was known then; binarise by the
+Steps (jobs/filters.py): only events before the as-of time (default: the logical date,
+00:00 UTC: the end of its data interval under the DAG's @daily schedule) so that a
+backfill sees what was known then; binarise by the
 configured rule; a seeded sample of users; a k-core. Then dense ids and the split
 (jobs/split.py): leave_one_out, the NCF paper's protocol (each user's latest positive is
 the test item, the second latest the validation item, the rest train; users with fewer
@@ -183,6 +184,22 @@ def _split(positives: DataFrame, indexed: DataFrame, cfg: PrepareConfig,
     return [train, validation, test], unscorable, info
 
 
+def _touched(events: DataFrame, split_positives: list[DataFrame], rule: str,
+             indexed: Any) -> DataFrame:
+    """Every (user_idx, item_idx) pair a user touched, among the indexed users and items.
+
+    With binarise rule `any` every pair of the events is a positive, and the user sample
+    and the k-core drop whole users and items, so the touched pairs of indexed users and
+    items are exactly the split's positives (already indexed and cached): no second
+    distinct over the events' raw-id pairs. Other rules leave pairs out of the
+    positives (a low rating is still touched): those come from the events.
+    """
+    if rule == "any":
+        return functools.reduce(DataFrame.unionByName, [
+            df.select(layout.USER_IDX, layout.ITEM_IDX) for df in split_positives])
+    return events.select(layout.USER_ID, layout.ITEM_ID).distinct().transform(indexed)
+
+
 def _per_user(test: DataFrame) -> dict[str, Any]:
     """Test users and test positives per user (min/mean/max) of the written test/."""
     row = (test.where(F.col(layout.LABEL) == 1).groupBy(layout.USER_IDX).count()
@@ -231,9 +248,6 @@ def write_outputs(events: DataFrame, positives: DataFrame, paths: layout.LakePat
             return (df.join(users, layout.USER_ID).join(items, layout.ITEM_ID)
                     .drop(layout.USER_ID, layout.ITEM_ID))
 
-        # Not persisted here: jobs.negatives caches it once, partitioned by user, and its
-        # three calls share that cache (persisting it here too held it twice).
-        touched = events.select(layout.USER_ID, layout.ITEM_ID).distinct().transform(indexed)
         unscorable = given_test = None
         if presplit_test is None:
             split_positives, unscorable, split_info = _split(
@@ -250,6 +264,9 @@ def write_outputs(events: DataFrame, positives: DataFrame, paths: layout.LakePat
             df.persist()
             stack.callback(df.unpersist)
         train_positives, validation_positives, test_positives = kept
+        # Not persisted here: jobs.negatives caches it once, partitioned by user, and its
+        # three calls share that cache (persisting it here too held it twice).
+        touched = _touched(events, kept, cfg.binarise.rule, indexed)
         pairs = build_pairs(train_positives, validation_positives, test_positives, touched,
                             n_items=n_items, cfg=cfg, presplit_test=given_test)
         written = {}
@@ -299,9 +316,11 @@ def _as_of_arg(text: str) -> datetime:
 
 
 def default_as_of(logical_date: str) -> datetime:
-    """The end of the logical date's daily data interval: the next day, 00:00 UTC."""
-    return datetime.combine(date.fromisoformat(logical_date) + timedelta(days=1), time(),
-                            tzinfo=UTC)
+    """The end of the logical date's data interval under the DAG's schedule: the logical
+    date, 00:00 UTC. Airflow 3's "@daily" is a CronTriggerTimetable, whose data interval
+    ends where it starts, at the run's logical date; the DAG passes exactly that
+    (`{{ data_interval_end | ts }}`), so a stage run by hand sees what the DAG run saw."""
+    return datetime.combine(date.fromisoformat(logical_date), time(), tzinfo=UTC)
 
 
 def _check_config(cfg: PrepareConfig, source_format: str) -> None:
@@ -325,7 +344,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = stage_parser(__doc__)
     parser.add_argument("--as-of", type=_as_of_arg, default=None,
                         help="use only events before this time (ISO 8601, UTC unless it "
-                             "says otherwise; default: the day after --logical-date, 00:00 UTC)")
+                             "says otherwise; default: --logical-date 00:00 UTC, the end of "
+                             "its data interval under the DAG's @daily schedule)")
     args = parser.parse_args(argv)
     configure_logging()
     cfg = load_stage_config(args.config)
@@ -349,7 +369,10 @@ def main(argv: list[str] | None = None) -> int:
         _check_input(folder)
         presplit_test = spark.read.schema(layout.ddl(layout.PRESPLIT_TEST_SCHEMA)).parquet(
             str(folder))
-    selection = select_positives(interactions, cfg.prepare, as_of=as_of)
+    # Without a source test split, users/ and items/ index exactly the positives: their
+    # counts are the distinct users and items after binarise when nothing was sampled.
+    selection = select_positives(interactions, cfg.prepare, as_of=as_of,
+                                 distinct_later=presplit_test is None)
     try:
         steps = selection.counts
         log.info("prepare %s %s: as of %s: %s", cfg.dataset, args.logical_date, as_of, steps)
@@ -362,6 +385,7 @@ def main(argv: list[str] | None = None) -> int:
                                "use leave_one_out or stratified")
         counts = write_outputs(selection.events, selection.positives, paths, cfg.prepare,
                                presplit_test=presplit_test)
+        steps = selection.indexed(counts["n_users"], counts["n_items"])
     finally:
         selection.unpersist()
     events_used = steps["events_in"] - steps["events_dropped_after_as_of"]

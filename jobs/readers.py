@@ -208,7 +208,7 @@ def is_header(line: Column, header: str | None) -> Column:
     """True on the header line (a trailing carriage return ignored)."""
     if header is None:
         return F.lit(False)
-    return F.regexp_replace(line, "\r$", "") == F.lit(header)
+    return line.isin(header, header + "\r")  # no regex per line: most lines are data
 
 
 def decode_lines(raw: DataFrame, *, encoding: str,
@@ -235,10 +235,17 @@ def _no_rejects(like: DataFrame) -> DataFrame:
     return like.sparkSession.createDataFrame([], layout.ddl(layout.REJECTS_SCHEMA))
 
 
+_REGEX_META = set(".$|()[]{}^?*+\\")
+
+
 def _split(lines: DataFrame, fmt: LineFormat) -> DataFrame:
     """Adds `_fields`: the line (carriage return dropped) split on the separator."""
-    line = F.regexp_replace(F.col(layout.LINE), "\r$", "")
-    sep = "\\Q" + fmt.sep + "\\E"
+    line = F.col(layout.LINE)
+    line = F.when(line.endswith("\r"), F.expr(f"substring({layout.LINE}, 1, "
+                                               f"length({layout.LINE}) - 1)")).otherwise(line)
+    # A single plain character is split on without the regex engine (Spark's fast path).
+    sep = fmt.sep if len(fmt.sep) == 1 and fmt.sep not in _REGEX_META else (
+        "\\Q" + fmt.sep + "\\E")
     fields = F.split(line, sep, -1)
     if fmt.quoted:
         # Split only on separators outside quotes, then unquote ("" is an escaped quote).
@@ -264,14 +271,24 @@ def _wrong_count(fmt: LineFormat) -> Column:
 
 
 def _parse(lines: DataFrame, fmt: LineFormat, checks: Sequence[tuple[Column, str]],
-           columns: dict[str, Column]) -> tuple[DataFrame, DataFrame]:
-    """Split lines, reject by the first failing check, keep `columns` of the rest."""
+           columns: dict[str, Column], *,
+           cache: list[DataFrame] | None = None) -> tuple[DataFrame, DataFrame]:
+    """Split lines, reject by the first failing check, keep `columns` of the rest.
+
+    cache: the parsed lines are persisted and appended to it (the caller unpersists
+    them), so that writing the rejects and the rows parses the file once, not twice.
+    Only rejected lines keep their text there.
+    """
     reason = F.when(_wrong_count(fmt), F.lit(layout.REASON_FIELD_COUNT))
     for failed, why in checks:
         reason = reason.when(failed, F.lit(why))
     parsed = _split(lines, fmt).select(
         layout.SOURCE_FILE, layout.LINE, reason.alias(layout.REASON),
         *[column.alias(name) for name, column in columns.items()])
+    if cache is not None:
+        parsed = parsed.withColumn(layout.LINE, F.when(F.col(layout.REASON).isNotNull(),
+                                                       F.col(layout.LINE))).persist()
+        cache.append(parsed)
     kept = parsed.where(F.col(layout.REASON).isNull()).select(*columns)
     rejects = conform(parsed.where(F.col(layout.REASON).isNotNull()), layout.REJECTS_SCHEMA)
     return kept, rejects
@@ -297,9 +314,11 @@ def parse_interactions(
     *,
     min_value: float | None,
     max_value: float | None,
+    cache: list[DataFrame] | None = None,
 ) -> tuple[DataFrame, DataFrame]:
     """(interactions, rejects): layout.INTERACTIONS_SCHEMA plus `title` (the artist name
-    of last.fm lines, else null), and the rejected lines with their reason."""
+    of last.fm lines, else null), and the rejected lines with their reason. cache: see
+    `_parse` (the parsed lines are persisted there)."""
     user_id = _field(fmt.user)
     item_id = _field(fmt.item)
     title = F.lit(None).cast("string")
@@ -330,7 +349,7 @@ def parse_interactions(
     checks.append((below | above, layout.REASON_OUT_OF_RANGE))
     return _parse(lines, fmt.line, checks, {
         layout.USER_ID: user_id, layout.ITEM_ID: item_id, layout.TS: ts,
-        layout.VALUE: value, layout.TITLE: title})
+        layout.VALUE: value, layout.TITLE: title}, cache=cache)
 
 
 def collapse_duplicates(interactions: DataFrame, *, combine: str) -> DataFrame:

@@ -63,6 +63,18 @@ def test_dagbag_imports_one_dag_per_config(monkeypatch: pytest.MonkeyPatch) -> N
     # prepare cuts events at the run's data interval end: a backfill sees what was known.
     prepare_args = dag.get_task("prepare").application_args  # type: ignore[attr-defined]
     assert prepare_args[-2:] == ["--as-of", "{{ data_interval_end | ts }}"]
+    # ... and that is prepare's own default for the logical date (a run by hand cuts the
+    # same): Airflow 3's @daily is a CronTriggerTimetable, its interval ends at the date.
+    from airflow.serialization.encoders import coerce_to_core_timetable
+    from airflow.timetables.trigger import CronTriggerTimetable
+    from pendulum import datetime as pendulum_datetime
+
+    from jobs.prepare import default_as_of
+
+    timetable = coerce_to_core_timetable(dag.timetable)  # as dag.test() and the scheduler
+    assert isinstance(timetable, CronTriggerTimetable)
+    interval = timetable.infer_manual_data_interval(run_after=pendulum_datetime(2026, 11, 23))
+    assert interval.end == default_as_of("2026-11-23")
     check_topk = dag.get_task("validate_recommendations")
     assert check_topk.bash_command.endswith("--stage recommendations")  # type: ignore[attr-defined]
     ingest = dag.get_task("ingest")

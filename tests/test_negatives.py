@@ -57,7 +57,7 @@ def test_eval_negatives_distinct_untouched_all_of_them_when_short(
 
 
 @pytest.mark.parametrize("max_rounds", [negatives.MAX_ROUNDS, 0])
-def test_train_negatives_exact_counts_repeats_allowed(
+def test_train_negatives_exact_counts_distinct_until_short(
         spark: SparkSession, touched: DataFrame, max_rounds: int) -> None:
     got = _negatives(spark, touched, {0: 30, 1: 5, 2: 3, 3: 4}, distinct=False,
                      max_rounds=max_rounds)
@@ -65,6 +65,9 @@ def test_train_negatives_exact_counts_repeats_allowed(
     for user, items in got.items():
         assert not set(items) & TOUCHED[user], user
     assert set(got[1]) == {18, 19}  # cycles through what is left
+    assert len(set(got[2])) == 3  # enough untouched items: drawn without replacement
+    # 30 needed of 15 untouched: each of them twice, no more
+    assert sorted(got[0]) == sorted(2 * [i for i in range(N_ITEMS) if i not in TOUCHED[0]])
 
 
 def test_negatives_do_not_depend_on_partitioning(spark: SparkSession,
@@ -86,8 +89,7 @@ def test_negatives_do_not_depend_on_partitioning(spark: SparkSession,
 
 
 # Users who touched most items but not so many that they are enumerated outright: their
-# first draws are mostly touched, so the later rounds (train: more attempts per slot;
-# eval: more draws per user) do the work.
+# first draws are mostly touched, so the later rounds (more draws per user) do the work.
 CROWDED = {10: set(range(12)), 11: set(range(3, 16)), 12: {0}}
 
 
@@ -96,7 +98,7 @@ def crowded(spark: SparkSession) -> DataFrame:
     return _touched_frame(spark, CROWDED)
 
 
-def test_train_slots_left_by_the_first_draw_are_filled_in_later_rounds(
+def test_train_negatives_left_by_the_first_draws_are_filled_in_later_rounds(
         spark: SparkSession, crowded: DataFrame) -> None:
     needs = {10: 7, 11: 6, 12: 15}  # 8, 7 and 19 untouched items: drawn, not enumerated
     results = [_negatives(spark, crowded, needs, distinct=False, max_rounds=rounds)
@@ -106,7 +108,8 @@ def test_train_slots_left_by_the_first_draw_are_filled_in_later_rounds(
         for user, items in got.items():
             assert not set(items) & CROWDED[user], user
             assert all(0 <= item < N_ITEMS for item in items)
-    # A slot keeps its first untouched draw: extra rounds change nothing once all are full.
+            assert len(set(items)) == len(items), user  # without replacement
+    # A user keeps its draws in draw order: extra rounds change nothing once all are full.
     assert {u: sorted(i) for u, i in results[0].items()} == {
         u: sorted(i) for u, i in results[1].items()}
     # One round only: what the first draws leave is enumerated, still exact and untouched.

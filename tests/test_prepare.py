@@ -180,7 +180,7 @@ def test_main_end_to_end(spark: SparkSession,
         binarise=BinariseConfig(rule="rating", threshold=3.0), n_negatives=2,
         n_eval_negatives=5, seed=3, output_partitions=2))
     assert entry["params"]["binarise"] == {"rule": "rating", "threshold": 3.0}
-    assert entry["as_of"] == "2026-11-24T00:00:00+00:00"  # the logical date's end, UTC
+    assert entry["as_of"] == "2026-11-23T00:00:00+00:00"  # the logical date, 00:00 UTC
     assert (entry["timestamps"], entry["split"]["method"], entry["split"]["hold_out"]) == (
         "all", "leave_one_out", "latest")
     assert entry["split"]["test_positives_per_user"] == {"min": 1, "mean": 1.0, "max": 1}
@@ -241,9 +241,10 @@ def test_main_missing_or_empty_interactions_names_the_path(spark: SparkSession,
 OUTPUTS = (layout.USERS, layout.ITEMS, layout.TRAIN, layout.VALIDATION, layout.TEST)
 
 
-def test_default_as_of_is_the_end_of_the_logical_day_utc() -> None:
-    assert default_as_of("2026-11-23") == datetime(2026, 11, 24, tzinfo=UTC)
-    assert default_as_of("2026-12-31") == datetime(2027, 1, 1, tzinfo=UTC)
+def test_default_as_of_is_the_dag_runs_data_interval_end() -> None:
+    assert default_as_of("2026-11-23") == datetime(2026, 11, 23, tzinfo=UTC)
+    assert default_as_of("2026-12-31") == datetime(2026, 12, 31, tzinfo=UTC)
+    # tests/test_dag.py checks that this is the DAG run's data_interval_end.
 
 
 def test_backfill_as_of_reproduces_what_was_known(spark: SparkSession, tmp_path: Path) -> None:

@@ -35,7 +35,7 @@ from typing import Any
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
-from jobs import layout, readers
+from jobs import formats, layout, readers
 from jobs.cli import configure_logging, lake_root, load_stage_config, stage_parser
 from jobs.config import IngestConfig, SourceConfig
 from jobs.sources import resolve_raw_files
@@ -64,7 +64,7 @@ class _Reading:
     kept_lines: dict[str, int] = dataclasses.field(default_factory=dict)  # files without a folder
     cached: list[DataFrame] = dataclasses.field(default_factory=list)  # parsed, persisted
 
-    def lines(self, role: str, line_format: readers.LineFormat) -> DataFrame:
+    def lines(self, role: str, line_format: formats.LineFormat) -> DataFrame:
         """The decoded data lines of the file of `role` (its bad encodings to rejects)."""
         path = self.files[role]
         raw = self.spark.read.text(str(path)).select(
@@ -91,7 +91,7 @@ class _Reading:
 def _parse_source(reading: _Reading,
                   cfg: IngestConfig) -> dict[str, tuple[DataFrame, tuple[str, ...]]]:
     """The output folders (before writing), each with the file roles its rows come from."""
-    fmt = readers.FORMATS[reading.source.format]
+    fmt = formats.FORMATS[reading.source.format]
     files = reading.files
     events = functools.reduce(DataFrame.unionByName, [
         reading.kept(readers.parse_interactions(reading.lines(role, spec.line), spec,
@@ -116,7 +116,7 @@ def _parse_source(reading: _Reading,
                                                                layout.ITEM_ID), ())
     if "test_negatives" in files:
         presplit = reading.kept(readers.parse_test_negatives(
-            reading.lines("test_negatives", readers.TEST_NEGATIVES_LINE)))
+            reading.lines("test_negatives", formats.TEST_NEGATIVES_LINE)))
         tables[layout.PRESPLIT_TEST] = (presplit.withColumn(
             readers.EVENTS, F.col(layout.LABEL).cast("long")), ("test_negatives",))
     return tables
@@ -127,8 +127,8 @@ def _tag_frames(reading: _Reading) -> tuple[DataFrame, DataFrame]:
         raise IngestError("source.files: the tags of HetRec 2K need both roles 'tags' "
                           "(tags.dat) and 'item_tags' (user_taggedartists.dat)")
     assignments = reading.kept(readers.parse_tag_assignments(
-        reading.lines("item_tags", readers.TAG_ASSIGNMENTS_LINE)))
-    tags = reading.kept(readers.parse_tags(reading.lines("tags", readers.TAGS_LINE)))
+        reading.lines("item_tags", formats.TAG_ASSIGNMENTS_LINE)))
+    tags = reading.kept(readers.parse_tags(reading.lines("tags", formats.TAGS_LINE)))
     # Their kept lines are no output rows: count them here, for the reconciliation.
     for role, frame in (("item_tags", assignments), ("tags", tags)):
         reading.kept_lines[role] = frame.count()

@@ -7,19 +7,7 @@ that applies, in the order: wrong field count, empty id, not numeric, bad
 timestamp, out of range. `decode_lines` comes first: it drops the header line and
 sends lines that are not valid UTF-8 to rejects (`bad_encoding`).
 
-Formats (config `source.format`; the file roles are jobs.config.SOURCE_FORMATS):
-    movielens-100k  u.data `user \\t item \\t rating \\t unix s`; u.user, u.item (`|`)
-    movielens-dat   ML-1M/10M ratings.dat `user::item::rating::unix s`; users.dat,
-                    movies.dat (ML-1M's are latin-1)
-    movielens-csv   ML-20M/25M/latest ratings.csv (header); movies.csv, RFC 4180 quotes
-    lastfm-360k     `user sha1 \\t artist MBID \\t artist name \\t plays`; no time: ts null
-    lastfm-1k       one listen a line: `user \\t ISO time \\t artist MBID \\t artist name
-                    \\t track MBID \\t track name`; the item is the artist, value 1
-    lastfm-2k       user_artists.dat `userID \\t artistID \\t weight` (header, CRLF),
-                    no time: ts null; artists.dat names, tags as item genres
-    ncf-presplit    the NCF paper's <name>.train.rating / .test.rating
-                    `user \\t item \\t rating \\t unix s` and .test.negative
-                    `(user,item) \\t neg1 \\t ... \\t neg99`
+The formats themselves (which fields mean what, per file role) are jobs/formats.py.
 
 last.fm's artist MBIDs may be empty: the item is then `name:<artist name>` (a name is
 no MBID, so the two cannot collide). Identical (user_id, item_id, ts) events collapse
@@ -29,14 +17,21 @@ counts and listens are summed (null ts counts as one time, so 360K/2K pairs sum)
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Sequence
 
 from pyspark.sql import Column, DataFrame, Window
 from pyspark.sql import functions as F
 
 from jobs import layout
-from jobs.config import PRESPLIT_FORMAT
+from jobs.formats import (
+    TAG_ASSIGNMENTS_LINE,
+    TAGS_LINE,
+    TEST_NEGATIVES_LINE,
+    InteractionsFormat,
+    ItemsFormat,
+    LineFormat,
+    UsersFormat,
+)
 from jobs.spark import conform
 
 # The largest timestamp Spark can hold is in year 294247; keep to four-digit years.
@@ -62,144 +57,6 @@ ML_1M_OCCUPATIONS = ("other", "academic/educator", "artist", "clerical/admin",
 ML_1M_AGE_CODES = dict(zip(("1", "18", "25", "35", "45", "50", "56"), layout.AGE_BUCKETS,
                            strict=True))
 _FIELDS = "_fields"
-
-
-@dataclasses.dataclass(frozen=True)
-class LineFormat:
-    """How a file's lines split into fields."""
-
-    sep: str
-    n_fields: int  # exactly this many (at least, with at_least)
-    expected: str  # for error messages: what a line should look like
-    header: str | None = None  # the header line's text, dropped wherever it appears
-    quoted: bool = False  # RFC 4180 quotes around fields holding the separator
-    at_least: bool = False
-
-
-@dataclasses.dataclass(frozen=True)
-class InteractionsFormat:
-    """Which fields of a ratings/plays/listens line are the user, item, value and time."""
-
-    line: LineFormat
-    user: int
-    item: int
-    value: int | None  # None: each line is one event of value 1 (a listen)
-    ts: int | None  # None: the source has no time, ts is null
-    iso_ts: bool = False  # ISO-8601 text, else unix seconds
-    item_name: int | None = None  # the artist name: the item when the MBID is empty
-
-
-@dataclasses.dataclass(frozen=True)
-class UsersFormat:
-    line: LineFormat
-    user: int
-    age: int | None = None
-    age_coded: bool = False  # MovieLens 1M age codes, else years
-    gender: int | None = None
-    occupation: int | None = None
-    occupation_coded: bool = False  # MovieLens 1M occupation codes, else names
-    country: int | None = None
-
-
-@dataclasses.dataclass(frozen=True)
-class ItemsFormat:
-    line: LineFormat
-    item: int
-    title: int
-    genres: int | None = None  # `|`-separated genres
-    genre_flags: int | None = None  # first of u.item's 19 0/1 genre flags
-
-
-@dataclasses.dataclass(frozen=True)
-class SourceFormat:
-    """The readers of one source format, by file role, and how duplicates combine."""
-
-    interactions: dict[str, InteractionsFormat]
-    combine: str  # "max" (ratings) or "sum" (play counts, listens)
-    users: UsersFormat | None = None
-    items: ItemsFormat | None = None
-
-
-def _tsv(n: int, expected: str, header: str | None = None) -> LineFormat:
-    return LineFormat("\t", n, expected, header=header)
-
-
-_ML_RATINGS = "user id, item id, rating, unix seconds"
-_ML_DAT = LineFormat("::", 4, f"4 '::'-separated fields: {_ML_RATINGS}")
-_ML_MOVIES_DAT = ItemsFormat(LineFormat("::", 3, "3 '::'-separated fields: movie id, title, "
-                                                 "'|'-separated genres"), 0, 1, genres=2)
-_LASTFM_PROFILE = "user id, gender, age, country, signup date"
-_PRESPLIT_RATINGS = InteractionsFormat(
-    _tsv(4, f"4 tab-separated fields: {_ML_RATINGS} (ids from 0)"), 0, 1, 2, 3)
-
-FORMATS: dict[str, SourceFormat] = {
-    "movielens-100k": SourceFormat(
-        interactions={"ratings": InteractionsFormat(
-            _tsv(4, f"4 tab-separated fields per line, no header: {_ML_RATINGS}"), 0, 1, 2, 3)},
-        combine="max",
-        users=UsersFormat(LineFormat("|", 5, "5 '|'-separated fields: user id, age, gender, "
-                                             "occupation, zip code"),
-                          0, age=1, gender=2, occupation=3),
-        items=ItemsFormat(LineFormat("|", 24, "24 '|'-separated fields: movie id, title, "
-                                              "release date, video release date, IMDb URL, "
-                                              "19 genre flags"),
-                          0, 1, genre_flags=5),
-    ),
-    "movielens-dat": SourceFormat(
-        interactions={"ratings": InteractionsFormat(_ML_DAT, 0, 1, 2, 3)},
-        combine="max",
-        users=UsersFormat(LineFormat("::", 5, "5 '::'-separated fields: user id, gender, "
-                                              "age code, occupation code, zip code"),
-                          0, age=2, age_coded=True, gender=1, occupation=3,
-                          occupation_coded=True),
-        items=_ML_MOVIES_DAT,
-    ),
-    "movielens-csv": SourceFormat(
-        interactions={"ratings": InteractionsFormat(
-            LineFormat(",", 4, f"a header and 4 comma-separated fields: {_ML_RATINGS}",
-                       header="userId,movieId,rating,timestamp"), 0, 1, 2, 3)},
-        combine="max",
-        items=ItemsFormat(LineFormat(",", 3, "a header and 3 comma-separated fields (titles "
-                                             "quoted): movie id, title, '|'-separated genres",
-                                     header="movieId,title,genres", quoted=True),
-                          0, 1, genres=2),
-    ),
-    "lastfm-360k": SourceFormat(
-        interactions={"ratings": InteractionsFormat(
-            _tsv(4, "4 tab-separated fields: user sha1, artist MBID, artist name, plays"),
-            0, 1, 3, None, item_name=2)},
-        combine="sum",
-        users=UsersFormat(_tsv(5, f"5 tab-separated fields: {_LASTFM_PROFILE}"),
-                          0, age=2, gender=1, country=3),
-    ),
-    "lastfm-1k": SourceFormat(
-        interactions={"ratings": InteractionsFormat(
-            _tsv(6, "6 tab-separated fields: user id, ISO-8601 time, artist MBID, artist name, "
-                    "track MBID, track name"), 0, 2, None, 1, iso_ts=True, item_name=3)},
-        combine="sum",
-        users=UsersFormat(_tsv(5, f"a header and 5 tab-separated fields: {_LASTFM_PROFILE}",
-                               header="#id\tgender\tage\tcountry\tregistered"),
-                          0, age=2, gender=1, country=3),
-    ),
-    "lastfm-2k": SourceFormat(
-        interactions={"ratings": InteractionsFormat(
-            _tsv(3, "a header and 3 tab-separated fields: user id, artist id, listening count",
-                 header="userID\tartistID\tweight"), 0, 1, 2, None)},
-        combine="sum",
-        items=ItemsFormat(_tsv(4, "a header and 4 tab-separated fields: artist id, name, url, "
-                                  "picture url", header="id\tname\turl\tpictureURL"), 0, 1),
-    ),
-    PRESPLIT_FORMAT: SourceFormat(
-        interactions={"train": _PRESPLIT_RATINGS, "test": _PRESPLIT_RATINGS},
-        combine="max",
-    ),
-}
-TAGS_LINE = _tsv(2, "a header and 2 tab-separated fields: tag id, tag", header="tagID\ttagValue")
-TAG_ASSIGNMENTS_LINE = _tsv(6, "a header and 6 tab-separated fields: user id, artist id, tag id, "
-                               "day, month, year",
-                            header="userID\tartistID\ttagID\tday\tmonth\tyear")
-TEST_NEGATIVES_LINE = LineFormat("\t", 2, "tab-separated fields: (user,item) then the sampled "
-                                          "negative item ids", at_least=True)
 
 
 # --- lines -----------------------------------------------------------------------------

@@ -16,7 +16,7 @@ from pyspark.testing import assertDataFrameEqual
 
 from jobs import ingest, layout, readers
 from jobs.config import FORMATS_WITHOUT_TIMESTAMPS, SOURCE_FORMATS
-from jobs.readers import FORMATS
+from jobs.formats import FORMATS
 
 pytestmark = pytest.mark.spark
 

@@ -18,6 +18,7 @@ them takes them from the enumerated complement instead of drawing.
 
 from __future__ import annotations
 
+import functools
 import logging
 
 from pyspark.sql import Column, DataFrame, Window
@@ -109,49 +110,51 @@ _Sampled = tuple[DataFrame | None, DataFrame, int | None]
 
 def _sample_distinct(state: DataFrame, by_user: DataFrame, *, n_items: int, seed: int,
                      stream: int, max_rounds: int) -> _Sampled:
-    """Evaluation negatives, distinct: (chosen, users still short with _short left, how
-    many; None: not counted).
+    """Distinct negatives: (chosen, users still short with _short left, how many; None:
+    not counted).
 
     Draw k of a user is item(seed, stream, user, k). Per round each short user
     oversamples; the user's distinct draws that are neither touched nor chosen in an
     earlier round, in draw order, extend the chosen items up to the target. A user's
     draws and touched items are arrays in the user's one row (array_except is a hash
-    set per user), so there is no join, no sort and no shuffle of the draws.
+    set per user), so there is no join, no sort and no shuffle of the draws. A round
+    carries on only the users it left short (a few percent after the first): the
+    others' rows are cached once, by the round that completed them.
     """
     if max_rounds <= 0:
         return None, state.select(layout.USER_IDX, _SHORT, _UNTOUCHED), None
-    # Cached like by_user: both evaluation splits use the same sets.
+    # Cached like by_user: the three splits' calls use the same sets.
     touched_sets = by_user.groupBy(layout.USER_IDX).agg(
         F.collect_list(layout.ITEM_IDX).alias(_TOUCHED)).persist()
-    users = state.join(touched_sets, layout.USER_IDX, "left").select(
+    pending = state.select(
         layout.USER_IDX, F.col(_SHORT).alias(_TARGET), _UNTOUCHED,
-        F.coalesce(F.col(_TOUCHED), F.array().cast(_ITEMS)).alias(_TOUCHED),
         F.lit(0).cast("bigint").alias(_NEXT_DRAW), F.array().cast(_ITEMS).alias(_CHOSEN))
     missing = F.col(_TARGET) - F.size(_CHOSEN)
+    touched = F.coalesce(F.col(_TOUCHED), F.array().cast(_ITEMS))
+    rounds: list[DataFrame] = []
     n_short = None
-    previous: DataFrame | None = None
     for round_number in range(1, max_rounds + 1):
-        n_draws = F.when(missing > 0, F.ceil(
-            missing * (n_items * OVERSAMPLE * 2 ** (round_number - 1)) / F.col(_UNTOUCHED))
-            + SLACK).otherwise(0).cast("bigint")
+        # Every pending user misses at least one (state keeps users with _short > 0).
+        n_draws = (F.ceil(missing * (n_items * OVERSAMPLE * 2 ** (round_number - 1))
+                          / F.col(_UNTOUCHED)) + SLACK).cast("bigint")
         draws = F.transform(
             F.sequence(F.col(_NEXT_DRAW), F.col(_NEXT_DRAW) + n_draws - 1),
             lambda k: _draw_item(seed, stream, n_items, k))
-        fresh = F.array_except(draws, F.concat(_TOUCHED, _CHOSEN))
-        users = users.select(
-            layout.USER_IDX, _TARGET, _UNTOUCHED, _TOUCHED,
+        fresh = F.array_except(draws, F.concat(touched, F.col(_CHOSEN)))
+        drawn = pending.join(touched_sets, layout.USER_IDX, "left").select(
+            layout.USER_IDX, _TARGET, _UNTOUCHED,
             (F.col(_NEXT_DRAW) + n_draws).alias(_NEXT_DRAW),
-            F.when(missing > 0, F.concat(_CHOSEN, F.slice(fresh, 1, missing.cast("int"))))
-            .otherwise(F.col(_CHOSEN)).alias(_CHOSEN)).persist()
-        n_short = _count(users.where(missing > 0), "users short", round_number)
-        if previous is not None:
-            previous.unpersist()
-        previous = users
+            F.concat(_CHOSEN, F.slice(fresh, 1, missing.cast("int"))).alias(_CHOSEN)).persist()
+        rounds.append(drawn)
+        pending = drawn.where(missing > 0)
+        n_short = _count(pending, "users short", round_number)
         if n_short == 0:
             break
+    # Each user's row of the round that completed it; the still short: their last row.
+    finals = [df.where(missing <= 0) for df in rounds[:-1]] + [rounds[-1]]
+    users = functools.reduce(DataFrame.unionByName, finals)
     chosen = users.select(layout.USER_IDX, F.explode(_CHOSEN).alias(layout.ITEM_IDX))
-    short = users.where(missing > 0).select(layout.USER_IDX, missing.alias(_SHORT), _UNTOUCHED)
-    return chosen, short, n_short
+    return chosen, pending.select(layout.USER_IDX, missing.alias(_SHORT), _UNTOUCHED), n_short
 
 
 def _count(df: DataFrame, what: str, round_number: int) -> int:

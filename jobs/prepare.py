@@ -154,21 +154,21 @@ def _users_short(pairs: DataFrame, n_eval_negatives: int) -> DataFrame:
 
 
 def _split(positives: DataFrame, indexed: DataFrame, cfg: PrepareConfig,
-           ) -> tuple[list[DataFrame], DataFrame | None, dict[str, Any]]:
+           cache: list[DataFrame]) -> tuple[list[DataFrame], DataFrame | None, dict[str, Any]]:
     """([train, validation, test] positives, unscorable test positives, split facts).
 
     `positives` are the raw-id positives (for the time_cutoff's time), `indexed` the same
     with user_idx, item_idx. The one action here picks time_cutoff's time from
-    test_fraction.
+    test_fraction. The split's per-user ranking is persisted into `cache`.
     """
     split = cfg.split
     info: dict[str, Any] = {"method": split.method}
     if split.method == "leave_one_out":
-        return list(split_leave_one_out(indexed, seed=cfg.seed)), None, info
+        return list(split_leave_one_out(indexed, seed=cfg.seed, cache=cache)), None, info
     if split.method == "stratified":
         info["train_ratio"] = split.train_ratio
         return (list(split_stratified(indexed, train_ratio=float(split.train_ratio or 0.0),
-                                      seed=cfg.seed)), None, info)
+                                      seed=cfg.seed, cache=cache)), None, info)
     test_from = split.test_from_utc
     if test_from is None:
         # As microseconds: Python datetimes from Spark are in the driver's local zone.
@@ -180,7 +180,7 @@ def _split(positives: DataFrame, indexed: DataFrame, cfg: PrepareConfig,
         info["test_fraction"] = split.test_fraction
     info["test_from"] = test_from.isoformat()
     train, validation, test, unscorable = split_time_cutoff(indexed, test_from=test_from,
-                                                            seed=cfg.seed)
+                                                            seed=cfg.seed, cache=cache)
     return [train, validation, test], unscorable, info
 
 
@@ -248,21 +248,22 @@ def write_outputs(events: DataFrame, positives: DataFrame, paths: layout.LakePat
             return (df.join(users, layout.USER_ID).join(items, layout.ITEM_ID)
                     .drop(layout.USER_ID, layout.ITEM_ID))
 
+        # The split's positives are read again by each sampling round and each write:
+        # the indexed positives and the split's per-user ranking are cached once, and the
+        # three splits are filters of the ranking (persisting each split instead sorted
+        # all positives once per split).
+        cache = [positives.transform(indexed).persist()]
+        stack.callback(lambda: [df.unpersist() for df in cache])
         unscorable = given_test = None
         if presplit_test is None:
-            split_positives, unscorable, split_info = _split(
-                positives, positives.transform(indexed), cfg)
+            split_positives, unscorable, split_info = _split(positives, cache[0], cfg, cache)
             kept = list(split_positives)
         else:
             given_test = presplit_test.transform(indexed)
             test_pairs = given_test.where(F.col(layout.LABEL) == 1)
-            kept = [*split_presplit(positives.transform(indexed), test_pairs, seed=cfg.seed),
+            kept = [*split_presplit(cache[0], test_pairs, seed=cfg.seed, cache=cache),
                     test_pairs]
             split_info = {"method": "presplit"}
-        # Each sampling round and each write reads the split's positives again: once.
-        for df in kept:
-            df.persist()
-            stack.callback(df.unpersist)
         train_positives, validation_positives, test_positives = kept
         # Not persisted here: jobs.negatives caches it once, partitioned by user, and its
         # three calls share that cache (persisting it here too held it twice).

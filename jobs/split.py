@@ -12,6 +12,11 @@ when at least one other is left to train on. Randomness (the tie-break among sam
 positives, the hold-out of sources without timestamps, the stratified shuffle) is a hash of
 (seed, stream, user_idx, item_idx), never `F.rand()`, so the split does not depend on
 partitioning.
+
+Each protocol ranks the positives per user once and takes its splits as filters of that
+ranking. Given a `cache` list, the ranking is persisted and appended to it (the caller
+unpersists it): the splits are read many times (negative demand, touched pairs,
+writes), and each read would otherwise sort all positives again.
 """
 
 from __future__ import annotations
@@ -29,8 +34,9 @@ MIN_POSITIVES_TO_EVALUATE = 3  # one each for test and validation, at least one 
 _RANK = "_rank"  # working column (never written)
 
 
-def split_leave_one_out(positives: DataFrame, *,
-                        seed: int) -> tuple[DataFrame, DataFrame, DataFrame]:
+def split_leave_one_out(positives: DataFrame, *, seed: int,
+                        cache: list[DataFrame] | None = None,
+                        ) -> tuple[DataFrame, DataFrame, DataFrame]:
     """(train, validation, test) of user_idx, item_idx from positives (user_idx, item_idx, ts).
 
     Per user with at least three positives: the latest -> test, the second latest ->
@@ -41,13 +47,21 @@ def split_leave_one_out(positives: DataFrame, *,
     late-catalogue (obscure) film, which biases HR@10 down by ~0.05 (popularity: 0.33
     with the id rule, 0.41 with a random one).
     """
-    ranked = _rank_latest_first(positives, seed=seed)
+    ranked = _cached(_rank_latest_first(positives, seed=seed), cache)
     evaluated = F.col("_n") >= MIN_POSITIVES_TO_EVALUATE
     pairs = (layout.USER_IDX, layout.ITEM_IDX)
     test = ranked.where(evaluated & (F.col(_RANK) == 1)).select(*pairs)
     validation = ranked.where(evaluated & (F.col(_RANK) == 2)).select(*pairs)
     train = ranked.where(~evaluated | (F.col(_RANK) > 2)).select(*pairs)
     return train, validation, test
+
+
+def _cached(df: DataFrame, cache: list[DataFrame] | None) -> DataFrame:
+    """`df`, persisted and appended to `cache` when one is given."""
+    if cache is None:
+        return df
+    cache.append(df.persist())
+    return df
 
 
 def _rank_latest_first(positives: DataFrame, *, seed: int) -> DataFrame:
@@ -68,8 +82,8 @@ def _rank_latest_first(positives: DataFrame, *, seed: int) -> DataFrame:
     )
 
 
-def split_presplit(positives: DataFrame, test_positives: DataFrame, *,
-                   seed: int) -> tuple[DataFrame, DataFrame]:
+def split_presplit(positives: DataFrame, test_positives: DataFrame, *, seed: int,
+                   cache: list[DataFrame] | None = None) -> tuple[DataFrame, DataFrame]:
     """(train, validation) around a source's own test positives (the NCF paper's files).
 
     The test positives leave train; of the rest, each user's latest positive is the
@@ -77,12 +91,13 @@ def split_presplit(positives: DataFrame, test_positives: DataFrame, *,
     """
     rest = positives.join(test_positives.select(layout.USER_IDX, layout.ITEM_IDX),
                           [layout.USER_IDX, layout.ITEM_IDX], "left_anti")
-    return _hold_out_latest(rest, seed=seed)
+    return _hold_out_latest(rest, seed=seed, cache=cache)
 
 
-def _hold_out_latest(rest: DataFrame, *, seed: int) -> tuple[DataFrame, DataFrame]:
+def _hold_out_latest(rest: DataFrame, *, seed: int,
+                     cache: list[DataFrame] | None) -> tuple[DataFrame, DataFrame]:
     """(train, validation): per user with >= 2 positives in `rest`, the latest -> validation."""
-    ranked = _rank_latest_first(rest, seed=seed)
+    ranked = _cached(_rank_latest_first(rest, seed=seed), cache)
     held_out = (F.col("_n") >= 2) & (F.col(_RANK) == 1)
     pairs = (layout.USER_IDX, layout.ITEM_IDX)
     return ranked.where(~held_out).select(*pairs), ranked.where(held_out).select(*pairs)
@@ -107,8 +122,9 @@ def time_cutoff_for_fraction(positives: DataFrame, *, test_fraction: float) -> D
             .agg(F.max(layout.TS).alias(layout.TS)))
 
 
-def split_time_cutoff(positives: DataFrame, *, test_from: datetime,
-                      seed: int) -> tuple[DataFrame, DataFrame, DataFrame, DataFrame]:
+def split_time_cutoff(positives: DataFrame, *, test_from: datetime, seed: int,
+                      cache: list[DataFrame] | None = None,
+                      ) -> tuple[DataFrame, DataFrame, DataFrame, DataFrame]:
     """(train, validation, test, unscorable) of user_idx, item_idx around one global time.
 
     Positives at or after `test_from` are test, the rest train (validation: each user's
@@ -122,12 +138,13 @@ def split_time_cutoff(positives: DataFrame, *, test_from: datetime,
     trained = before.select(layout.USER_IDX).distinct()
     test = after.join(trained, layout.USER_IDX, "left_semi")
     unscorable = after.join(trained, layout.USER_IDX, "left_anti")
-    train, validation = _hold_out_latest(before, seed=seed)
+    train, validation = _hold_out_latest(before, seed=seed, cache=cache)
     return train, validation, test, unscorable
 
 
-def split_stratified(positives: DataFrame, *, train_ratio: float,
-                     seed: int) -> tuple[DataFrame, DataFrame, DataFrame]:
+def split_stratified(positives: DataFrame, *, train_ratio: float, seed: int,
+                     cache: list[DataFrame] | None = None,
+                     ) -> tuple[DataFrame, DataFrame, DataFrame]:
     """(train, validation, test) of user_idx, item_idx: per user a seeded share to train.
 
     microsoft/recommenders' python_stratified_split: per user the positives in a seeded
@@ -140,13 +157,13 @@ def split_stratified(positives: DataFrame, *, train_ratio: float,
     shuffled = F.xxhash64(F.lit(seed).cast("bigint"), F.lit(STREAM_STRATIFIED).cast("int"),
                           F.col(layout.USER_IDX).cast("int"), F.col(layout.ITEM_IDX).cast("int"))
     order = Window.partitionBy(layout.USER_IDX).orderBy(shuffled, F.col(layout.ITEM_IDX))
-    ranked = positives.select(
+    ranked = _cached(positives.select(
         layout.USER_IDX, layout.ITEM_IDX, layout.TS,
         F.row_number().over(order).alias(_RANK),
-        F.count(F.lit(1)).over(Window.partitionBy(layout.USER_IDX)).alias("_n"))
+        F.count(F.lit(1)).over(Window.partitionBy(layout.USER_IDX)).alias("_n")), cache)
     n_train = F.greatest(F.lit(1.0), F.bround(F.lit(float(train_ratio)) * F.col("_n")))
     to_test = (F.col("_n") >= 2) & (F.col(_RANK) > n_train)
     test = ranked.where(to_test).select(layout.USER_IDX, layout.ITEM_IDX)
     rest = ranked.where(~to_test).select(layout.USER_IDX, layout.ITEM_IDX, layout.TS)
-    train, validation = _hold_out_latest(rest, seed=seed)
+    train, validation = _hold_out_latest(rest, seed=seed, cache=cache)
     return train, validation, test

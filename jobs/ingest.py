@@ -39,7 +39,14 @@ from jobs import formats, layout, readers
 from jobs.cli import configure_logging, lake_root, load_stage_config, stage_parser
 from jobs.config import IngestConfig, SourceConfig
 from jobs.sources import resolve_raw_files
-from jobs.spark import conform, get_spark, read_parquet, write_parquet
+from jobs.spark import (
+    KEY_HASH,
+    conform,
+    get_spark,
+    partition_by_key,
+    read_parquet,
+    write_parquet,
+)
 
 log = logging.getLogger(__name__)
 
@@ -98,8 +105,10 @@ def _parse_source(reading: _Reading,
                                                 min_value=cfg.min_value, max_value=cfg.max_value,
                                                 cache=reading.cached))
         for role, spec in fmt.interactions.items()])
-    tables = {layout.INTERACTIONS: (readers.collapse_duplicates(events, combine=fmt.combine),
-                                    tuple(fmt.interactions))}
+    # Placed by user_id where write_outputs writes them, and collapsed there: one shuffle.
+    by_user = partition_by_key(events, cfg.output_partitions, layout.USER_ID)
+    tables = {layout.INTERACTIONS: (readers.collapse_duplicates(
+        by_user, combine=fmt.combine, keys=[KEY_HASH]), tuple(fmt.interactions))}
     if fmt.users is not None and "users" in files:
         users = reading.kept(readers.parse_user_features(reading.lines("users", fmt.users.line),
                                                          fmt.users))
@@ -170,7 +179,8 @@ def write_outputs(spark: SparkSession, files: Mapping[str, Path], source: Source
             id_column = layout.columns(_SCHEMAS[name])[0]
             write_parquet(conform(table, _SCHEMAS[name]), staged[name],
                           files=cfg.output_partitions, key=id_column,
-                          sort_by=layout.columns(_SCHEMAS[name])[:3])
+                          sort_by=layout.columns(_SCHEMAS[name])[:3],
+                          partitioned=KEY_HASH in table.columns)  # the interactions
             events = int(table.agg(F.coalesce(F.sum(readers.EVENTS), F.lit(0))).collect()[0][0])
             kept = read_parquet(spark, staged[name]).count()
             counts[name] = _reconcile(name, reading, roles, rejected, events=events, kept=kept)

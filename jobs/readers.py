@@ -209,11 +209,13 @@ def parse_interactions(
         layout.VALUE: value, layout.TITLE: title}, cache=cache)
 
 
-def collapse_duplicates(interactions: DataFrame, *, combine: str) -> DataFrame:
+def collapse_duplicates(interactions: DataFrame, *, combine: str,
+                        keys: Sequence[str] = ()) -> DataFrame:
     """One row per (user_id, item_id, ts): value max (ratings) or sum (plays, listens),
-    plus `_events`, the number of raw events in the row."""
+    plus `_events`, the number of raw events in the row. `keys`: more columns to group
+    by and keep, functions of user_id (jobs.spark.partition_by_key's hash)."""
     combined = F.sum if combine == "sum" else F.max
-    return interactions.groupBy(layout.USER_ID, layout.ITEM_ID, layout.TS).agg(
+    return interactions.groupBy(*keys, layout.USER_ID, layout.ITEM_ID, layout.TS).agg(
         combined(layout.VALUE).alias(layout.VALUE), F.count(F.lit(1)).alias(EVENTS))
 
 

@@ -113,6 +113,20 @@ _SPARK_OUTPUT = ".spark-output"  # Spark's own files, inside the folder until re
 _REENCODE_THREADS = 4  # pyarrow releases the GIL: files are re-encoded side by side
 
 
+KEY_HASH = "_key_hash"  # partition_by_key's column
+
+
+def partition_by_key(df: DataFrame, files: int, key: str) -> DataFrame:
+    """`df` in `files` partitions, each row where `write_parquet(files=files, key=key)`
+    puts it, plus the hash it is placed by as column KEY_HASH.
+
+    An aggregation that also groups by KEY_HASH then stays inside the partitions (its
+    keys include the partitioning's), and `write_parquet(..., partitioned=True)` writes
+    the partitions as they are: one shuffle where a group-by then a write take two.
+    """
+    return df.withColumn(KEY_HASH, F.xxhash64(F.col(key))).repartition(files, KEY_HASH)
+
+
 def write_parquet(
     df: DataFrame,
     path: Path,
@@ -120,6 +134,7 @@ def write_parquet(
     files: int | None = None,
     key: str | None = None,
     sort_by: Sequence[str | Column] = (),
+    partitioned: bool = False,
 ) -> None:
     """Write `df` as Parquet into `path` (which must not exist yet), deterministically.
 
@@ -137,8 +152,12 @@ def write_parquet(
     next. Re-encoding costs the driver one read and one write of the data (~2 s for
     40M rows of pairs); it needs the folder on a file system the driver sees, as the
     lake is (a local disk, or the cluster's shared volume).
+
+    partitioned=True: `df` comes from `partition_by_key(..., files, key)` through
+    partition-preserving steps only (an aggregation that groups by KEY_HASH too, a
+    select); its partitions are written as they are.
     """
-    if files is not None:
+    if files is not None and not partitioned:
         if files > 1 and key is None:
             raise ValueError(f"writing {path}: files={files} needs a key column to hash on")
         # On a hash of the key, not the key itself: Spark drops a repartition(n, key) when

@@ -16,8 +16,10 @@ from pyspark.testing import assertDataFrameEqual
 from jobs import layout
 from jobs.spark import (
     FALLBACK_MASTER,
+    KEY_HASH,
     arrow_schema,
     get_spark,
+    partition_by_key,
     read_parquet,
     resolve_master,
     write_batches,
@@ -54,6 +56,27 @@ def test_write_parquet_is_byte_stable_across_partitionings(spark: SparkSession,
     assert layout.sha256_dir(tmp_path / "a") == layout.sha256_dir(tmp_path / "b")
     with pytest.raises(ValueError, match="key"):
         write_parquet(df, tmp_path / "c", files=2)
+
+
+@pytest.mark.spark
+def test_partition_by_key_then_aggregate_writes_what_write_parquet_would(
+        spark: SparkSession, tmp_path: Path) -> None:
+    rows = [(f"u{u}", f"i{i % 5}", i) for u in range(40) for i in range(7)]
+    df = spark.createDataFrame(rows, "user_id string, item_id string, n int").repartition(3)
+
+    def collapse(frame, *keys):  # type: ignore[no-untyped-def]
+        return frame.groupBy(*keys, "user_id", "item_id").agg(F.sum("n").alias("n"))
+
+    sort_by = ["user_id", "item_id"]
+    write_parquet(collapse(df), tmp_path / "plain", files=3, key="user_id", sort_by=sort_by)
+    by_user = collapse(partition_by_key(df, 3, "user_id"), KEY_HASH)
+    # One shuffle by key: the aggregation groups by the partitioning's key as well.
+    plan = by_user._jdf.queryExecution().executedPlan().toString()
+    assert plan.count("Exchange hashpartitioning") == 1, plan
+    write_parquet(by_user.drop(KEY_HASH), tmp_path / "one-shuffle", files=3, key="user_id",
+                  sort_by=sort_by, partitioned=True)
+    assert _part_names(tmp_path / "one-shuffle") == _part_names(tmp_path / "plain")
+    assert layout.sha256_dir(tmp_path / "one-shuffle") == layout.sha256_dir(tmp_path / "plain")
 
 
 def _part_names(folder: Path) -> list[str]:

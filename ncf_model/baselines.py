@@ -8,13 +8,17 @@ Writes  one MLflow run per baseline in the dataset's experiment (`ncf-<dataset>`
         ncf.baseline=<name> and ncf.logical_date, with the metric names of NCF's run
         (test_hr_10, test_full_ndcg_10, ...) so the UI compares them side by side, and the
         manifest entry "baselines": each baseline's run id, metrics and parameters.
+        A retried task logs to the runs of its first attempt: a run is found again by its
+        baseline, the lake run (ncf.lake_run: the fingerprint of the manifest's prepare
+        entry, new with every prepare) and its parameters (ncf.params_sha256).
 
 popularity  score(u, i) = the number of training positives of item i (the same list for
             every user; ties against the positive as everywhere).
 mf          `<p_u, q_i> + biases` (model kind mf) trained by the same `fit`/`train` as NCF,
             its epoch chosen on validation HR@k.
 als         `<x_u, y_i>` of Spark MLlib's implicit ALS factors; a user or item without
-            factors (no training positive) scores 0.
+            factors (no training positive) scores 0. The ALS job's wall seconds (its
+            manifest entry) are logged as als_job_seconds.
 """
 
 from __future__ import annotations
@@ -33,6 +37,7 @@ from ncf_model import tracking
 from ncf_model.config import NCFConfig
 from ncf_model.data import Pairs, TrainingData, load_pairs
 from ncf_model.evaluate import Evaluation, evaluate_report, load_split
+from ncf_model.resume import fingerprint
 from ncf_model.train import fit
 
 log = logging.getLogger(__name__)
@@ -141,6 +146,38 @@ def _train_mf(cfg: NCFConfig, train: Pairs, validation: Pairs, *, n_users: int, 
                     {**best, "best_epoch": float(result.best_epoch)}, result.history)
 
 
+def _params(name: str, cfg: NCFConfig, manifest: dict[str, Any]) -> dict[str, Any]:
+    """What a baseline's run records as its parameters (ALS: those it was fitted with)."""
+    if name == "popularity":
+        return {"score": "item_count"}
+    if name == "mf":
+        return dataclasses.asdict(cfg.baselines.mf)
+    fitted_with = (manifest.get("als") or {}).get("params")
+    return dict(fitted_with or dataclasses.asdict(cfg.baselines.als))
+
+
+def _run_tags(cfg: NCFConfig, paths: layout.LakePaths, name: str, params: dict[str, Any], *,
+              prepared: dict[str, Any], device: torch.device) -> dict[str, Any]:
+    """The run's tags; all but ncf.device find the run again when the task is retried.
+
+    `prepared` is the manifest's prepare entry: rewritten by every prepare run (written_at,
+    checksums), so its fingerprint names the lake run the baselines are evaluated on.
+    """
+    return {"ncf.dataset": cfg.dataset, "ncf.logical_date": paths.logical_date,
+            "ncf.stage": "baselines", "ncf.baseline": name, "ncf.lake_run": fingerprint(prepared),
+            "ncf.params_sha256": fingerprint({name: params, "evaluate": {"k": cfg.evaluate.k}}),
+            "ncf.device": device.type}
+
+
+def _earlier_run(dataset: str, tags: dict[str, Any]) -> str | None:
+    """The run an earlier attempt of this task logged this baseline to, if any."""
+    found = tracking.find_runs(dataset, {k: v for k, v in tags.items() if k != "ncf.device"})
+    if found:
+        log.info("baseline %s: run %s of an earlier attempt on this lake run is logged to "
+                 "again", tags["ncf.baseline"], found[0])
+    return found[0] if found else None
+
+
 def _log_baseline(run: tracking.RunLogger, cfg: NCFConfig, paths: layout.LakePaths, *,
                   name: str, baseline: Baseline, evaluation: Evaluation) -> None:
     k = cfg.evaluate.k
@@ -158,7 +195,8 @@ def _log_baseline(run: tracking.RunLogger, cfg: NCFConfig, paths: layout.LakePat
 def run_baselines(cfg: NCFConfig, paths: layout.LakePaths,
                   device: torch.device) -> dict[str, str]:
     """Evaluate every enabled baseline on test/, one MLflow run each; {name: run_id}."""
-    prepared = layout.read_manifest(paths).get("prepare")
+    manifest = layout.read_manifest(paths)
+    prepared = manifest.get("prepare")
     if not prepared:
         raise BaselineError(f"{paths.manifest}: no 'prepare' entry; run the prepare task for "
                             f"{paths.logical_date} before the baselines")
@@ -173,13 +211,14 @@ def run_baselines(cfg: NCFConfig, paths: layout.LakePaths,
            else None)
     entry: dict[str, Any] = {}
     for name in cfg.baselines.enabled:
-        tags = {"ncf.dataset": cfg.dataset, "ncf.logical_date": paths.logical_date,
-                "ncf.stage": "baselines", "ncf.baseline": name, "ncf.device": device.type}
+        params = _params(name, cfg, manifest)
+        tags = _run_tags(cfg, paths, name, params, prepared=prepared, device=device)
         started = time.perf_counter()
         with tracking.start_run(cfg.dataset, run_name=f"{cfg.dataset}-{paths.logical_date}-"
-                                f"{name}", tags=tags) as run:
+                                f"{name}", tags=tags,
+                                run_id=_earlier_run(cfg.dataset, tags)) as run:
             if name == "popularity":
-                baseline = Baseline(popularity_scorer(train, n_items), {"score": "item_count"})
+                baseline = Baseline(popularity_scorer(train, n_items), params)
             elif name == "mf":
                 validation = load_pairs(paths.path(layout.VALIDATION), device)
                 baseline = _train_mf(cfg, train, validation, n_users=n_users, n_items=n_items,
@@ -187,9 +226,9 @@ def run_baselines(cfg: NCFConfig, paths: layout.LakePaths,
                                      on_epoch=lambda epoch, m: run.log_metrics(m, step=epoch))
             else:
                 assert als is not None  # loaded above, since "als" is enabled
-                fitted_with = (layout.read_manifest(paths).get("als") or {}).get("params")
-                baseline = Baseline(als, dict(fitted_with or
-                                              dataclasses.asdict(cfg.baselines.als)))
+                job_seconds = (manifest.get("als") or {}).get("seconds")
+                baseline = Baseline(als, params, {} if job_seconds is None else
+                                    {"als_job_seconds": float(job_seconds)})
             evaluation = evaluate_report(baseline.scorer.to(device), test, k, full=full)
             _log_baseline(run, cfg, paths, name=name, baseline=baseline, evaluation=evaluation)
             seconds = time.perf_counter() - started

@@ -39,8 +39,7 @@ class RemappedScorer(nn.Module):
     user_map: Tensor
     item_map: Tensor
     user_codes: Tensor
-    item_tags: Tensor
-    item_offsets: Tensor
+    item_bags: Tensor
 
     def __init__(self, model: nn.Module, user_map: Tensor, item_map: Tensor,
                  features: SideFeatures | None = None) -> None:
@@ -49,14 +48,14 @@ class RemappedScorer(nn.Module):
         self.register_buffer("user_map", user_map.to(torch.int64))  # (n_users_today,)
         self.register_buffer("item_map", item_map.to(torch.int64))  # (n_items_today,)
         self.hybrid = isinstance(model, Hybrid)
-        if self.hybrid:
+        if isinstance(model, Hybrid):
             if features is None or (features.n_users, features.n_items) != (
                     len(user_map), len(item_map)):
                 raise ValueError("a hybrid model needs today's side features, one row per "
                                  f"user ({len(user_map)}) and item ({len(item_map)})")
             self.register_buffer("user_codes", features.user_codes)  # (n_users_today, fields)
-            self.register_buffer("item_tags", features.item_tags)  # (T,)
-            self.register_buffer("item_offsets", features.item_offsets)  # (n_items_today,)
+            # (n_items_today, max_tags): today's tag bags, padded with the model's pad code.
+            self.register_buffer("item_bags", model.bags(features))
 
     def forward(self, user_idx: Tensor, item_idx: Tensor) -> Tensor:
         user = self.user_map[user_idx]  # (B,) the model's index, -1 when unknown
@@ -65,9 +64,8 @@ class RemappedScorer(nn.Module):
             model = cast(Hybrid, self.model)  # checked in __init__
             user_row = torch.where(user >= 0, user, torch.full_like(user, model.n_users))
             item_row = torch.where(item >= 0, item, torch.full_like(item, model.n_items))
-            return model.score(user_row, self.user_codes[user_idx], item_row, item_idx,
-                               item_tags=self.item_tags,
-                               item_offsets=self.item_offsets).float()  # (B,)
+            return model.score(user_row, self.user_codes[user_idx], item_row,
+                               self.item_bags[item_idx]).float()  # (B,)
         known = (user >= 0) & (item >= 0)
         logits = self.model(user.clamp(min=0), item.clamp(min=0)).float()  # (B,)
         return logits.masked_fill(~known, float("-inf"))

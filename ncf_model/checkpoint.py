@@ -16,12 +16,12 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch import nn
+from torch import Tensor, nn
 
 from jobs import layout
 from jobs.layout import staged_dir
 from ncf_model.config import ModelConfig
-from ncf_model.features import FeatureVocabulary, SideFeatures
+from ncf_model.features import FeatureVocabulary, SideFeatures, pad_bags
 from ncf_model.models import Hybrid, build_model
 
 STATE_FILE = "state_dict.pt"
@@ -76,6 +76,20 @@ def load_vocabulary(folder: Path) -> tuple[list[str], list[str]]:
     return (users.column(layout.USER_ID).to_pylist(), items.column(layout.ITEM_ID).to_pylist())
 
 
+def upgrade_hybrid_state(state: dict[str, Tensor], n_tags: int) -> dict[str, Tensor]:
+    """A hybrid state dict in today's layout; one saved before the padded bags (flat
+    `item_tags` + `item_offsets`, tag tables without a padding row) is converted, so that
+    an earlier run's champion still loads."""
+    if "item_bags" in state or "item_offsets" not in state:
+        return state
+    state = dict(state)
+    state["item_bags"] = pad_bags(state.pop("item_tags"), state.pop("item_offsets"), n_tags)
+    for name in ("gmf_item_tags.weight", "mlp_item_tags.weight"):
+        weight = state[name][:n_tags]  # (n_tags, d): with no tag, its one row was unused
+        state[name] = torch.cat([weight, weight.new_zeros(1, weight.shape[1])])  # + padding
+    return state
+
+
 def load_model(folder: Path,
                device: torch.device | str = "cpu") -> tuple[nn.Module, dict[str, Any]]:
     """Rebuild the architecture from model.json and load the weights; eval mode."""
@@ -95,10 +109,11 @@ def load_model(folder: Path,
         if "features" not in meta:
             raise CheckpointError(f"{meta_path}: a hybrid model without its feature "
                                   "vocabulary ('features'); retrain it")
+        vocabulary = FeatureVocabulary.from_json(meta["features"])
+        state = upgrade_hybrid_state(state, vocabulary.n_tags)
         # The feature tables are buffers of the state dict: shaped here, filled by it.
-        features = SideFeatures.placeholder(FeatureVocabulary.from_json(meta["features"]),
-                                            n_users=n_users, n_items=n_items,
-                                            n_tag_entries=int(state["item_tags"].numel()))
+        features = SideFeatures.placeholder(vocabulary, n_users=n_users, n_items=n_items,
+                                            bag_width=int(state["item_bags"].shape[1]))
     model = build_model(cfg, n_users, n_items, features)
     model.load_state_dict(state)
     return model.to(device).eval(), meta

@@ -22,8 +22,8 @@ recommend  scores every user of this date's data with the registry's champion (d
            items per user; users the champion does not know get popular items instead
            (a hybrid champion scores them from their side features).
 baselines  evaluates popularity, a dot-product MF and Spark ALS (factors from jobs/als.py)
-           on test/ like evaluate, one MLflow run each (ncf_model.baselines); prints
-           name=run_id pairs.
+           on test/ like evaluate, one MLflow run each (ncf_model.baselines; a retry on the
+           same lake run logs to the same runs); prints name=run_id pairs.
 Each stage records its counts and parameters in the run's `_manifest.json`.
 """
 

@@ -8,7 +8,9 @@ item_idx through `users/` and `items/`, and encodes every value with a
 - user codes: one code space over all fields, 0 = missing (its embedding stays zero), then
   each field's values in turn; a user is a (fields,) row of codes;
 - item tags: code = position in `tags`; an item is a bag of codes, stored flat
-  (`item_tags`) with the start of each item's bag (`item_offsets`), as EmbeddingBag wants.
+  (`item_tags`) with the start of each item's bag (`item_offsets`); `pad_bags` turns the
+  bags into one padded (n_items, longest bag) matrix, the form the hybrid model gathers
+  a batch's rows from.
 
 Training builds the vocabulary from its own day's data; serving encodes a later day's
 features with the model's vocabulary (a value it does not know counts as missing).
@@ -89,11 +91,36 @@ class SideFeatures:
 
     @classmethod
     def placeholder(cls, vocabulary: FeatureVocabulary, *, n_users: int, n_items: int,
-                    n_tag_entries: int) -> SideFeatures:
-        """Zeros of the right shapes: a checkpoint's state dict then fills them in."""
+                    bag_width: int) -> SideFeatures:
+        """Zeros of the right shapes (`bag_width` tags per item, so that `pad_bags` gives
+        (n_items, bag_width)): a checkpoint's state dict then fills them in."""
         return cls(vocabulary, torch.zeros(n_users, len(USER_FIELDS), dtype=torch.int64),
-                   torch.zeros(n_tag_entries, dtype=torch.int64),
-                   torch.zeros(n_items, dtype=torch.int64))
+                   torch.zeros(n_items * bag_width, dtype=torch.int64),
+                   torch.arange(n_items, dtype=torch.int64) * bag_width)
+
+
+def pad_bags(item_tags: Tensor, item_offsets: Tensor, pad: int) -> Tensor:
+    """(n_items, width) int64: row i holds item i's tag codes, then `pad` up to the width.
+
+    `item_tags` (T,) and `item_offsets` (n_items,) are the flat bags of `SideFeatures`.
+    The width is the longest bag (ingest keeps an item's top few tags, jobs/readers.py
+    TOP_TAGS), at least 1: EmbeddingBag rejects a 2-D input of width 0, and a row of `pad`
+    alone is an empty bag (a zero vector under `padding_idx=pad`).
+    """
+    n_items, n_entries = int(item_offsets.shape[0]), int(item_tags.shape[0])
+    offsets, device = item_offsets.to(torch.int64), item_offsets.device
+    ends = torch.cat([offsets[1:], offsets.new_tensor([n_entries])])
+    lengths = ends - offsets  # (n_items,)
+    if (n_items and (int(offsets[0]) != 0 or int(lengths.min()) < 0)) or (
+            not n_items and n_entries):
+        raise ValueError(f"item_offsets {offsets[:8].tolist()}... must start at 0 and never "
+                         f"decrease, within the {n_entries} tag entries")
+    width = max(int(lengths.max()) if n_items else 0, 1)
+    bags = torch.full((n_items, width), pad, dtype=torch.int64, device=device)
+    row = torch.repeat_interleave(torch.arange(n_items, device=device), lengths)  # (T,)
+    column = torch.arange(n_entries, device=device) - offsets[row]  # (T,) place in its bag
+    bags[row, column] = item_tags.to(torch.int64)
+    return bags
 
 
 def build_vocabulary(user_ids: Sequence[str], item_ids: Sequence[str], user_features: Any,

@@ -16,7 +16,7 @@ import torch
 from torch import Tensor, nn
 
 from ncf_model.config import ModelConfig
-from ncf_model.features import SideFeatures
+from ncf_model.features import SideFeatures, pad_bags
 
 EMBEDDING_STD = 0.01  # the paper's N(0, 0.01) embedding initialisation
 
@@ -65,6 +65,12 @@ class MF(nn.Module):
         dot = (self.user_embedding(user_idx) * self.item_embedding(item_idx)).sum(-1)  # (B,)
         bias = self.user_bias(user_idx).squeeze(-1) + self.item_bias(item_idx).squeeze(-1)  # (B,)
         return dot + bias + self.global_bias  # (B,)
+
+    def score_all_items(self, user_idx: Tensor) -> Tensor:
+        """(C, n_items) logits of `user_idx` (C,) against every item: one matrix product."""
+        dot = self.user_embedding(user_idx) @ self.item_embedding.weight.T  # (C, n_items)
+        bias = self.user_bias(user_idx) + self.item_bias.weight.T  # (C, 1) + (1, n_items)
+        return dot + bias + self.global_bias  # (C, n_items)
 
 
 class GMF(nn.Module):
@@ -184,12 +190,13 @@ class Hybrid(nn.Module):
     training, each pair's id is swapped for it with probability `id_dropout`, so the model
     learns to score from features alone; `score` then serves ids it never saw. The feature
     tables of the training users and items are buffers: `forward(user_idx, item_idx)` needs
-    nothing else, and an exported `PairScorer` carries them.
+    nothing else, and an exported `PairScorer` carries them. Item tags are held as padded
+    bags (`ncf_model.features.pad_bags`, padding code `tag_pad` = n_tags): a batch gathers
+    its own items' rows, whatever the number of items.
     """
 
     user_codes: Tensor
-    item_tags: Tensor
-    item_offsets: Tensor
+    item_bags: Tensor
 
     def __init__(self, features: SideFeatures, factors: int, mlp_layers: Sequence[int], *,
                  dropout: float = 0.0, batch_norm: bool = False,
@@ -203,16 +210,22 @@ class Hybrid(nn.Module):
         self.mlp = MLP(self.n_users + 1, self.n_items + 1, mlp_layers, dropout=dropout,
                        batch_norm=batch_norm)
         half = mlp_layers[0] // 2
-        n_codes, n_tags = features.vocabulary.n_user_codes, max(features.vocabulary.n_tags, 1)
+        n_codes, self.tag_pad = features.vocabulary.n_user_codes, features.vocabulary.n_tags
         self.gmf_user_features = nn.Embedding(n_codes, factors, padding_idx=0)
         self.mlp_user_features = nn.Embedding(n_codes, half, padding_idx=0)
-        self.gmf_item_tags = nn.EmbeddingBag(n_tags, factors, mode="mean")
-        self.mlp_item_tags = nn.EmbeddingBag(n_tags, half, mode="mean")
+        # One more row than tags, the padding: a bag of padding alone is a zero vector.
+        self.gmf_item_tags = nn.EmbeddingBag(self.tag_pad + 1, factors, mode="mean",
+                                             padding_idx=self.tag_pad)
+        self.mlp_item_tags = nn.EmbeddingBag(self.tag_pad + 1, half, mode="mean",
+                                             padding_idx=self.tag_pad)
         self.head = nn.Linear(self.gmf.n_features + self.mlp.n_features, 1)
         self.register_buffer("user_codes", features.user_codes.clone())  # (n_users, fields)
-        self.register_buffer("item_tags", features.item_tags.clone())  # (T,) tag codes
-        self.register_buffer("item_offsets", features.item_offsets.clone())  # (n_items,)
+        self.register_buffer("item_bags", self.bags(features))  # (n_items, max_tags)
         _init_weights(self)
+
+    def bags(self, features: SideFeatures) -> Tensor:
+        """(n_items, max_tags) `features`' item tags (this model's codes) padded with tag_pad."""
+        return pad_bags(features.item_tags, features.item_offsets, self.tag_pad)
 
     def _drop(self, idx: Tensor, oov: int) -> Tensor:
         keep = torch.rand(idx.shape, device=idx.device) >= self.id_dropout  # (B,)
@@ -223,26 +236,46 @@ class Hybrid(nn.Module):
         if self.training and self.id_dropout > 0:
             user_row, item_row = self._drop(user_idx, self.n_users), self._drop(item_idx,
                                                                                  self.n_items)
-        return self.score(user_row, self.user_codes[user_idx], item_row, item_idx,
-                          item_tags=self.item_tags, item_offsets=self.item_offsets)
+        return self.score(user_row, self.user_codes[user_idx], item_row,
+                          self.item_bags[item_idx])
 
-    def score(self, user_row: Tensor, user_codes: Tensor, item_row: Tensor, item_idx: Tensor, *,
-              item_tags: Tensor, item_offsets: Tensor) -> Tensor:
-        """Logits from id rows (`n_users` / `n_items`: unknown) and features.
+    def _users(self, user_row: Tensor, user_codes: Tensor) -> tuple[Tensor, Tensor]:
+        gmf = self.gmf.user_embedding(user_row) + self.gmf_user_features(user_codes).sum(1)
+        mlp = self.mlp.user_embedding(user_row) + self.mlp_user_features(user_codes).sum(1)
+        return gmf, mlp  # (B, factors), (B, half)
 
-        `user_codes` (B, fields) are the users' feature codes; `item_idx` (B,) indexes the
-        bags of tag codes that `item_tags` (T,) and `item_offsets` (N,) describe.
-        """
-        gmf_bags = self.gmf_item_tags(item_tags, item_offsets)[item_idx]  # (B, factors)
-        mlp_bags = self.mlp_item_tags(item_tags, item_offsets)[item_idx]  # (B, half)
-        gmf_user = self.gmf.user_embedding(user_row) + self.gmf_user_features(user_codes).sum(1)
-        mlp_user = self.mlp.user_embedding(user_row) + self.mlp_user_features(user_codes).sum(1)
-        gmf_item = self.gmf.item_embedding(item_row) + gmf_bags  # (B, factors)
-        mlp_item = self.mlp.item_embedding(item_row) + mlp_bags  # (B, half)
+    def _items(self, item_row: Tensor, item_bags: Tensor) -> tuple[Tensor, Tensor]:
+        gmf = self.gmf.item_embedding(item_row) + self.gmf_item_tags(item_bags)
+        mlp = self.mlp.item_embedding(item_row) + self.mlp_item_tags(item_bags)
+        return gmf, mlp  # (B, factors), (B, half)
+
+    def _logits(self, gmf_user: Tensor, mlp_user: Tensor, gmf_item: Tensor,
+                mlp_item: Tensor) -> Tensor:
         x = torch.cat([self.gmf.interact(gmf_user, gmf_item),  # (B, factors)
                        self.mlp.interact(mlp_user, mlp_item)],  # (B, mlp_layers[-1])
                       dim=-1)
         return self.head(x).squeeze(-1)  # (B,)
+
+    def score(self, user_row: Tensor, user_codes: Tensor, item_row: Tensor,
+              item_bags: Tensor) -> Tensor:
+        """(B,) logits from id rows (`n_users` / `n_items`: unknown) and features.
+
+        `user_codes` (B, fields) are the users' feature codes, `item_bags` (B, width) the
+        items' tag codes padded with `tag_pad` (rows of `bags(features)`).
+        """
+        return self._logits(*self._users(user_row, user_codes),
+                            *self._items(item_row, item_bags))
+
+    def score_all_items(self, user_idx: Tensor) -> Tensor:
+        """(C, n_items) logits of `user_idx` (C,) against every training item, in eval mode
+        (as `forward`): each item's vectors, its tag mean included, are made once per call."""
+        n_users, n_items = len(user_idx), self.n_items
+        items = torch.arange(n_items, device=user_idx.device)
+        gmf_user, mlp_user = (u.repeat_interleave(n_items, dim=0)  # (C * n_items, d)
+                              for u in self._users(user_idx, self.user_codes[user_idx]))
+        gmf_item, mlp_item = (i.repeat(n_users, 1)  # (C * n_items, d)
+                              for i in self._items(items, self.item_bags))
+        return self._logits(gmf_user, mlp_user, gmf_item, mlp_item).view(n_users, n_items)
 
 
 def build_model(cfg: ModelConfig, n_users: int, n_items: int,

@@ -108,7 +108,8 @@ def _tiny_lake(root: Path) -> layout.LakePaths:
            [list(range(N_ITEMS)), [[1.0, 0.0] if i < 12 else [0.0, 1.0]
                                    for i in range(N_ITEMS)]])
     layout.update_manifest(paths, "als", {"params": {"rank": 2, "reg_param": 0.1, "alpha": 1.0,
-                                                     "max_iter": 1, "seed": 0}})
+                                                     "max_iter": 1, "seed": 0},
+                                          "seconds": 12.5})
     return paths
 
 
@@ -159,6 +160,7 @@ def test_baselines_stage_logs_a_run_per_baseline_beside_ncf(
     assert len(client.get_metric_history(run_ids["mf"], f"val_hr_{K}")) >= 1
     assert tracking.TRAINING_CURVES_PLOT in {a.path for a in client.list_artifacts(run_ids["mf"])}
     assert client.get_run(run_ids["als"]).data.params["als.rank"] == "2"
+    assert client.get_run(run_ids["als"]).data.metrics["als_job_seconds"] == 12.5
 
     entry = layout.read_manifest(paths)["baselines"]
     assert {name: entry[name]["run_id"] for name in run_ids} == run_ids
@@ -171,6 +173,7 @@ def test_baselines_stage_logs_a_run_per_baseline_beside_ncf(
     # MF learns the groups in 3 epochs (seen: 0.95); popularity cannot (seen: 0.50).
     assert metrics["mf"][f"test_hr_{K}"] > 0.8 > metrics["popularity"][f"test_hr_{K}"] + 0.2
     assert 1 <= entry["mf"]["best_epoch"] <= 3
+    assert entry["als"]["als_job_seconds"] == 12.5
 
     # NCF's own run (train + evaluate) carries the same metric names and the two plots.
     assert _main("train", config, paths) == 0
@@ -205,6 +208,46 @@ def test_only_the_enabled_baselines_run_and_als_needs_its_factors(
         _main("baselines", _config(tmp_path), paths)
     # Checked first: neither popularity nor MF ran (nor logged a run) before the failure.
     assert len(tracking.find_runs("tiny", {"ncf.logical_date": DATE})) == runs_before
+
+
+def test_a_retried_baselines_task_logs_to_the_runs_of_its_first_attempt(
+        tmp_path: Path, mlflow_store: str, capsys: pytest.CaptureFixture[str]) -> None:
+    from mlflow.tracking import MlflowClient
+
+    torch.set_num_threads(1)
+    paths = _tiny_lake(tmp_path / "lake")
+    config = _config(tmp_path)
+
+    def run_stage() -> dict[str, str]:
+        assert _main("baselines", config, paths) == 0
+        printed = capsys.readouterr().out.strip().splitlines()[-1]
+        return dict(part.split("=") for part in printed.split(","))
+
+    first = run_stage()
+    retried = run_stage()  # the Airflow retry: the same lake run, the same config
+    assert retried == first
+    assert sorted(tracking.find_runs("tiny", {"ncf.logical_date": DATE})) == sorted(
+        first.values())
+    client = MlflowClient(tracking_uri=mlflow_store)
+    for name, run_id in first.items():
+        assert tracking.find_runs("tiny", {"ncf.baseline": name}) == [run_id]
+        run = client.get_run(run_id)
+        assert run.info.status == "FINISHED" and set(run.data.metrics) >= METRICS
+
+    # Another prepare run of the same date is another lake run: new runs beside the old.
+    layout.update_manifest(paths, "prepare", {"n_users": N_USERS, "n_items": N_ITEMS,
+                                              "input_sha256": "1" * 64})
+    rerun = run_stage()
+    assert not set(rerun.values()) & set(first.values())
+    assert len(tracking.find_runs("tiny", {"ncf.logical_date": DATE})) == 2 * len(first)
+    # So is another baseline configuration: MF with other factors gets a run of its own.
+    other = yaml.safe_load(config.read_text())
+    other["baselines"]["mf"]["factors"] = 4
+    config.write_text(yaml.safe_dump(other))
+    changed = run_stage()
+    assert changed["mf"] != rerun["mf"]
+    assert {name: changed[name] for name in ("popularity", "als")} == {
+        name: rerun[name] for name in ("popularity", "als")}
 
 
 def test_evaluate_report_with_a_popularity_scorer_gives_the_hr_curve() -> None:

@@ -8,6 +8,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+import torch
 
 from jobs import layout
 from ncf_model.features import (
@@ -16,6 +17,7 @@ from ncf_model.features import (
     build_vocabulary,
     encode,
     load_side_features,
+    pad_bags,
 )
 
 USER_IDS = ["u0", "u1", "u2", "u3"]
@@ -112,3 +114,26 @@ def test_serving_without_feature_folders_leaves_every_code_missing(
         features = load_side_features(paths, USER_IDS, ITEM_IDS, vocabulary)
     assert features.user_codes.abs().sum() == 0 and features.item_tags.numel() == 0
     assert "has no side features" in caplog.text
+
+
+def test_pad_bags_gives_one_padded_row_per_item() -> None:
+    # Items: (1, 0), (0,), none, (2, 2, 1), none.
+    tags, offsets = torch.tensor([1, 0, 0, 2, 2, 1]), torch.tensor([0, 2, 3, 3, 6])
+    assert pad_bags(tags, offsets, pad=3).tolist() == [[1, 0, 3], [0, 3, 3], [3, 3, 3],
+                                                       [2, 2, 1], [3, 3, 3]]
+    assert pad_bags(tags, offsets, pad=3).dtype == torch.int64
+    # No tag at all (a last.fm run without item features): one column of padding.
+    none = torch.zeros(0, dtype=torch.int64)
+    assert pad_bags(none, torch.zeros(3, dtype=torch.int64), pad=0).tolist() == [[0]] * 3
+    assert pad_bags(none, none, pad=0).shape == (0, 1)
+    # The bags encode() writes.
+    vocabulary = build_vocabulary(USER_IDS, ITEM_IDS, USERS, ITEMS)
+    features = encode(vocabulary, USER_IDS, ITEM_IDS, USERS, ITEMS)
+    assert pad_bags(features.item_tags, features.item_offsets, pad=2).tolist() == [
+        [1, 0], [0, 2], [2, 2], [2, 2]]
+
+
+@pytest.mark.parametrize("offsets", [[1, 2], [0, 3, 2], [0, 7]])
+def test_pad_bags_rejects_offsets_that_are_not_bag_starts(offsets: list[int]) -> None:
+    with pytest.raises(ValueError, match="must start at 0 and never decrease"):
+        pad_bags(torch.tensor([0, 1, 2, 3]), torch.tensor(offsets), pad=4)

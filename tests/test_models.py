@@ -1,11 +1,13 @@
 """ncf_model.models: shapes, MF's biases, batch norm, NeuMF pre-training, the hybrid model's
-out-of-vocabulary scoring, the exported PairScorer of every kind."""
+out-of-vocabulary scoring and padded tag bags, the all-items fast path, the exported
+PairScorer of every kind."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
+from ncf_model.checkpoint import upgrade_hybrid_state
 from ncf_model.config import ModelConfig
 from ncf_model.features import FeatureVocabulary, SideFeatures
 from ncf_model.models import GMF, MF, MLP, Hybrid, NeuMF, PairScorer, build_model
@@ -163,14 +165,13 @@ def test_hybrid_without_side_features_is_an_error() -> None:
         build_model(ModelConfig(kind="hybrid"), N_USERS + 1, N_ITEMS, side_features())
 
 
-def _oov_scores(model: Hybrid, user_codes: torch.Tensor, item_tags: torch.Tensor,
-                item_offsets: torch.Tensor) -> torch.Tensor:
-    """An unseen user (features `user_codes`) against items 0..N-1 of the given bags,
-    each item unseen too: both ids take the out-of-vocabulary row."""
-    n = item_offsets.shape[0]
+def _oov_scores(model: Hybrid, user_codes: torch.Tensor,
+                item_bags: torch.Tensor) -> torch.Tensor:
+    """An unseen user (features `user_codes`) against items of the given padded bags, each
+    item unseen too: both ids take the out-of-vocabulary row."""
+    n = item_bags.shape[0]
     return model.score(torch.full((n,), N_USERS), user_codes.expand(n, -1),
-                       torch.full((n,), N_ITEMS), torch.arange(n),
-                       item_tags=item_tags, item_offsets=item_offsets)
+                       torch.full((n,), N_ITEMS), item_bags)
 
 
 def test_hybrid_scores_unseen_users_and_items_from_their_features() -> None:
@@ -180,10 +181,11 @@ def test_hybrid_scores_unseen_users_and_items_from_their_features() -> None:
     assert isinstance(model, Hybrid)
     assert model.gmf.user_embedding.weight.shape == (N_USERS + 1, 4)  # + the OOV row
     assert model.gmf_user_features.weight[0].abs().sum() == 0  # "missing" adds nothing
-    bags, offsets = torch.tensor([0, 1, 0, 1]), torch.tensor([0, 1, 2, 2])  # x, y, (x,y), -
-    woman_a = _oov_scores(model, torch.tensor([[0, 1, 3, 0]]), bags, offsets)
-    man_b = _oov_scores(model, torch.tensor([[0, 2, 4, 0]]), bags, offsets)
-    unknown = _oov_scores(model, torch.tensor([[0, 0, 0, 0]]), bags, offsets)
+    bags = torch.tensor([[0, 2], [1, 2], [0, 1], [2, 2]])  # x, y, (x, y), none; 2 = padding
+    assert model.tag_pad == 2
+    woman_a = _oov_scores(model, torch.tensor([[0, 1, 3, 0]]), bags)
+    man_b = _oov_scores(model, torch.tensor([[0, 2, 4, 0]]), bags)
+    unknown = _oov_scores(model, torch.tensor([[0, 0, 0, 0]]), bags)
     assert torch.isfinite(torch.cat([woman_a, man_b, unknown])).all()
     # Different user features, different scores for the same items; and the item's tags
     # change the score for the same user.
@@ -191,8 +193,7 @@ def test_hybrid_scores_unseen_users_and_items_from_their_features() -> None:
     assert len(set(woman_a.tolist())) == 4
     # A known user scored through `score` with its own features is `forward`.
     user, item = torch.tensor([2, 5]), torch.tensor([3, 10])
-    direct = model.score(user, features.user_codes[user], item, item,
-                         item_tags=features.item_tags, item_offsets=features.item_offsets)
+    direct = model.score(user, features.user_codes[user], item, model.bags(features)[item])
     assert torch.allclose(direct, model(user, item))
 
 
@@ -208,3 +209,83 @@ def test_hybrid_id_dropout_swaps_ids_for_the_oov_row_in_training_only(batch) -> 
     assert torch.equal(model(*batch), model(*batch))
     model.train()
     assert not torch.equal(model(*batch), model(*batch))  # other ids dropped each call
+
+
+def _reference_hybrid_logits(model: Hybrid, features: SideFeatures, user: torch.Tensor,
+                             item: torch.Tensor) -> torch.Tensor:
+    """The hybrid's logits the slow way: a loop over pairs, each item's tag vector the mean
+    of its tags' embedding rows (zero without tags), the user's the sum of its codes'."""
+    ends = [*features.item_offsets.tolist()[1:], features.item_tags.numel()]
+    logits = []
+    for u, i in zip(user.tolist(), item.tolist(), strict=True):
+        tags = features.item_tags[features.item_offsets[i]:ends[i]]
+        codes = features.user_codes[u]
+        vectors = []
+        for ids, user_features, tag_table in (
+                (model.gmf, model.gmf_user_features, model.gmf_item_tags),
+                (model.mlp, model.mlp_user_features, model.mlp_item_tags)):
+            tag_mean = (tag_table.weight[tags].mean(0) if len(tags)
+                        else torch.zeros(tag_table.weight.shape[1]))
+            vectors.append((ids.user_embedding.weight[u] + user_features.weight[codes].sum(0),
+                            ids.item_embedding.weight[i] + tag_mean))
+        (gmf_user, gmf_item), (mlp_user, mlp_item) = vectors
+        x = torch.cat([gmf_user * gmf_item, model.mlp.tower(torch.cat([mlp_user, mlp_item]))])
+        logits.append(model.head(x).squeeze(-1))
+    return torch.stack(logits)
+
+
+def test_hybrid_scores_equal_a_per_item_mean_of_tag_embeddings() -> None:
+    # Items: tags (2, 0, 1), (), (1,), (0, 0), (); users: some codes missing (0).
+    vocabulary = FeatureVocabulary(((), ("F", "M"), ("a", "b"), ()), ("x", "y", "z"))
+    features = SideFeatures(vocabulary, torch.tensor([[0, 1, 3, 0], [0, 0, 0, 0],
+                                                      [0, 2, 4, 0]]),
+                            torch.tensor([2, 0, 1, 1, 0, 0]), torch.tensor([0, 3, 3, 4, 6]))
+    torch.manual_seed(8)
+    model = Hybrid(features, factors=4, mlp_layers=(8, 4), id_dropout=0.2).eval()
+    with torch.no_grad():  # wider than the init: differences well above rounding
+        for table in (model.gmf_item_tags, model.mlp_item_tags):
+            table.weight[:-1].normal_(0.0, 1.0)
+    assert model.item_bags.tolist() == [[2, 0, 1], [3, 3, 3], [1, 3, 3], [0, 0, 3], [3, 3, 3]]
+    assert model.gmf_item_tags.weight[3].abs().sum() == 0  # the padding row
+    user = torch.tensor([0, 1, 2, 0, 1, 2, 2])
+    item = torch.tensor([0, 1, 2, 3, 4, 0, 3])
+    with torch.no_grad():
+        expected = _reference_hybrid_logits(model, features, user, item)
+        assert torch.allclose(model(user, item), expected, atol=1e-6)
+        # An item without tags: its bag of padding alone adds a zero vector.
+        empty = model.gmf_item_tags(torch.tensor([[3, 3, 3]]))
+        assert torch.equal(empty, torch.zeros(1, 4))
+
+
+@pytest.mark.parametrize("kind", ["mf", "hybrid"])
+def test_score_all_items_is_the_pairwise_forward(kind: str) -> None:
+    torch.manual_seed(9)
+    model = _build(kind).eval()
+    with torch.no_grad():  # non-zero biases: MF's start at 0
+        for name, parameter in model.named_parameters():
+            if "bias" in name:
+                parameter.normal_(0.0, 1.0)
+        users = torch.tensor([6, 0, 3])
+        matrix = model.score_all_items(users)
+        pairwise = model(users.repeat_interleave(N_ITEMS), torch.arange(N_ITEMS).repeat(3))
+    assert matrix.shape == (3, N_ITEMS)
+    assert torch.allclose(matrix, pairwise.view(3, N_ITEMS), atol=1e-6)
+
+
+def test_a_hybrid_state_saved_with_flat_bags_loads_into_padded_bags() -> None:
+    torch.manual_seed(10)
+    features = side_features()
+    model = _build("hybrid").eval()
+    # The layout before the padded bags: flat tags and offsets, no padding row.
+    legacy = {name: tensor for name, tensor in model.state_dict().items()
+              if name != "item_bags"}
+    legacy |= {"item_tags": features.item_tags, "item_offsets": features.item_offsets,
+               "gmf_item_tags.weight": model.gmf_item_tags.weight[:-1],
+               "mlp_item_tags.weight": model.mlp_item_tags.weight[:-1]}
+    placeholder = SideFeatures.placeholder(features.vocabulary, n_users=N_USERS,
+                                           n_items=N_ITEMS, bag_width=2)
+    loaded = Hybrid(placeholder, factors=4, mlp_layers=(8, 4, 2)).eval()
+    loaded.load_state_dict(upgrade_hybrid_state(legacy, features.vocabulary.n_tags))
+    user, item = torch.arange(N_USERS).repeat(2)[:N_ITEMS], torch.arange(N_ITEMS)
+    assert torch.equal(loaded.item_bags, model.item_bags)
+    assert torch.allclose(loaded(user, item), model(user, item))

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from ncf_model.models import NeuMF
+from ncf_model.models import MF, NeuMF
 from ncf_model.topk import popularity_top_k, recommend_top_k
 
 N_USERS, N_ITEMS, K = 9, 12, 4
@@ -54,6 +54,29 @@ def test_no_seen_item_is_recommended_and_brute_force_agrees(model, seen) -> None
     assert all(len(set(row)) == K for row in items.tolist())
     assert (scores[:, :-1] >= scores[:, 1:]).all()  # best first
 
+    expected_items, expected_scores = _brute_force(model, *seen, K)
+    assert torch.equal(items, expected_items)
+    assert torch.allclose(scores, expected_scores)
+
+
+def test_a_model_with_score_all_items_is_ranked_through_it(
+        seen, monkeypatch: pytest.MonkeyPatch) -> None:
+    torch.manual_seed(2)
+    model = MF(N_USERS, N_ITEMS, factors=4)
+    with torch.no_grad():  # well separated scores, biases included
+        for parameter in model.parameters():
+            parameter.normal_(0.0, 1.0)
+    chunks: list[int] = []
+    score_all_items = MF.score_all_items
+
+    def spy(self: MF, users: torch.Tensor) -> torch.Tensor:
+        chunks.append(len(users))
+        return score_all_items(self, users)
+
+    monkeypatch.setattr(MF, "score_all_items", spy)
+    items, scores = recommend_top_k(model, n_users=N_USERS, n_items=N_ITEMS, seen_user=seen[0],
+                                    seen_item=seen[1], k=K, chunk_users=4, device=CPU)
+    assert chunks == [4, 4, 1]  # one (C, n_items) matrix per chunk, no pairwise calls
     expected_items, expected_scores = _brute_force(model, *seen, K)
     assert torch.equal(items, expected_items)
     assert torch.allclose(scores, expected_scores)

@@ -206,12 +206,9 @@ def test_hybrid_scores_users_it_never_saw_by_their_features() -> None:
     for group in range(N_GROUPS):
         codes = features.user_codes[group].expand(N_ITEMS, -1)  # user `group` is in it
         with torch.no_grad():
-            scores = model.score(oov_user, codes, items, items, item_tags=features.item_tags,
-                                 item_offsets=features.item_offsets)
+            scores = model.score(oov_user, codes, items, model.item_bags)
             # The item unseen too: its block's tag alone still puts it with its group.
-            unseen_items = model.score(oov_user, codes, oov_item, items,
-                                       item_tags=features.item_tags,
-                                       item_offsets=features.item_offsets)
+            unseen_items = model.score(oov_user, codes, oov_item, model.bags(features))
         block = set(range(group * BLOCK, (group + 1) * BLOCK))
         top = set(torch.topk(scores, 10).indices.tolist())
         assert len(top & block) >= 8, (group, sorted(top))

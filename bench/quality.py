@@ -78,7 +78,8 @@ def _row(name: str, metrics: dict[str, float], seconds: float, epoch: Any = "") 
         return None
     return {"model": name, "hr": get("test_hr_10", "hr_10"), "ndcg": get("test_ndcg_10", "ndcg_10"),
             "full_ndcg": get("test_full_ndcg_10", "full_ndcg_10"),
-            "full_hr": get("test_full_hr_10", "full_hr_10"), "epoch": epoch,
+            "full_hr": get("test_full_hr_10", "full_hr_10"),
+            "epoch": int(epoch) if isinstance(epoch, float) else epoch,  # MF logs a float
             "seconds": seconds}
 
 

@@ -121,8 +121,8 @@ def main(argv: list[str] | None = None) -> int:
         raise AlsError(f"{source} does not exist: run jobs/prepare.py for {cfg.dataset} "
                        f"{args.logical_date} first")
 
+    started = time.perf_counter()  # the job's wall time, session start-up included
     spark = get_spark(f"als-{cfg.dataset}")
-    started = time.perf_counter()
     train = spark.read.schema(layout.ddl(layout.PAIRS_SCHEMA)).parquet(str(source))
     ratings = implicit_ratings(train).persist()
     checkpoints = paths.base / f".tmp-als-checkpoints-{uuid.uuid4().hex[:12]}"

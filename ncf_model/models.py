@@ -97,6 +97,12 @@ class GMF(nn.Module):
     def forward(self, user_idx: Tensor, item_idx: Tensor) -> Tensor:
         return self.head(self.features(user_idx, item_idx)).squeeze(-1)  # (B,)
 
+    def score_all_items(self, user_idx: Tensor) -> Tensor:
+        """(C, n_items) logits of `user_idx` (C,) against every item: the head's weights
+        fold into the user vectors, sum_f w_f u_f q_f = (u * w) @ Q^T, one matrix product."""
+        weighted = self.user_embedding(user_idx) * self.head.weight  # (C, factors)
+        return weighted @ self.item_embedding.weight.T + self.head.bias  # (C, n_items)
+
 
 class MLP(nn.Module):
     """User and item embeddings of `layers[0] // 2` each, concatenated, then a ReLU tower

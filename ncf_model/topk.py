@@ -6,7 +6,7 @@ chunk_users * n_items pairs whatever the number of users. An item the user has s
 recommended.
 
 `score_items` is the one place a chunk of users is scored against every item; a model
-with a `score_all_items(user_idx) -> (C, n_items)` method (MF, Hybrid and the baselines'
+with a `score_all_items(user_idx) -> (C, n_items)` method (MF, GMF, Hybrid and the baselines'
 scorers) is asked for the matrix directly, any other with (user, item) pairs.
 """
 

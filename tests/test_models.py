@@ -257,7 +257,7 @@ def test_hybrid_scores_equal_a_per_item_mean_of_tag_embeddings() -> None:
         assert torch.equal(empty, torch.zeros(1, 4))
 
 
-@pytest.mark.parametrize("kind", ["mf", "hybrid"])
+@pytest.mark.parametrize("kind", ["mf", "gmf", "hybrid"])
 def test_score_all_items_is_the_pairwise_forward(kind: str) -> None:
     torch.manual_seed(9)
     model = _build(kind).eval()

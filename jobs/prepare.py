@@ -10,12 +10,12 @@ Writes  <lake>/<dataset>/<logical_date>/users/ items/     user_id -> user_idx, i
 
 Run:
     spark-submit jobs/prepare.py --config configs/ml-100k.yaml --logical-date 2026-11-23 \
-        [--as-of 2026-11-24T00:00:00+00:00]
+        [--as-of 2026-11-23T00:00:00+00:00]
 
 Steps (jobs/filters.py): only events before the as-of time (default: the logical date,
 00:00 UTC: the end of its data interval under the DAG's @daily schedule) so that a
-backfill sees what was known then; binarise by the
-configured rule; a seeded sample of users; a k-core. Then dense ids and the split
+backfill sees what was known then; binarise by the configured rule; a seeded sample of
+users; a k-core. Then dense ids and the split
 (jobs/split.py): leave_one_out, the NCF paper's protocol (each user's latest positive is
 the test item, the second latest the validation item, the rest train; users with fewer
 than three positives are trained on, never evaluated), time_cutoff or stratified.
@@ -31,6 +31,7 @@ import contextlib
 import dataclasses
 import functools
 import logging
+from collections.abc import Callable
 from datetime import UTC, date, datetime, time, timedelta
 from pathlib import Path
 from typing import Any
@@ -185,7 +186,7 @@ def _split(positives: DataFrame, indexed: DataFrame, cfg: PrepareConfig,
 
 
 def _touched(events: DataFrame, split_positives: list[DataFrame], rule: str,
-             indexed: Any) -> DataFrame:
+             indexed: Callable[[DataFrame], DataFrame]) -> DataFrame:
     """Every (user_idx, item_idx) pair a user touched, among the indexed users and items.
 
     With binarise rule `any` every pair of the events is a positive, and the user sample

@@ -61,6 +61,13 @@ def _atomic_save(payload: Any, path: Path) -> None:
         tmp.unlink(missing_ok=True)
 
 
+def _same_layout(saved: Mapping[str, torch.Tensor], current: Mapping[str, torch.Tensor]) -> bool:
+    """Whether a saved state dict has exactly the current model's tensors, by name and shape
+    (checked before loading: a failed load_state_dict leaves the model half overwritten)."""
+    return saved.keys() == current.keys() and all(
+        saved[name].shape == tensor.shape for name, tensor in current.items())
+
+
 class PhaseState:
     """The state file of one training phase."""
 
@@ -93,6 +100,10 @@ class PhaseState:
         if payload.get("fingerprint") != self.fingerprint:
             log.warning("%s was saved for another config or other data: not resumed",
                         self.path)
+            return None
+        if not _same_layout(payload["model"], model.state_dict()):
+            log.warning("%s holds weights of another model layout (saved by another version "
+                        "of the code?): not resumed", self.path)
             return None
         model.load_state_dict(payload["model"])
         optimizer.load_state_dict(payload["optimizer"])

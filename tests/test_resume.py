@@ -124,6 +124,27 @@ def test_a_state_of_another_config_is_not_resumed(tmp_path: Path) -> None:
     assert torch.load(new.path, weights_only=True)["fingerprint"] == "new-fingerprint"
 
 
+def test_a_state_of_another_model_layout_is_not_resumed(tmp_path: Path) -> None:
+    # The same fingerprint but other tensors (the code changed between two attempts, e.g.
+    # the hybrid's padded tag bags): trained afresh, the model untouched by the old file.
+    data, validation = planted()
+    cfg = TrainConfig(epochs=2, batch_size=64, patience=2, k=5)
+    state = PhaseState(tmp_path / "model.pt", "same-fingerprint")
+    torch.manual_seed(0)
+    old = build_model(ModelConfig(kind="gmf", factors=4), N_USERS, N_ITEMS)
+    train(old, data, validation, cfg, device=CPU, generator=torch.Generator(), state=state)
+    torch.manual_seed(1)
+    new = build_model(ModelConfig(kind="gmf", factors=8), N_USERS, N_ITEMS)
+    before = {name: tensor.clone() for name, tensor in new.state_dict().items()}
+    optimizer = torch.optim.Adam(new.parameters())
+    assert state.restore(new, optimizer, torch.Generator()) is None
+    _assert_same_weights(new.state_dict(), before)
+    epochs: list[int] = []
+    train(new, data, validation, cfg, device=CPU, generator=torch.Generator(), state=state,
+          on_epoch=lambda epoch, _metrics: epochs.append(epoch))
+    assert epochs == [1, 2]
+
+
 def test_training_states_continue_the_recorded_run_only_for_the_same_fingerprint(
         tmp_path: Path) -> None:
     folder = tmp_path / "_train_state"

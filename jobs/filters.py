@@ -221,12 +221,12 @@ def select_positives(interactions: DataFrame, cfg: PrepareConfig, *,
         "k_core_converged": core.converged,
         "positives_selected": n_positives,
     }
-    if not unfiltered:
-        assert None not in (users_binarised, items_binarised, users_sampled, items_sampled,
-                            n_users, n_items)
-        counts.update({
-            "users_dropped_by_sampling": users_binarised - users_sampled,  # type: ignore[operator]
-            "items_dropped_by_sampling": items_binarised - items_sampled,  # type: ignore[operator]
-            "users_dropped_by_k_core": users_sampled - n_users,  # type: ignore[operator]
-            "items_dropped_by_k_core": items_sampled - n_items})  # type: ignore[operator]
+    if not unfiltered:  # then every distinct count was taken (_tally)
+        assert users_binarised is not None and items_binarised is not None
+        assert users_sampled is not None and items_sampled is not None
+        assert n_users is not None and n_items is not None
+        counts.update({"users_dropped_by_sampling": users_binarised - users_sampled,
+                       "items_dropped_by_sampling": items_binarised - items_sampled,
+                       "users_dropped_by_k_core": users_sampled - n_users,
+                       "items_dropped_by_k_core": items_sampled - n_items})
     return Selection(events, positives, counts)

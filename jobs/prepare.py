@@ -39,11 +39,17 @@ from typing import Any
 from pyspark.sql import Column, DataFrame, Window
 from pyspark.sql import functions as F
 
-from jobs import layout
+from jobs import fused, layout
 from jobs.cli import configure_logging, lake_root, load_stage_config, stage_parser
 from jobs.config import FORMATS_WITHOUT_TIMESTAMPS, PRESPLIT_FORMAT, PrepareConfig, parse_utc
 from jobs.filters import select_positives
-from jobs.negatives import N_NEEDED, sample_negatives
+from jobs.negatives import (
+    N_NEEDED,
+    STREAM_TEST,
+    STREAM_TRAIN,
+    STREAM_VALIDATION,
+    sample_negatives,
+)
 from jobs.spark import conform, get_spark, read_parquet, write_parquet
 from jobs.split import (
     split_leave_one_out,
@@ -55,8 +61,9 @@ from jobs.split import (
 
 log = logging.getLogger(__name__)
 
-# Independent random streams drawn with the one seed (jobs.split: 4, 6; filters: 5).
-STREAM_TRAIN, STREAM_VALIDATION, STREAM_TEST = 1, 2, 3
+# Leave-one-out on rule `any` goes through jobs.fused (the same bytes, one pass per user);
+# False sends every configuration through jobs.split + jobs.negatives (tests compare).
+FUSED_PATH = True
 
 
 class PrepareError(RuntimeError):
@@ -211,6 +218,45 @@ def _per_user(test: DataFrame) -> dict[str, Any]:
     return {"test_users": n_users, "test_positives_per_user": stats}
 
 
+def uses_fused_path(cfg: PrepareConfig, *, presplit: bool) -> bool:
+    """Whether jobs.fused writes the splits: leave_one_out on binarise rule `any` (the
+    touched pairs are then exactly the positives), unless FUSED_PATH is turned off."""
+    return (FUSED_PATH and not presplit and cfg.split.method == "leave_one_out"
+            and cfg.binarise.rule == "any")
+
+
+def _write_general(positives: DataFrame, presplit_test: DataFrame | None, events: DataFrame,
+                   indexed: Callable[[DataFrame], DataFrame], staged: dict[str, Path], *,
+                   n_items: int, cfg: PrepareConfig, cache: list[DataFrame],
+                   ) -> tuple[DataFrame | None, dict[str, Any]]:
+    """train/, validation/, test/ through jobs.split and jobs.negatives, into `staged`;
+    returns (time_cutoff's unscorable test positives, the split facts).
+
+    cache[0] holds the indexed positives; the split's per-user ranking is cached after
+    it (the three splits are filters of the ranking: persisting each split instead
+    sorted all positives once per split).
+    """
+    unscorable = given_test = None
+    if presplit_test is None:
+        split_positives, unscorable, split_info = _split(positives, cache[0], cfg, cache)
+        kept = list(split_positives)
+    else:
+        given_test = presplit_test.transform(indexed)
+        test_pairs = given_test.where(F.col(layout.LABEL) == 1)
+        kept = [*split_presplit(cache[0], test_pairs, seed=cfg.seed, cache=cache), test_pairs]
+        split_info = {"method": "presplit"}
+    train_positives, validation_positives, test_positives = kept
+    # Not persisted here: jobs.negatives caches it once, partitioned by user, and its
+    # three calls share that cache (persisting it here too held it twice).
+    touched = _touched(events, kept, cfg.binarise.rule, indexed)
+    pairs = build_pairs(train_positives, validation_positives, test_positives, touched,
+                        n_items=n_items, cfg=cfg, presplit_test=given_test)
+    for name, df in zip((layout.TRAIN, layout.VALIDATION, layout.TEST), pairs, strict=True):
+        write_parquet(df, staged[name], files=cfg.output_partitions, key=layout.USER_IDX,
+                      sort_by=pairs_order())
+    return unscorable, split_info
+
+
 def write_outputs(events: DataFrame, positives: DataFrame, paths: layout.LakePaths,
                   cfg: PrepareConfig, *, presplit_test: DataFrame | None = None,
                   ) -> dict[str, Any]:
@@ -249,33 +295,23 @@ def write_outputs(events: DataFrame, positives: DataFrame, paths: layout.LakePat
             return (df.join(users, layout.USER_ID).join(items, layout.ITEM_ID)
                     .drop(layout.USER_ID, layout.ITEM_ID))
 
-        # The split's positives are read again by each sampling round and each write:
-        # the indexed positives and the split's per-user ranking are cached once, and the
-        # three splits are filters of the ranking (persisting each split instead sorted
-        # all positives once per split).
-        cache = [positives.transform(indexed).persist()]
+        cache: list[DataFrame] = []
         stack.callback(lambda: [df.unpersist() for df in cache])
-        unscorable = given_test = None
-        if presplit_test is None:
-            split_positives, unscorable, split_info = _split(positives, cache[0], cfg, cache)
-            kept = list(split_positives)
+        splits = (layout.TRAIN, layout.VALIDATION, layout.TEST)
+        unscorable = None
+        if uses_fused_path(cfg, presplit=presplit_test is not None):
+            fused.write_splits(positives.transform(indexed), staged, fused.Params(
+                n_items=n_items, seed=cfg.seed, n_negatives=cfg.n_negatives,
+                n_eval_negatives=cfg.n_eval_negatives), files=cfg.output_partitions,
+                cache=cache)
+            split_info: dict[str, Any] = {"method": cfg.split.method}
         else:
-            given_test = presplit_test.transform(indexed)
-            test_pairs = given_test.where(F.col(layout.LABEL) == 1)
-            kept = [*split_presplit(cache[0], test_pairs, seed=cfg.seed, cache=cache),
-                    test_pairs]
-            split_info = {"method": "presplit"}
-        train_positives, validation_positives, test_positives = kept
-        # Not persisted here: jobs.negatives caches it once, partitioned by user, and its
-        # three calls share that cache (persisting it here too held it twice).
-        touched = _touched(events, kept, cfg.binarise.rule, indexed)
-        pairs = build_pairs(train_positives, validation_positives, test_positives, touched,
-                            n_items=n_items, cfg=cfg, presplit_test=given_test)
-        written = {}
-        for name, df in zip((layout.TRAIN, layout.VALIDATION, layout.TEST), pairs, strict=True):
-            write_parquet(df, staged[name], files=cfg.output_partitions, key=layout.USER_IDX,
-                          sort_by=pairs_order())
-            written[name] = read_parquet(spark, staged[name])
+            # Read again by each sampling round and each write: cached once.
+            cache.append(positives.transform(indexed).persist())
+            unscorable, split_info = _write_general(positives, presplit_test, events, indexed,
+                                                    staged, n_items=n_items, cfg=cfg,
+                                                    cache=cache)
+        written = {name: read_parquet(spark, staged[name]) for name in splits}
 
         # One pass over the written files: (rows, positives) of each split.
         tallies = functools.reduce(DataFrame.unionByName, [

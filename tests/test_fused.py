@@ -1,0 +1,134 @@
+"""jobs.fused and jobs.xxhash: the per-user path writes the general path's bytes."""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import functions as F
+
+from jobs import fused, layout, prepare, xxhash
+from jobs.config import PrepareConfig
+from jobs.filters import binarise
+
+pytestmark = pytest.mark.spark
+
+DATE = "2026-11-23"
+SPLITS = (layout.TRAIN, layout.VALIDATION, layout.TEST)
+
+
+def test_xxhash_is_sparks(spark: SparkSession) -> None:
+    """Every mix of int and bigint columns, extremes included, hashes as F.xxhash64 does."""
+    rng = np.random.default_rng(3)
+    ints = np.r_[rng.integers(-2**31, 2**31, 500), -2**31, 2**31 - 1, 0, -1].astype(np.int32)
+    longs = np.r_[rng.integers(-2**63, 2**63 - 1, 500, dtype=np.int64),
+                  -2**63, 2**63 - 1, 0, -1].astype(np.int64)
+    df = spark.createDataFrame(pd.DataFrame({"i": ints, "l": longs}))
+    expected = df.select(
+        F.xxhash64("i").alias("a"), F.xxhash64("l").alias("b"),
+        F.xxhash64(F.lit(7).cast("bigint"), F.lit(-3).cast("int"), "i", "l").alias("c"),
+    ).toPandas()
+    assert (xxhash.chain(ints) == expected["a"].to_numpy()).all()
+    assert (xxhash.chain(longs) == expected["b"].to_numpy()).all()
+    prefix = xxhash.chain(np.int64(7), np.int32(-3), ints)
+    assert (xxhash.resume(prefix, longs) == expected["c"].to_numpy()).all()
+    with pytest.raises(TypeError, match="float64"):
+        xxhash.chain(np.zeros(2))
+
+
+def _events(spark: SparkSession, n_items: int, seed: int, *, with_ts: bool) -> DataFrame:
+    """Users of every kind: 1-2 positives (train only), same-second ties, a few without
+    a timestamp, heavy users whose untouched items are few (enumerated) or just above
+    twice the demand (several rounds), one who touched every item, repeated events."""
+    rng = random.Random(seed)
+    rows: list[tuple[str, str, int | None, float]] = []
+    for user in range(60):
+        kind = user % 6
+        size = {0: rng.randint(1, 2), 1: rng.randint(3, 8), 2: rng.randint(5, 20),
+                3: n_items - rng.randint(0, 6), 4: n_items // 5 + rng.randint(0, 3),
+                5: rng.randint(3, 40)}[kind]
+        for item in rng.sample(range(n_items), min(size, n_items)):
+            second = rng.randrange(50) if kind == 2 else rng.randrange(10_000)  # ties
+            ts = None if not with_ts or (kind == 5 and user % 4 == 1) else second
+            rows.append((f"u{user}", f"i{item}", ts, 4.0))
+            if rng.random() < 0.05:  # the same pair again, later
+                rows.append((f"u{user}", f"i{item}", None if ts is None else ts + 5, 3.0))
+    rows.append(("u_all", "i0", 1, 1.0))
+    rows += [("u_all", f"i{item}", 2, 1.0) for item in range(n_items)]
+    return spark.createDataFrame(
+        [(u, i, None if t is None else pd.Timestamp(t, unit="s", tz="UTC").to_pydatetime(), v)
+         for u, i, t, v in rows], layout.ddl(layout.INTERACTIONS_SCHEMA))
+
+
+def _write(spark: SparkSession, events: DataFrame, root: Path, cfg: PrepareConfig, *,
+           fused_path: bool, monkeypatch: pytest.MonkeyPatch) -> tuple[dict, dict[str, str]]:
+    positives = binarise(events, rule="any", threshold=None).persist()
+    paths = layout.LakePaths(root, "t", DATE)
+    with monkeypatch.context() as patch:
+        patch.setattr(prepare, "FUSED_PATH", fused_path)
+        counts = prepare.write_outputs(events, positives, paths, cfg)
+    positives.unpersist()
+    return counts, {name: layout.sha256_dir(paths.path(name)) for name in SPLITS}
+
+
+@pytest.mark.parametrize("case", [(30, 1, True, 7), (300, 2, True, 1000), (120, 3, False, 5)],
+                         ids=["enumerated-chunks-of-7", "rounds", "without-timestamps"])
+def test_fused_writes_the_general_paths_bytes(spark: SparkSession, tmp_path: Path,
+                                              monkeypatch: pytest.MonkeyPatch,
+                                              case: tuple[int, int, bool, int]) -> None:
+    """Both paths on the same events (n_items items, a seed, chunks of users): the same
+    counts and the same sha256 for train/, validation/ and test/."""
+    n_items, seed, with_ts, chunk_users = case
+    events = _events(spark, n_items, seed, with_ts=with_ts)
+    cfg = PrepareConfig(n_negatives=4, n_eval_negatives=9, seed=seed, output_partitions=3)
+    assert prepare.uses_fused_path(cfg, presplit=False)
+    monkeypatch.setattr(fused, "CHUNK_BYTES", chunk_users * (n_items + 1))
+    general = _write(spark, events, tmp_path / "general", cfg, fused_path=False,
+                     monkeypatch=monkeypatch)
+    fast = _write(spark, events, tmp_path / "fused", cfg, fused_path=True,
+                  monkeypatch=monkeypatch)
+    assert fast == general
+    counts = general[0]
+    assert counts["train_rows"] > 0 and counts["test_rows"] > 0
+    # The cases the data is built for did happen: short users, repeats in training.
+    assert counts["users_short_of_eval_negatives"] > 0
+    train = spark.read.parquet(str(layout.LakePaths(tmp_path / "fused", "t", DATE)
+                                   .path(layout.TRAIN)))
+    assert train.count() > train.distinct().count()
+
+
+def test_split_and_sample_rows(spark: SparkSession) -> None:
+    """The numpy core alone: the split, the demand met, negatives never touched."""
+    rng = np.random.default_rng(0)
+    users = np.repeat(np.arange(4, dtype=np.int32), [1, 3, 5, 8])
+    items = np.concatenate([rng.choice(50, n, replace=False) for n in (1, 3, 5, 8)]
+                           ).astype(np.int32)
+    ts = np.arange(len(users), dtype=np.int64) * 1_000_000
+    params = fused.Params(n_items=50, seed=1, n_negatives=2, n_eval_negatives=6)
+    order = rng.permutation(len(users))
+    result = fused.split_and_sample(users[order], items[order], ts[order],
+                                    np.ones(len(users), bool), params)
+    assert result.users.tolist() == [0, 1, 2, 3]
+    assert result.positives[layout.TEST].tolist() == [0, 1, 1, 1]
+    assert result.positives[layout.VALIDATION].tolist() == [0, 1, 1, 1]
+    assert result.positives[layout.TRAIN].tolist() == [1, 1, 3, 6]
+    for user in range(4):
+        own = set(items[users == user].tolist())
+        latest = int(items[users == user][-1])
+        for split in fused.SPLITS:
+            ragged = result.items[split]
+            row = ragged.values[ragged.offsets[user]:ragged.offsets[user + 1]]
+            n_pos = int(result.positives[split][user])
+            negatives = row[n_pos:]
+            assert not set(negatives.tolist()) & own
+            assert list(negatives) == sorted(negatives) and list(row[:n_pos]) == sorted(
+                row[:n_pos])
+            wanted = 2 * n_pos if split == layout.TRAIN else (6 if n_pos else 0)
+            assert len(negatives) == wanted, (user, split)
+        if user:
+            test = result.items[layout.TEST]
+            assert test.values[test.offsets[user]] == latest

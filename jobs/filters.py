@@ -147,12 +147,15 @@ class Selection:
     def unpersist(self) -> None:
         self.positives.unpersist()
 
-    def indexed(self, n_users: int, n_items: int) -> dict[str, Any]:
-        """`counts` with the users and items after binarise that `select_positives` left
-        to the caller (distinct_later): those of the index of these very positives."""
+    def indexed(self, n_users: int, n_items: int, n_positives: int) -> dict[str, Any]:
+        """`counts` with what `select_positives` left to the caller: the users and items
+        after binarise (distinct_later) are those of the index of these very positives,
+        and the positives (pairs_later) those the caller's split wrote."""
         counts = dict(self.counts)
         if counts["users_after_binarise"] is None:
             counts["users_after_binarise"], counts["items_after_binarise"] = n_users, n_items
+        if counts["positives_selected"] is None:
+            counts["positives_after_binarise"] = counts["positives_selected"] = n_positives
         return counts
 
 
@@ -164,8 +167,27 @@ def _tally(positives: DataFrame) -> tuple[int, int, int]:
     return int(row[0]), int(row[1]), int(row[2])
 
 
+def _no_filter_counts(events_in: int, after_as_of: int, without_ts: int) -> dict[str, Any]:
+    """The manifest's step counts when no user sample and no k-core drop anything."""
+    return {
+        "events_in": events_in,
+        "events_dropped_after_as_of": after_as_of,
+        # Events without a timestamp are always kept: nothing says when they happened.
+        "events_without_ts_kept": without_ts,
+        "users_after_binarise": None,
+        "items_after_binarise": None,
+        "users_dropped_by_sampling": 0,
+        "items_dropped_by_sampling": 0,
+        "users_dropped_by_k_core": 0,
+        "items_dropped_by_k_core": 0,
+        "k_core_iterations": 0,
+        "k_core_converged": True,
+    }
+
+
 def select_positives(interactions: DataFrame, cfg: PrepareConfig, *,
-                     as_of: datetime | None, distinct_later: bool = False) -> Selection:
+                     as_of: datetime | None, distinct_later: bool = False,
+                     pairs_later: bool = False) -> Selection:
     """Cutoff, binarise, sample, k-core in that order, counting what each step kept.
 
     `as_of` None: no cutoff (prepare.as_of_cutoff false). Runs a handful of counting
@@ -173,6 +195,9 @@ def select_positives(interactions: DataFrame, cfg: PrepareConfig, *,
     no user sample and no k-core leave out anything, the users and items after
     binarise are left None (counting distinct raw ids is a pass of its own) for the
     caller to fill in from its index of the same positives (`Selection.indexed`).
+    pairs_later (with distinct_later, rule `any`, nothing filtered): binarise is left
+    to the caller too (jobs.fused collapses each user's repeated pairs itself): the
+    positives are the events as they are, one row per event, and their count is None.
     """
     ts = F.col(layout.TS)
     late = F.lit(False) if as_of is None else ts >= F.lit(as_of)
@@ -181,11 +206,16 @@ def select_positives(interactions: DataFrame, cfg: PrepareConfig, *,
     assert row is not None
     events_in, after_as_of, without_ts = int(row[0]), int(row[1] or 0), int(row[2] or 0)
     events = interactions if as_of is None else cut_off(interactions, as_of=as_of)
+    unfiltered = (cfg.user_fraction == 1.0 and cfg.min_user_positives <= 1
+                  and cfg.min_item_positives <= 1)
+    if pairs_later and distinct_later and unfiltered and cfg.binarise.rule == "any":
+        counts = {**_no_filter_counts(events_in, after_as_of, without_ts),
+                  "positives_after_binarise": None, "positives_selected": None}
+        return Selection(events, events.select(layout.USER_ID, layout.ITEM_ID, layout.TS),
+                         counts)
 
     binarised = events.transform(binarise, rule=cfg.binarise.rule,
                                  threshold=cfg.binarise.threshold).persist()
-    unfiltered = (cfg.user_fraction == 1.0 and cfg.min_user_positives <= 1
-                  and cfg.min_item_positives <= 1)
     users_binarised: int | None
     items_binarised: int | None
     if distinct_later and unfiltered:
@@ -206,17 +236,10 @@ def select_positives(interactions: DataFrame, cfg: PrepareConfig, *,
         n_positives, n_users, n_items = _tally(positives)
         binarised.unpersist()
     counts = {
-        "events_in": events_in,
-        "events_dropped_after_as_of": after_as_of,
-        # Events without a timestamp are always kept: nothing says when they happened.
-        "events_without_ts_kept": without_ts,
+        **_no_filter_counts(events_in, after_as_of, without_ts),
         "positives_after_binarise": n_binarised,
         "users_after_binarise": users_binarised,
         "items_after_binarise": items_binarised,
-        "users_dropped_by_sampling": 0,
-        "items_dropped_by_sampling": 0,
-        "users_dropped_by_k_core": 0,
-        "items_dropped_by_k_core": 0,
         "k_core_iterations": core.iterations,
         "k_core_converged": core.converged,
         "positives_selected": n_positives,

@@ -74,9 +74,10 @@ def arrays_schema() -> str:
 def per_user_arrays(by_user: DataFrame, params: Params) -> DataFrame:
     """One row per user (`arrays_schema`), in each partition of `by_user` in user order.
 
-    `by_user` holds indexed positives (user_idx, item_idx, ts), one row per pair, every
-    user's rows in one partition (jobs.spark.partition_by_key); the rows come out in the
-    same partitions, so writing them as they are keeps write_parquet's file of each user.
+    `by_user` holds indexed events (user_idx, item_idx, ts), every user's rows in one
+    partition (jobs.spark.partition_by_key); a pair's repeated events are one positive
+    with its latest ts (binarise rule `any`). The rows come out in the same partitions,
+    so writing them as they are keeps write_parquet's file of each user.
     """
     def run(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
         return _partition(batches, params)
@@ -338,7 +339,7 @@ def _enumerate(user: int, marks: np.ndarray, n_short: int, n_untouched: int, *, 
 
 def write_splits(indexed: DataFrame, staged: dict[str, Path], params: Params, *,
                  files: int, cache: list[DataFrame]) -> None:
-    """train/, validation/, test/ of the indexed positives (user_idx, item_idx, ts) into
+    """train/, validation/, test/ of the indexed events (user_idx, item_idx, ts) into
     their staged folders, as jobs.spark.write_parquet(files=files, key=user_idx,
     sort_by=jobs.prepare.pairs_order()) writes the general path's pairs.
 

@@ -264,9 +264,10 @@ def write_outputs(events: DataFrame, positives: DataFrame, paths: layout.LakePat
 
     `events` are the interactions prepare may use (known at as-of): every pair in them is
     touched, never a negative. `positives` (user_id, item_id, ts) are what
-    jobs.filters.select_positives kept. All five folders are staged and swapped in only
-    when every one was written, so a failure leaves the previous run's outputs
-    untouched. `presplit_test` (raw ids, layout.PRESPLIT_TEST_SCHEMA) is a source's own
+    jobs.filters.select_positives kept (on the fused path, with pairs_later, the events
+    themselves: jobs.fused collapses repeated pairs). All five folders are staged and
+    swapped in only when every one was written, so a failure leaves the previous run's
+    outputs untouched. `presplit_test` (raw ids, layout.PRESPLIT_TEST_SCHEMA) is a source's own
     test split, taken as test/ as it is (its items are indexed too); validation is then
     each user's latest other positive.
     """
@@ -410,11 +411,15 @@ def main(argv: list[str] | None = None) -> int:
     # Without a source test split, users/ and items/ index exactly the positives: their
     # counts are the distinct users and items after binarise when nothing was sampled.
     selection = select_positives(interactions, cfg.prepare, as_of=as_of,
-                                 distinct_later=presplit_test is None)
+                                 distinct_later=presplit_test is None,
+                                 pairs_later=uses_fused_path(cfg.prepare,
+                                                             presplit=presplit_test is not None))
     try:
         steps = selection.counts
         log.info("prepare %s %s: as of %s: %s", cfg.dataset, args.logical_date, as_of, steps)
-        if steps["positives_selected"] == 0:
+        if steps["positives_selected"] == 0 or (  # None: binarise `any` keeps every event
+                steps["positives_selected"] is None
+                and steps["events_in"] == steps["events_dropped_after_as_of"]):
             raise PrepareError(f"{source}: no positives left after the as-of cutoff "
                                f"({as_of}), binarise, user sample and k-core: {steps}")
         if cfg.prepare.split.method == "time_cutoff" and steps["events_without_ts_kept"]:
@@ -423,7 +428,7 @@ def main(argv: list[str] | None = None) -> int:
                                "use leave_one_out or stratified")
         counts = write_outputs(selection.events, selection.positives, paths, cfg.prepare,
                                presplit_test=presplit_test)
-        steps = selection.indexed(counts["n_users"], counts["n_items"])
+        steps = selection.indexed(counts["n_users"], counts["n_items"], counts["n_positives"])
     finally:
         selection.unpersist()
     events_used = steps["events_in"] - steps["events_dropped_after_as_of"]

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import json
 import random
+import shutil
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
+import yaml
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
@@ -132,3 +135,38 @@ def test_split_and_sample_rows(spark: SparkSession) -> None:
         if user:
             test = result.items[layout.TEST]
             assert test.values[test.offsets[user]] == latest
+
+
+def test_main_fused_and_general_write_the_same_lake(spark: SparkSession, tmp_path: Path,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """prepare.main on events with repeated pairs and events after the as-of time: on the
+    fused path binarise happens inside jobs.fused; the manifest's counts and every
+    output folder are the general path's."""
+    events = _events(spark, 40, 4, with_ts=True)
+    config = tmp_path / "tiny.yaml"
+    config.write_text(yaml.safe_dump({
+        "dataset": "tiny",
+        "source": {"format": "movielens-100k", "path": "ml-100k/u.data", "sha256": "0" * 64},
+        "prepare": {"binarise": {"rule": "any"}, "n_negatives": 3, "n_eval_negatives": 7,
+                    "seed": 9, "output_partitions": 2}}))
+    as_of = "1970-01-01T02:30:00+00:00"  # 9,000 s: a tenth of the events come later
+    source = tmp_path / "interactions"
+    events.coalesce(3).write.parquet(str(source))
+    entries, digests = [], []
+    for fused_path in (True, False):
+        paths = layout.LakePaths(tmp_path / f"lake-{fused_path}", "tiny", DATE)
+        shutil.copytree(source, paths.path(layout.INTERACTIONS))
+        monkeypatch.setattr(prepare, "FUSED_PATH", fused_path)
+        assert prepare.main(["--config", str(config), "--logical-date", DATE, "--lake-root",
+                             str(paths.root), "--as-of", as_of]) == 0
+        entry = json.loads(paths.manifest.read_text())["prepare"]
+        entry.pop("written_at")
+        entries.append(entry)
+        digests.append({name: layout.sha256_dir(paths.path(name))
+                        for name in (layout.USERS, layout.ITEMS, *SPLITS)})
+    assert entries[0] == entries[1]
+    assert digests[0] == digests[1]
+    entry = entries[0]
+    assert entry["events_dropped_after_as_of"] > 0
+    assert entry["positives_selected"] == entry["positives_after_binarise"] > 0
+    assert entry["positives_selected"] < entry["events_in"] - entry["events_dropped_after_as_of"]

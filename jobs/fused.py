@@ -19,9 +19,10 @@ few. The general path stays the reference for every other split, rule or source.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -41,7 +42,7 @@ if TYPE_CHECKING:
     from pathlib import Path
 
     import pyarrow as pa
-    from pyspark.sql import DataFrame
+    from pyspark.sql import Column, DataFrame
 
 STREAMS = {layout.TRAIN: STREAM_TRAIN, layout.VALIDATION: STREAM_VALIDATION,
            layout.TEST: STREAM_TEST}
@@ -337,14 +338,57 @@ def _enumerate(user: int, marks: np.ndarray, n_short: int, n_untouched: int, *, 
 
 # --- the Spark side --------------------------------------------------------------------
 
+@dataclass
+class Tally:
+    """What the manifest records of the written splits: rows and positives per split,
+    users short of evaluation negatives (validation or test), the test users and their
+    positives per user (min, mean, max)."""
+
+    rows: dict[str, int]
+    positives: dict[str, int]
+    users_short: int = 0
+    test_users: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+    @staticmethod
+    def per_user(n_users: int, low: int | None = None, mean: float | None = None,
+                 high: int | None = None) -> dict[str, Any]:
+        stats = ({"min": int(low or 0), "mean": round(float(mean or 0.0), 4),
+                  "max": int(high or 0)} if n_users else {"min": 0, "mean": 0.0, "max": 0})
+        return {"test_users": int(n_users), "test_positives_per_user": stats}
+
+
+def tally(arrays: DataFrame, n_eval_negatives: int) -> Tally:
+    """The Tally of what `write_splits` wrote, from its per-user rows (one small pass)."""
+    from pyspark.sql import functions as F
+
+    def positives(split: str) -> Column:
+        return F.col(f"{split}{POSITIVES_SUFFIX}")
+
+    def short(split: str) -> Column:
+        return (F.size(split) > 0) & (F.size(split) - positives(split) < n_eval_negatives)
+
+    tested = F.when(positives(layout.TEST) > 0, positives(layout.TEST))
+    sums = [F.coalesce(F.sum(agg), F.lit(0)) for split in SPLITS
+            for agg in (F.size(split), positives(split))]
+    row = arrays.agg(*sums, F.coalesce(F.sum((short(layout.VALIDATION) | short(layout.TEST))
+                                             .cast("long")), F.lit(0)),
+                     F.count(tested), F.min(tested), F.avg(tested), F.max(tested)).first()
+    assert row is not None  # an aggregate without grouping has its one row
+    counts = [int(value) for value in row[:2 * len(SPLITS) + 1]]
+    return Tally(rows=dict(zip(SPLITS, counts[0::2], strict=False)),
+                 positives=dict(zip(SPLITS, counts[1::2], strict=False)),
+                 users_short=counts[-1], test_users=Tally.per_user(*row[2 * len(SPLITS) + 1:]))
+
+
 def write_splits(indexed: DataFrame, staged: dict[str, Path], params: Params, *,
-                 files: int, cache: list[DataFrame]) -> None:
+                 files: int, cache: list[DataFrame]) -> DataFrame:
     """train/, validation/, test/ of the indexed events (user_idx, item_idx, ts) into
     their staged folders, as jobs.spark.write_parquet(files=files, key=user_idx,
     sort_by=jobs.prepare.pairs_order()) writes the general path's pairs.
 
     One shuffle (by user, into the files' partitions); the per-user rows are persisted
-    (appended to `cache`) and each split is exploded from them in file order.
+    (appended to `cache`), each split is exploded from them in file order, and they are
+    returned (for `tally`).
     """
     from pyspark.sql import functions as F
 
@@ -360,3 +404,4 @@ def write_splits(indexed: DataFrame, staged: dict[str, Path], params: Params, *,
                  .alias(layout.LABEL))
         write_parquet(conform(pairs, layout.PAIRS_SCHEMA), staged[split], files=files,
                       key=layout.USER_IDX, partitioned=True)
+    return arrays

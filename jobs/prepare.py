@@ -36,13 +36,14 @@ from datetime import UTC, date, datetime, time, timedelta
 from pathlib import Path
 from typing import Any
 
-from pyspark.sql import Column, DataFrame, Window
+from pyspark.sql import Column, DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
 
 from jobs import fused, layout
 from jobs.cli import configure_logging, lake_root, load_stage_config, stage_parser
 from jobs.config import FORMATS_WITHOUT_TIMESTAMPS, PRESPLIT_FORMAT, PrepareConfig, parse_utc
 from jobs.filters import select_positives
+from jobs.fused import Tally
 from jobs.negatives import (
     N_NEEDED,
     STREAM_TEST,
@@ -208,14 +209,25 @@ def _touched(events: DataFrame, split_positives: list[DataFrame], rule: str,
     return events.select(layout.USER_ID, layout.ITEM_ID).distinct().transform(indexed)
 
 
-def _per_user(test: DataFrame) -> dict[str, Any]:
-    """Test users and test positives per user (min/mean/max) of the written test/."""
-    row = (test.where(F.col(layout.LABEL) == 1).groupBy(layout.USER_IDX).count()
-           .agg(F.count(F.lit(1)), F.min("count"), F.avg("count"), F.max("count")).first())
-    n_users = int(row[0]) if row is not None else 0
-    stats = ({"min": int(row[1]), "mean": round(float(row[2]), 4), "max": int(row[3])}
-             if row is not None and n_users else {"min": 0, "mean": 0.0, "max": 0})
-    return {"test_users": n_users, "test_positives_per_user": stats}
+def _tally_written(spark: SparkSession, staged: dict[str, Path],
+                   n_eval_negatives: int) -> Tally:
+    """The counts of the written train/, validation/ and test/ files."""
+    written = {name: read_parquet(spark, staged[name]) for name in fused.SPLITS}
+    # One pass over the written files: (rows, positives) of each split.
+    rows = functools.reduce(DataFrame.unionByName, [
+        df.select(F.lit(name).alias("_split"), layout.LABEL) for name, df in written.items()
+    ]).groupBy("_split").agg(F.count(F.lit(1)), F.sum(layout.LABEL)).collect()
+    tally = Tally(rows={name: 0 for name in written}, positives={name: 0 for name in written})
+    for split, n_rows, n_positive in rows:
+        tally.rows[split], tally.positives[split] = int(n_rows), int(n_positive)
+    short = (_users_short(written[layout.VALIDATION], n_eval_negatives)
+             .unionByName(_users_short(written[layout.TEST], n_eval_negatives)))
+    tally.users_short = short.distinct().count()
+    row = (written[layout.TEST].where(F.col(layout.LABEL) == 1).groupBy(layout.USER_IDX)
+           .count().agg(F.count(F.lit(1)), F.min("count"), F.avg("count"), F.max("count"))
+           .first())
+    tally.test_users = Tally.per_user(*row) if row is not None else Tally.per_user(0)
+    return tally
 
 
 def uses_fused_path(cfg: PrepareConfig, *, presplit: bool) -> bool:
@@ -298,33 +310,22 @@ def write_outputs(events: DataFrame, positives: DataFrame, paths: layout.LakePat
 
         cache: list[DataFrame] = []
         stack.callback(lambda: [df.unpersist() for df in cache])
-        splits = (layout.TRAIN, layout.VALIDATION, layout.TEST)
         unscorable = None
         if uses_fused_path(cfg, presplit=presplit_test is not None):
-            fused.write_splits(positives.transform(indexed), staged, fused.Params(
+            arrays = fused.write_splits(positives.transform(indexed), staged, fused.Params(
                 n_items=n_items, seed=cfg.seed, n_negatives=cfg.n_negatives,
                 n_eval_negatives=cfg.n_eval_negatives), files=cfg.output_partitions,
                 cache=cache)
             split_info: dict[str, Any] = {"method": cfg.split.method}
+            tally = fused.tally(arrays, cfg.n_eval_negatives)
         else:
             # Read again by each sampling round and each write: cached once.
             cache.append(positives.transform(indexed).persist())
             unscorable, split_info = _write_general(positives, presplit_test, events, indexed,
                                                     staged, n_items=n_items, cfg=cfg,
                                                     cache=cache)
-        written = {name: read_parquet(spark, staged[name]) for name in splits}
-
-        # One pass over the written files: (rows, positives) of each split.
-        tallies = functools.reduce(DataFrame.unionByName, [
-            df.select(F.lit(name).alias("_split"), layout.LABEL) for name, df in written.items()
-        ]).groupBy("_split").agg(F.count(F.lit(1)), F.sum(layout.LABEL)).collect()
-        split_rows = {name: 0 for name in written}
-        split_positives_n = {name: 0 for name in written}
-        for split, n_rows, n_positive in tallies:
-            split_rows[split], split_positives_n[split] = int(n_rows), int(n_positive)
-        short = (_users_short(written[layout.VALIDATION], cfg.n_eval_negatives)
-                 .unionByName(_users_short(written[layout.TEST], cfg.n_eval_negatives)))
-        split_info.update(_per_user(written[layout.TEST]))
+            tally = _tally_written(spark, staged, cfg.n_eval_negatives)
+        split_info.update(tally.test_users)
         unscorable_users = 0
         if unscorable is not None:  # time_cutoff: test users without a training positive
             row = unscorable.agg(F.count(F.lit(1)), F.countDistinct(layout.USER_IDX)).first()
@@ -333,10 +334,10 @@ def write_outputs(events: DataFrame, positives: DataFrame, paths: layout.LakePat
         counts = {
             "n_users": n_users,
             "n_items": n_items,
-            "n_positives": sum(split_positives_n.values()),
-            **{f"{name}_rows": n for name, n in split_rows.items()},
+            "n_positives": sum(tally.positives.values()),
+            **{f"{name}_rows": n for name, n in tally.rows.items()},
             "users_train_only": n_users - split_info["test_users"] - unscorable_users,
-            "users_short_of_eval_negatives": short.distinct().count(),
+            "users_short_of_eval_negatives": tally.users_short,
             "split": split_info,
         }
     return counts

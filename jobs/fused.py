@@ -5,10 +5,18 @@ paper's protocol), the split and the three rounds of negative sampling of the ge
 path (jobs.split + jobs.negatives: a window sort, a repartition of the touched pairs,
 per-user sets and a few sampling rounds, each a Spark job) are the same per-user
 computation, and each user's positives fit in memory many times over. Here the indexed
-positives are shuffled once, by user, into the partitions that jobs.spark.write_parquet
-writes as files; each partition's users are then split and sampled in numpy
-(`mapInArrow`), and one row per user carries its train/, validation/ and test/ items as
-arrays, already in the files' order (positives first, then by item).
+events are shuffled once, by user, into the partitions that jobs.spark.write_parquet
+writes as files; each partition's users are then binarised, split and sampled in numpy
+(`mapInArrow`), and the task writes its rows of train/, validation/ and test/, in the
+files' order (by user, positives first, then by item), with the pyarrow writer that
+write_parquet re-encodes every file with (jobs.spark.write_batches). Spark's own
+Parquet writer is skipped on purpose: write_parquet would turn the same rows into the
+same bytes after Spark had written them once, and for 125M rows at ML-20M scale that
+first write, the explode feeding it and the re-encoding cost more than everything else
+here. Each task writes a hidden file named by its partition (a retried task writes the
+same bytes again); the driver names the files as write_parquet does once all tasks are
+done, inside the staged folders that jobs.prepare publishes. Like write_parquet, this
+needs the lake on a file system the executors and the driver share.
 
 The rows are the general path's, byte for byte (tests/test_fused.py): the same ranking
 (ts desc, nulls last, then the seeded tie-break hash desc, then item desc), the same
@@ -20,8 +28,11 @@ few. The general path stays the reference for every other split, rule or source.
 from __future__ import annotations
 
 import dataclasses
+import logging
+import os
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -35,19 +46,25 @@ from jobs.negatives import (
     STREAM_TRAIN,
     STREAM_VALIDATION,
 )
-from jobs.spark import conform, partition_by_key, write_parquet
+from jobs.spark import (
+    PART_NAME,
+    SUCCESS_MARKER,
+    arrow_schema,
+    partition_by_key,
+    write_batches,
+    write_table,
+)
 from jobs.split import MIN_POSITIVES_TO_EVALUATE, STREAM_TIE_BREAK
 
 if TYPE_CHECKING:
-    from pathlib import Path
-
     import pyarrow as pa
-    from pyspark.sql import Column, DataFrame
+    from pyspark.sql import DataFrame
+
+log = logging.getLogger(__name__)
 
 STREAMS = {layout.TRAIN: STREAM_TRAIN, layout.VALIDATION: STREAM_VALIDATION,
            layout.TEST: STREAM_TEST}
 SPLITS = (layout.TRAIN, layout.VALIDATION, layout.TEST)
-POSITIVES_SUFFIX = "_positives"  # per split: how many of the user's items are positives
 # Bytes of the (users x items) table of one chunk of users: what a Python worker holds.
 CHUNK_BYTES = 32 << 20
 _NO_TS = np.iinfo(np.int64).min  # a null ts ranks after every other (latest first)
@@ -61,56 +78,6 @@ class Params:
     seed: int
     n_negatives: int
     n_eval_negatives: int
-
-
-def arrays_schema() -> str:
-    """The Spark schema (DDL) of the per-user rows: user_idx, then per split its items
-    (positives first, each part by item) and how many of them are positives."""
-    parts = [f"{layout.USER_IDX} int"]
-    for split in SPLITS:
-        parts += [f"{split} array<int>", f"{split}{POSITIVES_SUFFIX} int"]
-    return ", ".join(parts)
-
-
-def per_user_arrays(by_user: DataFrame, params: Params) -> DataFrame:
-    """One row per user (`arrays_schema`), in each partition of `by_user` in user order.
-
-    `by_user` holds indexed events (user_idx, item_idx, ts), every user's rows in one
-    partition (jobs.spark.partition_by_key); a pair's repeated events are one positive
-    with its latest ts (binarise rule `any`). The rows come out in the same partitions,
-    so writing them as they are keeps write_parquet's file of each user.
-    """
-    def run(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
-        return _partition(batches, params)
-
-    return by_user.select(layout.USER_IDX, layout.ITEM_IDX, layout.TS).mapInArrow(
-        run, arrays_schema())
-
-
-def _partition(batches: Iterator[pa.RecordBatch], params: Params) -> Iterator[pa.RecordBatch]:
-    import pyarrow as pa
-
-    table = pa.Table.from_batches(list(batches))
-    if table.num_rows == 0:
-        return
-    users = table.column(layout.USER_IDX).to_numpy().astype(np.int32)
-    items = table.column(layout.ITEM_IDX).to_numpy().astype(np.int32)
-    ts_column = table.column(layout.TS).cast(pa.int64())
-    ts = ts_column.fill_null(0).to_numpy()
-    has_ts = ts_column.is_valid().to_numpy(zero_copy_only=False)
-    del table
-    result = split_and_sample(users, items, ts, has_ts, params)
-    yield pa.RecordBatch.from_pydict(result.arrow_columns(), schema=_arrow_schema())
-
-
-def _arrow_schema() -> pa.Schema:
-    import pyarrow as pa
-
-    fields = [pa.field(layout.USER_IDX, pa.int32())]
-    for split in SPLITS:
-        fields += [pa.field(split, pa.list_(pa.int32())),
-                   pa.field(f"{split}{POSITIVES_SUFFIX}", pa.int32())]
-    return pa.schema(fields)
 
 
 # --- the numpy core --------------------------------------------------------------------
@@ -142,16 +109,34 @@ class Result:
     items: dict[str, Ragged]
     positives: dict[str, np.ndarray]
 
-    def arrow_columns(self) -> dict[str, pa.Array]:
+    def pairs(self, split: str, schema: pa.Schema) -> pa.Table:
+        """The split's rows (user_idx, item_idx, label) in file order."""
         import pyarrow as pa
 
-        columns: dict[str, pa.Array] = {layout.USER_IDX: pa.array(self.users, pa.int32())}
+        ragged = self.items[split]
+        lengths = ragged.lengths()
+        position = np.arange(len(ragged.values)) - np.repeat(ragged.offsets[:-1], lengths)
+        label = position < np.repeat(self.positives[split], lengths)
+        return pa.Table.from_arrays([pa.array(np.repeat(self.users, lengths)),
+                                     pa.array(ragged.values), pa.array(label.astype(np.int8))],
+                                    schema=schema)
+
+    def tally(self, n_eval_negatives: int) -> dict[str, int]:
+        """This partition's share of the Tally (`TALLY_SCHEMA`'s fields)."""
+        counts: dict[str, int] = {}
+        short = np.zeros(len(self.users), bool)
         for split in SPLITS:
-            ragged = self.items[split]
-            columns[split] = pa.ListArray.from_arrays(
-                pa.array(ragged.offsets, pa.int32()), pa.array(ragged.values, pa.int32()))
-            columns[f"{split}{POSITIVES_SUFFIX}"] = pa.array(self.positives[split], pa.int32())
-        return columns
+            lengths, positives = self.items[split].lengths(), self.positives[split]
+            counts[f"{split}_rows"] = int(lengths.sum())
+            counts[f"{split}_positives"] = int(positives.sum())
+            if split != layout.TRAIN:
+                short |= (lengths > 0) & (lengths - positives < n_eval_negatives)
+        tested = self.positives[layout.TEST][self.positives[layout.TEST] > 0]
+        counts.update(users_short=int(short.sum()), test_users=len(tested),
+                      test_positives_sum=int(tested.sum()),
+                      test_positives_min=int(tested.min()) if len(tested) else 0,
+                      test_positives_max=int(tested.max()) if len(tested) else 0)
+        return counts
 
 
 def split_and_sample(users: np.ndarray, items: np.ndarray, ts: np.ndarray,
@@ -356,52 +341,103 @@ class Tally:
                   "max": int(high or 0)} if n_users else {"min": 0, "mean": 0.0, "max": 0})
         return {"test_users": int(n_users), "test_positives_per_user": stats}
 
+    @classmethod
+    def of_partitions(cls, rows: list[dict[str, int]]) -> Tally:
+        def total(field: str) -> int:
+            return sum(row[field] for row in rows)
 
-def tally(arrays: DataFrame, n_eval_negatives: int) -> Tally:
-    """The Tally of what `write_splits` wrote, from its per-user rows (one small pass)."""
-    from pyspark.sql import functions as F
+        tested = [row for row in rows if row["test_users"]]
+        n_users = total("test_users")
+        return cls(rows={split: total(f"{split}_rows") for split in SPLITS},
+                   positives={split: total(f"{split}_positives") for split in SPLITS},
+                   users_short=total("users_short"),
+                   test_users=cls.per_user(
+                       n_users, min((row["test_positives_min"] for row in tested), default=0),
+                       total("test_positives_sum") / n_users if n_users else 0.0,
+                       max((row["test_positives_max"] for row in tested), default=0)))
 
-    def positives(split: str) -> Column:
-        return F.col(f"{split}{POSITIVES_SUFFIX}")
 
-    def short(split: str) -> Column:
-        return (F.size(split) > 0) & (F.size(split) - positives(split) < n_eval_negatives)
-
-    tested = F.when(positives(layout.TEST) > 0, positives(layout.TEST))
-    sums = [F.coalesce(F.sum(agg), F.lit(0)) for split in SPLITS
-            for agg in (F.size(split), positives(split))]
-    row = arrays.agg(*sums, F.coalesce(F.sum((short(layout.VALIDATION) | short(layout.TEST))
-                                             .cast("long")), F.lit(0)),
-                     F.count(tested), F.min(tested), F.avg(tested), F.max(tested)).first()
-    assert row is not None  # an aggregate without grouping has its one row
-    counts = [int(value) for value in row[:2 * len(SPLITS) + 1]]
-    return Tally(rows=dict(zip(SPLITS, counts[0::2], strict=False)),
-                 positives=dict(zip(SPLITS, counts[1::2], strict=False)),
-                 users_short=counts[-1], test_users=Tally.per_user(*row[2 * len(SPLITS) + 1:]))
+# One row per partition: its Result.tally().
+TALLY_SCHEMA = ", ".join(
+    ["partition long"] + [f"{split}_{what} long" for split in SPLITS
+                         for what in ("rows", "positives")]
+    + [f"{name} long" for name in ("users_short", "test_users", "test_positives_sum",
+                                   "test_positives_min", "test_positives_max")])
 
 
 def write_splits(indexed: DataFrame, staged: dict[str, Path], params: Params, *,
-                 files: int, cache: list[DataFrame]) -> DataFrame:
-    """train/, validation/, test/ of the indexed events (user_idx, item_idx, ts) into
-    their staged folders, as jobs.spark.write_parquet(files=files, key=user_idx,
-    sort_by=jobs.prepare.pairs_order()) writes the general path's pairs.
+                 files: int) -> Tally:
+    """Write train/, validation/, test/ of the indexed events (user_idx, item_idx, ts)
+    into their staged folders, as jobs.spark.write_parquet(files=files, key=user_idx,
+    sort_by=jobs.prepare.pairs_order()) writes the general path's pairs; their Tally.
 
-    One shuffle (by user, into the files' partitions); the per-user rows are persisted
-    (appended to `cache`), each split is exploded from them in file order, and they are
-    returned (for `tally`).
+    `indexed` may repeat a pair: binarise rule `any` happens per user here.
     """
-    from pyspark.sql import functions as F
+    from pyspark.sql.types import ByteType, IntegerType, StructField, StructType
 
-    arrays = per_user_arrays(partition_by_key(indexed, files, layout.USER_IDX), params)
-    cache.append(arrays.persist())
+    # The general path's schema: its labels are literals, never null.
+    schema = arrow_schema(StructType([StructField(layout.USER_IDX, IntegerType()),
+                                      StructField(layout.ITEM_IDX, IntegerType()),
+                                      StructField(layout.LABEL, ByteType(), False)]))
+    folders = {split: str(staged[split]) for split in SPLITS}
+    for folder in folders.values():
+        Path(folder).mkdir(parents=True)
+
+    def run(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+        return _write_partition(batches, params, folders, schema)
+
+    rows = [row.asDict() for row in partition_by_key(indexed, files, layout.USER_IDX)
+            .select(layout.USER_IDX, layout.ITEM_IDX, layout.TS)
+            .mapInArrow(run, TALLY_SCHEMA).collect()]
     for split in SPLITS:
-        pairs = arrays.select(
-            layout.USER_IDX, F.posexplode(split).alias("_position", layout.ITEM_IDX),
-            F.col(f"{split}{POSITIVES_SUFFIX}").alias("_positives"),
-        ).select(layout.USER_IDX, layout.ITEM_IDX,
-                 # Never null (as the general path's literal labels): the same schema.
-                 F.coalesce(F.col("_position") < F.col("_positives"), F.lit(False))
-                 .alias(layout.LABEL))
-        write_parquet(conform(pairs, layout.PAIRS_SCHEMA), staged[split], files=files,
-                      key=layout.USER_IDX, partitioned=True)
-    return arrays
+        _name_parts(Path(folders[split]), {row["partition"]: row[f"{split}_rows"]
+                                           for row in rows}, schema)
+    return Tally.of_partitions(rows)
+
+
+def _write_partition(batches: Iterator[pa.RecordBatch], params: Params,
+                     folders: dict[str, str], schema: pa.Schema) -> Iterator[pa.RecordBatch]:
+    """One task: its users' rows of each split into `.part-<partition>` of each folder,
+    then one row of TALLY_SCHEMA. A file is written beside and renamed into place, so a
+    failed attempt leaves nothing half-written under the name the driver looks for."""
+    import pyarrow as pa
+    from pyspark import TaskContext
+
+    context = TaskContext.get()
+    assert context is not None  # mapInArrow runs its function inside a task
+    read = list(batches)
+    if not sum(batch.num_rows for batch in read):
+        return
+    table = pa.Table.from_batches(read)
+    del read
+    ts = table.column(layout.TS).cast(pa.int64())
+    result = split_and_sample(
+        table.column(layout.USER_IDX).to_numpy().astype(np.int32),
+        table.column(layout.ITEM_IDX).to_numpy().astype(np.int32),
+        ts.fill_null(0).to_numpy(), ts.is_valid().to_numpy(zero_copy_only=False), params)
+    del table, ts
+    for split in SPLITS:
+        pairs = result.pairs(split, schema)
+        if pairs.num_rows:
+            final = Path(folders[split]) / f".part-{context.partitionId():05d}"
+            attempt = final.with_name(f"{final.name}.{context.attemptNumber()}")
+            write_batches(pairs.to_batches(), str(attempt), schema)
+            os.replace(attempt, final)
+    tally = {"partition": context.partitionId(), **result.tally(params.n_eval_negatives)}
+    yield pa.RecordBatch.from_pylist([tally])
+
+
+def _name_parts(folder: Path, rows: dict[int, int], schema: pa.Schema) -> None:
+    """Name the tasks' files as write_parquet names Spark's: part-<n> in partition order,
+    counting partition 0 always (Spark writes its file even when it is empty) and each
+    other partition with rows; `_SUCCESS`; one empty file when there are no rows."""
+
+    numbered = sorted({0, *(partition for partition, n in rows.items() if n)})
+    for number, partition in enumerate(numbered):
+        if rows.get(partition):
+            os.replace(folder / f".part-{partition:05d}", folder / PART_NAME.format(number))
+    if not any(rows.values()):
+        write_table(schema.empty_table(), str(folder / PART_NAME.format(0)))
+    (folder / SUCCESS_MARKER).touch()
+    log.info("wrote %s: %d rows in %d files", folder, sum(rows.values()),
+             max(sum(1 for n in rows.values() if n), 1))

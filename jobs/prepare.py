@@ -312,12 +312,10 @@ def write_outputs(events: DataFrame, positives: DataFrame, paths: layout.LakePat
         stack.callback(lambda: [df.unpersist() for df in cache])
         unscorable = None
         if uses_fused_path(cfg, presplit=presplit_test is not None):
-            arrays = fused.write_splits(positives.transform(indexed), staged, fused.Params(
+            tally = fused.write_splits(positives.transform(indexed), staged, fused.Params(
                 n_items=n_items, seed=cfg.seed, n_negatives=cfg.n_negatives,
-                n_eval_negatives=cfg.n_eval_negatives), files=cfg.output_partitions,
-                cache=cache)
+                n_eval_negatives=cfg.n_eval_negatives), files=cfg.output_partitions)
             split_info: dict[str, Any] = {"method": cfg.split.method}
-            tally = fused.tally(arrays, cfg.n_eval_negatives)
         else:
             # Read again by each sampling round and each write: cached once.
             cache.append(positives.transform(indexed).persist())

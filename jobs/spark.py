@@ -183,7 +183,7 @@ def write_parquet(
     if not any(rows):  # one file, so that the schema can be read back
         for target in targets:
             Path(target).unlink(missing_ok=True)
-        _write_table(schema.empty_table(), str(folder / PART_NAME.format(0)))
+        write_table(schema.empty_table(), str(folder / PART_NAME.format(0)))
     (folder / SUCCESS_MARKER).touch()
     log.info("wrote %s: %d rows in %d files", folder, sum(rows), max(len(parts), 1))
 
@@ -204,7 +204,7 @@ def _reencode(part: Path, target: str, *, schema: pa.Schema) -> int:
                          schema)
 
 
-def _write_table(table: pa.Table, where: str) -> None:
+def write_table(table: pa.Table, where: str) -> None:
     import pyarrow.parquet as pq
 
     with pq.ParquetWriter(where, table.schema, compression=COMPRESSION) as writer:

@@ -104,6 +104,31 @@ def test_fused_writes_the_general_paths_bytes(spark: SparkSession, tmp_path: Pat
     assert train.count() > train.distinct().count()
 
 
+@pytest.mark.parametrize("n_users", [1, 3])
+def test_fused_names_files_as_write_parquet_with_empty_partitions(
+        spark: SparkSession, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        n_users: int) -> None:
+    """More files than users: most partitions are empty (partition 0 too, for some
+    splits), and the files are numbered as write_parquet numbers Spark's."""
+    rows = [(f"u{user}", f"i{item}", pd.Timestamp(item, unit="s", tz="UTC").to_pydatetime(),
+             1.0) for user in range(n_users) for item in range(user * 2 + 1)]
+    events = spark.createDataFrame(rows, layout.ddl(layout.INTERACTIONS_SCHEMA))
+    cfg = PrepareConfig(n_negatives=1, n_eval_negatives=2, seed=1, output_partitions=6)
+    general = _write(spark, events, tmp_path / "general", cfg, fused_path=False,
+                     monkeypatch=monkeypatch)
+    fast = _write(spark, events, tmp_path / "fused", cfg, fused_path=True,
+                  monkeypatch=monkeypatch)
+    assert fast == general
+    def names(root: str) -> dict[str, list[str]]:  # hidden files too: no task leftovers
+        paths = layout.LakePaths(tmp_path / root, "t", DATE)
+        return {split: sorted(p.name for p in paths.path(split).iterdir()) for split in SPLITS}
+
+    assert names("fused") == names("general")
+    if n_users == 1:  # nothing to evaluate: one empty file with the schema
+        test = layout.LakePaths(tmp_path / "fused", "t", DATE).path(layout.TEST)
+        assert spark.read.parquet(str(test)).count() == 0
+
+
 def test_split_and_sample_rows(spark: SparkSession) -> None:
     """The numpy core alone: the split, the demand met, negatives never touched."""
     rng = np.random.default_rng(0)

@@ -19,7 +19,11 @@ users; a k-core. Then dense ids and the split
 (jobs/split.py): leave_one_out, the NCF paper's protocol (each user's latest positive is
 the test item, the second latest the validation item, the rest train; users with fewer
 than three positives are trained on, never evaluated), time_cutoff or stratified.
-Negatives are never an item the user touched (in any split, at any rating). All
+Leave-one-out on binarise rule `any` (the NCF protocol, the default) takes the fused
+path of jobs/fused.py: one shuffle by user, then binarise, split and negatives per user
+in numpy, the same rows and bytes as jobs/split.py + jobs/negatives.py write for every
+other configuration. Negatives are never an item the user touched (in any split, at any
+rating). All
 randomness comes from xxhash64(seed, stream, ...), so one seed gives the same rows, and
 the same Parquet bytes, whatever the parallelism or the input's partitioning.
 """

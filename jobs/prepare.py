@@ -23,9 +23,9 @@ Leave-one-out on binarise rule `any` (the NCF protocol, the default) takes the f
 path of jobs/fused.py: one shuffle by user, then binarise, split and negatives per user
 in numpy, the same rows and bytes as jobs/split.py + jobs/negatives.py write for every
 other configuration. Negatives are never an item the user touched (in any split, at any
-rating). All
-randomness comes from xxhash64(seed, stream, ...), so one seed gives the same rows, and
-the same Parquet bytes, whatever the parallelism or the input's partitioning.
+rating). All randomness comes from xxhash64(seed, stream, ...), so one seed gives the
+same rows, and the same Parquet bytes, whatever the parallelism or the input's
+partitioning.
 """
 
 from __future__ import annotations

@@ -84,16 +84,16 @@ class Params:
 
 @dataclass
 class Ragged:
-    """Per-user lists as one array of values and offsets (Arrow's list layout)."""
+    """Per-user lists as one array of values and the offsets of each user's first."""
 
     values: np.ndarray
-    offsets: np.ndarray  # int32, n_users + 1
+    offsets: np.ndarray  # int64, n_users + 1
 
     @classmethod
     def from_rows(cls, rows: np.ndarray, values: np.ndarray, n_rows: int) -> Ragged:
         """Values already grouped by row (rows non-decreasing)."""
         counts = np.bincount(rows, minlength=n_rows)
-        offsets = np.zeros(n_rows + 1, dtype=np.int32)
+        offsets = np.zeros(n_rows + 1, dtype=np.int64)
         np.cumsum(counts, out=offsets[1:])
         return cls(values, offsets)
 

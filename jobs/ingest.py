@@ -32,7 +32,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import DataFrame, Observation, SparkSession
 from pyspark.sql import functions as F
 
 from jobs import formats, layout, readers
@@ -69,7 +69,6 @@ class _Reading:
     expected: dict[str, str] = dataclasses.field(default_factory=dict)
     rejects: list[DataFrame] = dataclasses.field(default_factory=list)
     kept_lines: dict[str, int] = dataclasses.field(default_factory=dict)  # files without a folder
-    cached: list[DataFrame] = dataclasses.field(default_factory=list)  # parsed, persisted
 
     def lines(self, role: str, line_format: formats.LineFormat) -> DataFrame:
         """The decoded data lines of the file of `role` (its bad encodings to rejects)."""
@@ -102,8 +101,7 @@ def _parse_source(reading: _Reading,
     files = reading.files
     events = functools.reduce(DataFrame.unionByName, [
         reading.kept(readers.parse_interactions(reading.lines(role, spec.line), spec,
-                                                min_value=cfg.min_value, max_value=cfg.max_value,
-                                                cache=reading.cached))
+                                                min_value=cfg.min_value, max_value=cfg.max_value))
         for role, spec in fmt.interactions.items()])
     # Placed by user_id where write_outputs writes them, and collapsed there: one shuffle.
     by_user = partition_by_key(events, cfg.output_partitions, layout.USER_ID)
@@ -160,7 +158,6 @@ def write_outputs(spark: SparkSession, files: Mapping[str, Path], source: Source
     reading = _Reading(spark, files, source)
     tables = _parse_source(reading, cfg)
     with contextlib.ExitStack() as stack:
-        stack.callback(lambda: [df.unpersist() for df in reading.cached])
         staged = {name: stack.enter_context(layout.staged_dir(paths.path(name)))
                   for name in (*tables, layout.REJECTS)}
         write_parquet(functools.reduce(DataFrame.unionByName, reading.rejects),
@@ -174,14 +171,17 @@ def write_outputs(spark: SparkSession, files: Mapping[str, Path], source: Source
 
         counts: dict[str, Any] = {}
         for name, (parsed, roles) in tables.items():
-            table = parsed.persist()
-            stack.callback(table.unpersist)
+            # The raw events are summed while the folder is written, not by a second pass
+            # over the table (which would parse, shuffle and collapse it again, or cache it).
+            observed = Observation(f"ingest {name}")
+            table = parsed.observe(observed, F.coalesce(F.sum(readers.EVENTS), F.lit(0))
+                                   .alias(readers.EVENTS))
             id_column = layout.columns(_SCHEMAS[name])[0]
             write_parquet(conform(table, _SCHEMAS[name]), staged[name],
                           files=cfg.output_partitions, key=id_column,
                           sort_by=layout.columns(_SCHEMAS[name])[:3],
                           partitioned=KEY_HASH in table.columns)  # the interactions
-            events = int(table.agg(F.coalesce(F.sum(readers.EVENTS), F.lit(0))).collect()[0][0])
+            events = int(observed.get[readers.EVENTS])
             kept = read_parquet(spark, staged[name]).count()
             counts[name] = _reconcile(name, reading, roles, rejected, events=events, kept=kept)
     return {"format": source.format, **counts.pop(layout.INTERACTIONS), **counts,

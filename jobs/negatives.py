@@ -2,7 +2,10 @@
 
 A pure transform (`sample_negatives`) on the demand per user and every touched pair;
 no session creation, no writes. It counts what is left after each sampling round (to
-decide whether another is needed) and keeps those small leftovers cached. Every draw is
+decide whether another is needed). Given a `cache` list, the frames it reads more than
+once (the touched pairs by user, each round's draws) are persisted and appended to it,
+and the caller unpersists them once the result is written; without one nothing is
+persisted (the same rows, recomputed by each round). Every draw is
 pmod(xxhash64(seed, stream, user_idx, ...), n_items): a pure function of its inputs, so
 one seed gives the same negatives whatever the parallelism or the partitioning.
 
@@ -25,6 +28,7 @@ from pyspark.sql import Column, DataFrame, Window
 from pyspark.sql import functions as F
 
 from jobs import layout
+from jobs.spark import cached
 
 log = logging.getLogger(__name__)
 
@@ -67,6 +71,7 @@ def sample_negatives(
     stream: int,
     distinct: bool,
     max_rounds: int = MAX_ROUNDS,
+    cache: list[DataFrame] | None = None,
 ) -> DataFrame:
     """Negatives (user_idx, item_idx) for each user of `demand` (user_idx, n_needed).
 
@@ -76,16 +81,17 @@ def sample_negatives(
     for any user with an untouched item, repeating its untouched items in turn only when
     it has fewer than n_needed. Users whose untouched items are so few that random draws
     would mostly miss, and users still short after `max_rounds` rounds, take them from
-    their enumerated untouched items in a hashed order instead.
+    their enumerated untouched items in a hashed order instead. What it persists goes
+    into `cache` (module docstring).
     """
     n_parts = int(demand.sparkSession.conf.get("spark.sql.shuffle.partitions") or "200")
     # Cached once partitioned by user, so no later query shuffles them again, and a
     # later call with the same `touched` finds the cache (Spark matches cached plans).
     # The same goes for the count per user.
-    by_user = touched.select(layout.USER_IDX, layout.ITEM_IDX).repartition(
-        n_parts, layout.USER_IDX).persist()
-    n_touched = by_user.groupBy(layout.USER_IDX).agg(
-        F.count(F.lit(1)).alias("_n_touched")).persist()
+    by_user = cached(touched.select(layout.USER_IDX, layout.ITEM_IDX).repartition(
+        n_parts, layout.USER_IDX), cache)
+    n_touched = cached(by_user.groupBy(layout.USER_IDX).agg(
+        F.count(F.lit(1)).alias("_n_touched")), cache)
     untouched = F.lit(n_items) - F.coalesce(F.col("_n_touched"), F.lit(0))
     needed = F.col(N_NEEDED).cast("bigint")
     target = F.least(needed, untouched) if distinct else F.when(untouched > 0, needed)
@@ -99,7 +105,7 @@ def sample_negatives(
     n_to_enumerate = _count(to_enumerate, "users with too few untouched items to draw", 0)
     chosen, short, n_short = _sample_distinct(state.where(~few_untouched), by_user,
                                               n_items=n_items, seed=seed, stream=stream,
-                                              max_rounds=max_rounds)
+                                              max_rounds=max_rounds, cache=cache)
     if chosen is not None and n_to_enumerate == 0 and n_short == 0:
         return chosen  # the enumeration's plan costs a pass over `touched` even when empty
     enumerated = _take_untouched(to_enumerate.unionByName(short), touched, chosen,
@@ -111,7 +117,8 @@ _Sampled = tuple[DataFrame | None, DataFrame, int | None]
 
 
 def _sample_distinct(state: DataFrame, by_user: DataFrame, *, n_items: int, seed: int,
-                     stream: int, max_rounds: int) -> _Sampled:
+                     stream: int, max_rounds: int,
+                     cache: list[DataFrame] | None) -> _Sampled:
     """Distinct negatives: (chosen, users still short with _short left, how many; None:
     not counted).
 
@@ -126,8 +133,8 @@ def _sample_distinct(state: DataFrame, by_user: DataFrame, *, n_items: int, seed
     if max_rounds <= 0:
         return None, state.select(layout.USER_IDX, _SHORT, _UNTOUCHED), None
     # Cached like by_user: the three splits' calls use the same sets.
-    touched_sets = by_user.groupBy(layout.USER_IDX).agg(
-        F.collect_list(layout.ITEM_IDX).alias(_TOUCHED)).persist()
+    touched_sets = cached(by_user.groupBy(layout.USER_IDX).agg(
+        F.collect_list(layout.ITEM_IDX).alias(_TOUCHED)), cache)
     pending = state.select(
         layout.USER_IDX, F.col(_SHORT).alias(_TARGET), _UNTOUCHED,
         F.lit(0).cast("bigint").alias(_NEXT_DRAW), F.array().cast(_ITEMS).alias(_CHOSEN))
@@ -143,10 +150,10 @@ def _sample_distinct(state: DataFrame, by_user: DataFrame, *, n_items: int, seed
             F.sequence(F.col(_NEXT_DRAW), F.col(_NEXT_DRAW) + n_draws - 1),
             lambda k: _draw_item(seed, stream, n_items, k))
         fresh = F.array_except(draws, F.concat(touched, F.col(_CHOSEN)))
-        drawn = pending.join(touched_sets, layout.USER_IDX, "left").select(
+        drawn = cached(pending.join(touched_sets, layout.USER_IDX, "left").select(
             layout.USER_IDX, _TARGET, _UNTOUCHED,
             (F.col(_NEXT_DRAW) + n_draws).alias(_NEXT_DRAW),
-            F.concat(_CHOSEN, F.slice(fresh, 1, missing.cast("int"))).alias(_CHOSEN)).persist()
+            F.concat(_CHOSEN, F.slice(fresh, 1, missing.cast("int"))).alias(_CHOSEN)), cache)
         rounds.append(drawn)
         pending = drawn.where(missing > 0)
         n_short = _count(pending, "users short", round_number)

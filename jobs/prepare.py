@@ -122,6 +122,7 @@ def build_pairs(
     n_items: int,
     cfg: PrepareConfig,
     presplit_test: DataFrame | None = None,
+    cache: list[DataFrame] | None = None,
 ) -> tuple[DataFrame, DataFrame, DataFrame]:
     """(train, validation, test) in layout.PAIRS_SCHEMA: the split's positives + negatives.
 
@@ -129,20 +130,22 @@ def build_pairs(
     holds every pair any user interacted with (more than the positives when binarisation
     leaves some out). Each split draws from its own random stream.
     `presplit_test` (user_idx, item_idx, label), a source's own test split, is test/
-    as it is: its negatives are not drawn again.
+    as it is: its negatives are not drawn again. What the sampling persists goes into
+    `cache` (jobs.negatives), for the caller to release once the pairs are written.
     """
     def evaluation(positives: DataFrame, stream: int) -> DataFrame:
         # One demand row per user: time_cutoff and stratified test several positives each.
         demand = positives.select(layout.USER_IDX).distinct().select(
             layout.USER_IDX, F.lit(cfg.n_eval_negatives).alias(N_NEEDED))
         negatives = sample_negatives(demand, touched, n_items=n_items, seed=cfg.seed,
-                                     stream=stream, distinct=True)
+                                     stream=stream, distinct=True, cache=cache)
         return _labelled(positives, negatives)
 
     train_demand = train_positives.groupBy(layout.USER_IDX).agg(
         (F.count(F.lit(1)) * cfg.n_negatives).alias(N_NEEDED))
     train_negatives = sample_negatives(train_demand, touched, n_items=n_items, seed=cfg.seed,
-                                       stream=STREAM_TRAIN, distinct=False)
+                                       stream=STREAM_TRAIN, distinct=False,
+                                       cache=cache)
     test = (evaluation(test_positives, STREAM_TEST) if presplit_test is None
             else conform(presplit_test, layout.PAIRS_SCHEMA))
     return (_labelled(train_positives, train_negatives),
@@ -266,7 +269,7 @@ def _write_general(positives: DataFrame, presplit_test: DataFrame | None, events
     # three calls share that cache (persisting it here too held it twice).
     touched = _touched(events, kept, cfg.binarise.rule, indexed)
     pairs = build_pairs(train_positives, validation_positives, test_positives, touched,
-                        n_items=n_items, cfg=cfg, presplit_test=given_test)
+                        n_items=n_items, cfg=cfg, presplit_test=given_test, cache=cache)
     for name, df in zip((layout.TRAIN, layout.VALIDATION, layout.TEST), pairs, strict=True):
         write_parquet(df, staged[name], files=cfg.output_partitions, key=layout.USER_IDX,
                       sort_by=pairs_order())

@@ -97,6 +97,15 @@ def get_spark(
     return session
 
 
+def cached(df: DataFrame, cache: list[DataFrame] | None) -> DataFrame:
+    """`df`, persisted and appended to `cache` when one is given (the caller unpersists
+    what the list holds once the frames that read it are written); else `df` as it is."""
+    if cache is None:
+        return df
+    cache.append(df.persist())
+    return df
+
+
 def conform(df: DataFrame, schema: Schema) -> DataFrame:
     """Select exactly the columns of a lake schema, in order, cast to its dtypes."""
     return df.select(*[F.col(name).cast(dtype).alias(name) for name, dtype in schema])

@@ -27,6 +27,7 @@ from pyspark.sql import DataFrame, Window
 from pyspark.sql import functions as F
 
 from jobs import layout
+from jobs.spark import cached
 
 STREAM_TIE_BREAK = 4  # the split's tie-break among same-second positives
 STREAM_STRATIFIED = 6  # the stratified split's per-user shuffle (jobs.filters uses 5)
@@ -47,21 +48,13 @@ def split_leave_one_out(positives: DataFrame, *, seed: int,
     late-catalogue (obscure) film, which biases HR@10 down by ~0.05 (popularity: 0.33
     with the id rule, 0.41 with a random one).
     """
-    ranked = _cached(_rank_latest_first(positives, seed=seed), cache)
+    ranked = cached(_rank_latest_first(positives, seed=seed), cache)
     evaluated = F.col("_n") >= MIN_POSITIVES_TO_EVALUATE
     pairs = (layout.USER_IDX, layout.ITEM_IDX)
     test = ranked.where(evaluated & (F.col(_RANK) == 1)).select(*pairs)
     validation = ranked.where(evaluated & (F.col(_RANK) == 2)).select(*pairs)
     train = ranked.where(~evaluated | (F.col(_RANK) > 2)).select(*pairs)
     return train, validation, test
-
-
-def _cached(df: DataFrame, cache: list[DataFrame] | None) -> DataFrame:
-    """`df`, persisted and appended to `cache` when one is given."""
-    if cache is None:
-        return df
-    cache.append(df.persist())
-    return df
 
 
 def _rank_latest_first(positives: DataFrame, *, seed: int) -> DataFrame:
@@ -97,7 +90,7 @@ def split_presplit(positives: DataFrame, test_positives: DataFrame, *, seed: int
 def _hold_out_latest(rest: DataFrame, *, seed: int,
                      cache: list[DataFrame] | None) -> tuple[DataFrame, DataFrame]:
     """(train, validation): per user with >= 2 positives in `rest`, the latest -> validation."""
-    ranked = _cached(_rank_latest_first(rest, seed=seed), cache)
+    ranked = cached(_rank_latest_first(rest, seed=seed), cache)
     held_out = (F.col("_n") >= 2) & (F.col(_RANK) == 1)
     pairs = (layout.USER_IDX, layout.ITEM_IDX)
     return ranked.where(~held_out).select(*pairs), ranked.where(held_out).select(*pairs)
@@ -157,7 +150,7 @@ def split_stratified(positives: DataFrame, *, train_ratio: float, seed: int,
     shuffled = F.xxhash64(F.lit(seed).cast("bigint"), F.lit(STREAM_STRATIFIED).cast("int"),
                           F.col(layout.USER_IDX).cast("int"), F.col(layout.ITEM_IDX).cast("int"))
     order = Window.partitionBy(layout.USER_IDX).orderBy(shuffled, F.col(layout.ITEM_IDX))
-    ranked = _cached(positives.select(
+    ranked = cached(positives.select(
         layout.USER_IDX, layout.ITEM_IDX, layout.TS,
         F.row_number().over(order).alias(_RANK),
         F.count(F.lit(1)).over(Window.partitionBy(layout.USER_IDX)).alias("_n")), cache)

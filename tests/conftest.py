@@ -40,6 +40,9 @@ def spark() -> Iterator[pyspark.sql.SparkSession]:  # type: ignore[name-defined]
         conf={
             "spark.sql.shuffle.partitions": "2",
             "spark.ui.enabled": "false",
+            # One JVM serves the whole session's Spark tests; Spark's 1g default heap left
+            # no room to build a broadcast once earlier tests' caches had filled it.
+            "spark.driver.memory": "2g",
             "spark.sql.session.timeZone": "UTC",
         },
     )

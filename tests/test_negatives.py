@@ -35,11 +35,17 @@ def _negatives(spark: SparkSession, touched: DataFrame, needs: dict[int, int], *
                distinct: bool, max_rounds: int = negatives.MAX_ROUNDS, n_items: int = N_ITEMS,
                seed: int = 7) -> dict[int, list[int]]:
     demand = spark.createDataFrame(list(needs.items()), "user_idx int, n_needed int")
+    cache: list[DataFrame] = []
     drawn = sample_negatives(demand, touched, n_items=n_items, seed=seed, stream=1,
-                             distinct=distinct, max_rounds=max_rounds)
+                             distinct=distinct, max_rounds=max_rounds, cache=cache)
     by_user: dict[int, list[int]] = {user: [] for user in needs}
-    for user, item in drawn.collect():
-        by_user[user].append(item)
+    try:
+        for user, item in drawn.collect():
+            by_user[user].append(item)
+    finally:
+        for df in cache:  # what a caller must do once the result is written
+            df.unpersist()
+    assert cache or max_rounds == 0  # the rounds read persisted frames
     return by_user
 
 
@@ -83,6 +89,12 @@ def test_negatives_do_not_depend_on_partitioning(spark: SparkSession,
         finally:
             spark.conf.set("spark.sql.shuffle.partitions", "2")
     assert runs[0] == runs[1]
+    cache: list[DataFrame] = []
+    with_cache = _pairs(sample_negatives(demand, touched, n_items=N_ITEMS, seed=11, stream=2,
+                                         distinct=True, cache=cache))
+    for df in cache:
+        df.unpersist()
+    assert with_cache == runs[0]  # persisting what the rounds re-read changes no row
     other_seed = _pairs(sample_negatives(demand, touched, n_items=N_ITEMS, seed=12, stream=2,
                                          distinct=True))
     assert other_seed != runs[0]

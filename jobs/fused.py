@@ -37,9 +37,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from jobs import layout, xxhash
+from jobs import layout, negatives, xxhash
 from jobs.negatives import (
-    MAX_ROUNDS,
     OVERSAMPLE,
     SLACK,
     STREAM_TEST,
@@ -72,12 +71,19 @@ _NO_TS = np.iinfo(np.int64).min  # a null ts ranks after every other (latest fir
 
 @dataclass(frozen=True)
 class Params:
-    """What the per-user computation needs (jobs.config.PrepareConfig's and the index's)."""
+    """What the per-user computation needs (jobs.config.PrepareConfig's and the index's).
+
+    The tuning constants are read when the driver builds it and travel with it to the
+    Python workers (a worker imports the modules afresh: the driver's module globals,
+    as a test may set them, never reach it).
+    """
 
     n_items: int
     seed: int
     n_negatives: int
     n_eval_negatives: int
+    max_rounds: int = dataclasses.field(default_factory=lambda: negatives.MAX_ROUNDS)
+    chunk_bytes: int = dataclasses.field(default_factory=lambda: CHUNK_BYTES)
 
 
 # --- the numpy core --------------------------------------------------------------------
@@ -183,13 +189,13 @@ def split_and_sample(users: np.ndarray, items: np.ndarray, ts: np.ndarray,
     demand[layout.TEST] = demand[layout.VALIDATION]
     result = Result(user_ids.astype(np.int32), {}, {})
     for split in SPLITS:
-        negative_rows, negatives = _sample(
+        negative_rows, negative_items = _sample(
             user_ids, touched, untouched, demand[split].astype(np.int64), params,
             stream=STREAMS[split], distinct=split != layout.TRAIN)
         mask = in_split[split]
         # File order: by user, positives first, then by item (repeats side by side).
         key = np.sort(np.r_[row[mask] * (2 * n_items) + items[mask],
-                            negative_rows * (2 * n_items) + n_items + negatives])
+                            negative_rows * (2 * n_items) + n_items + negative_items])
         result.items[split] = Ragged.from_rows(key // (2 * n_items),
                                                (key % n_items).astype(np.int32), n_users)
         result.positives[split] = np.bincount(row[mask], minlength=n_users).astype(np.int32)
@@ -228,12 +234,12 @@ def _sample(user_ids: np.ndarray, touched: Ragged, untouched: np.ndarray,
     """(row, item) of every negative of the users with target > 0, in no given order.
 
     jobs.negatives.sample_negatives per user: users whose untouched items are at most
-    twice the target are enumerated; the others draw in up to MAX_ROUNDS rounds, and
+    twice the target are enumerated; the others draw in up to max_rounds rounds, and
     whoever is still short is enumerated for the rest. Users are taken in chunks, each
     with a (users x items) table of what is touched (1) or chosen (2).
     """
     n_items = params.n_items
-    chunk = max(1, CHUNK_BYTES // max(n_items, 1))
+    chunk = max(1, params.chunk_bytes // max(n_items, 1))
     out_rows: list[np.ndarray] = []
     out_items: list[np.ndarray] = []
     for first in range(0, len(user_ids), chunk):
@@ -244,7 +250,7 @@ def _sample(user_ids: np.ndarray, touched: Ragged, untouched: np.ndarray,
         table[local, touched.values[lo:hi]] = 1
         rows, chosen = _sample_chunk(user_ids[first:last], table, untouched[first:last],
                                      target[first:last], seed=params.seed, stream=stream,
-                                     distinct=distinct)
+                                     max_rounds=params.max_rounds, distinct=distinct)
         out_rows.append(rows + first)
         out_items.append(chosen)
     if not out_rows:
@@ -253,7 +259,7 @@ def _sample(user_ids: np.ndarray, touched: Ragged, untouched: np.ndarray,
 
 
 def _sample_chunk(user_ids: np.ndarray, table: np.ndarray, untouched: np.ndarray,
-                  target: np.ndarray, *, seed: int, stream: int,
+                  target: np.ndarray, *, seed: int, stream: int, max_rounds: int,
                   distinct: bool) -> tuple[np.ndarray, np.ndarray]:
     """The negatives (local row, item) of one chunk; marks the chosen items in `table`."""
     n_items = table.shape[1]
@@ -265,7 +271,7 @@ def _sample_chunk(user_ids: np.ndarray, table: np.ndarray, untouched: np.ndarray
     prefix = xxhash.chain(np.int64(seed), np.int32(stream), user_ids[pending].astype(np.int32))
     rows_out: list[np.ndarray] = []
     items_out: list[np.ndarray] = []
-    for round_number in range(1, MAX_ROUNDS + 1):
+    for round_number in range(1, max_rounds + 1):
         if len(pending) == 0:
             break
         scale = n_items * OVERSAMPLE * 2 ** (round_number - 1)  # as jobs.negatives does
@@ -308,10 +314,11 @@ def _sample_chunk(user_ids: np.ndarray, table: np.ndarray, untouched: np.ndarray
 
 def _enumerate(user: int, marks: np.ndarray, n_short: int, n_untouched: int, *, seed: int,
                stream: int, distinct: bool) -> np.ndarray:
-    """jobs.negatives._take_untouched for one user: its untouched items (distinct: not
-    chosen either) in a hashed order; distinct takes the first n_short, otherwise item r
-    of the U untouched comes n_short // U times, once more if r < n_short mod U."""
-    available = np.flatnonzero(marks == 0 if distinct else marks != 1).astype(np.int32)
+    """jobs.negatives._take_untouched for one user: its untouched items not chosen yet,
+    in a hashed order; distinct takes the first n_short, otherwise item r of the U
+    untouched comes n_short // U times, once more if r < n_short mod U (a user short
+    after the rounds has over U / 2 left, more than it misses: no repeats)."""
+    available = np.flatnonzero(marks == 0).astype(np.int32)
     hashed = xxhash.chain(np.int64(seed), np.int32(-stream), np.int32(user), available)
     ordered = available[np.lexsort((available, hashed))]
     if distinct:
@@ -436,6 +443,8 @@ def _name_parts(folder: Path, rows: dict[int, int], schema: pa.Schema) -> None:
     for number, partition in enumerate(numbered):
         if rows.get(partition):
             os.replace(folder / f".part-{partition:05d}", folder / PART_NAME.format(number))
+    for leftover in folder.glob(".part-*"):  # a failed or speculative attempt's file
+        leftover.unlink()
     if not any(rows.values()):
         write_table(schema.empty_table(), str(folder / PART_NAME.format(0)))
     (folder / SUCCESS_MARKER).touch()

@@ -70,7 +70,7 @@ def sample_negatives(
     seed: int,
     stream: int,
     distinct: bool,
-    max_rounds: int = MAX_ROUNDS,
+    max_rounds: int | None = None,
     cache: list[DataFrame] | None = None,
 ) -> DataFrame:
     """Negatives (user_idx, item_idx) for each user of `demand` (user_idx, n_needed).
@@ -81,9 +81,10 @@ def sample_negatives(
     for any user with an untouched item, repeating its untouched items in turn only when
     it has fewer than n_needed. Users whose untouched items are so few that random draws
     would mostly miss, and users still short after `max_rounds` rounds, take them from
-    their enumerated untouched items in a hashed order instead. What it persists goes
-    into `cache` (module docstring).
+    their enumerated untouched items in a hashed order instead (max_rounds None:
+    MAX_ROUNDS, read at call time). What it persists goes into `cache` (module docstring).
     """
+    max_rounds = MAX_ROUNDS if max_rounds is None else max_rounds
     n_parts = int(demand.sparkSession.conf.get("spark.sql.shuffle.partitions") or "200")
     # Cached once partitioned by user, so no later query shuffles them again, and a
     # later call with the same `touched` finds the cache (Spark matches cached plans).
@@ -183,17 +184,20 @@ def _take_untouched(
     stream: int,
     distinct: bool,
 ) -> DataFrame:
-    """`_short` negatives per user from all their untouched items, in a hashed order.
+    """`_short` negatives per user from their untouched items not chosen yet, in a
+    hashed order.
 
-    distinct: the first `_short` not yet chosen. Otherwise draw j is the (j mod U)-th
-    untouched item, U of them: a user who touched almost everything cycles through
-    what is left.
+    distinct: the first `_short`. Otherwise draw j is the (j mod U)-th, U untouched
+    items: a user who touched almost everything (enumerated from the start, nothing
+    chosen) cycles through what is left; a user still short after the rounds has more
+    than U / 2 items left (it was not enumerated from the start), more than it misses,
+    so it gets no repeats either.
     """
     spark = state.sparkSession
     all_items = spark.range(n_items).select(F.col("id").cast("int").alias(layout.ITEM_IDX))
     available = (state.select(layout.USER_IDX, _SHORT, _UNTOUCHED).crossJoin(all_items)
                  .join(touched, [layout.USER_IDX, layout.ITEM_IDX], "left_anti"))
-    if distinct and chosen is not None:
+    if chosen is not None:  # training too: a user short after the rounds has room
         available = available.join(chosen, [layout.USER_IDX, layout.ITEM_IDX], "left_anti")
     hashed_order = Window.partitionBy(layout.USER_IDX).orderBy(
         F.xxhash64(F.lit(seed).cast("bigint"), F.lit(-stream).cast("int"),

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import logging
 import random
+import re
 import shutil
 from pathlib import Path
 
@@ -14,7 +16,7 @@ import yaml
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
-from jobs import fused, layout, prepare, xxhash
+from jobs import fused, layout, negatives, prepare, xxhash
 from jobs.config import PrepareConfig
 from jobs.filters import binarise
 
@@ -78,20 +80,29 @@ def _write(spark: SparkSession, events: DataFrame, root: Path, cfg: PrepareConfi
     return counts, {name: layout.sha256_dir(paths.path(name)) for name in SPLITS}
 
 
-@pytest.mark.parametrize("case", [(30, 1, True, 7), (300, 2, True, 1000), (120, 3, False, 5)],
-                         ids=["enumerated-chunks-of-7", "rounds", "without-timestamps"])
+@pytest.mark.parametrize("case", [(30, 1, True, 7, 4), (300, 2, True, 1000, 4),
+                                  (120, 3, False, 5, 4), (300, 9, True, 1000, 1)],
+                         ids=["enumerated-chunks-of-7", "rounds", "without-timestamps",
+                              "short-after-the-last-round"])
 def test_fused_writes_the_general_paths_bytes(spark: SparkSession, tmp_path: Path,
                                               monkeypatch: pytest.MonkeyPatch,
-                                              case: tuple[int, int, bool, int]) -> None:
-    """Both paths on the same events (n_items items, a seed, chunks of users): the same
-    counts and the same sha256 for train/, validation/ and test/."""
-    n_items, seed, with_ts, chunk_users = case
+                                              caplog: pytest.LogCaptureFixture,
+                                              case: tuple[int, int, bool, int, int]) -> None:
+    """Both paths on the same events (n_items items, a seed, chunks of users, sampling
+    rounds): the same counts and the same sha256 for train/, validation/ and test/."""
+    n_items, seed, with_ts, chunk_users, rounds = case
     events = _events(spark, n_items, seed, with_ts=with_ts)
     cfg = PrepareConfig(n_negatives=4, n_eval_negatives=9, seed=seed, output_partitions=3)
     assert prepare.uses_fused_path(cfg, presplit=False)
     monkeypatch.setattr(fused, "CHUNK_BYTES", chunk_users * (n_items + 1))
-    general = _write(spark, events, tmp_path / "general", cfg, fused_path=False,
-                     monkeypatch=monkeypatch)
+    monkeypatch.setattr(negatives, "MAX_ROUNDS", rounds)  # read by both paths
+    with caplog.at_level(logging.INFO, logger="jobs.negatives"):
+        general = _write(spark, events, tmp_path / "general", cfg, fused_path=False,
+                         monkeypatch=monkeypatch)
+    if rounds == 1:  # users the one round left short were enumerated for the rest
+        short = [int(m.group(1)) for m in re.finditer(
+            r"round 1: (\d+) users short", caplog.text)]
+        assert short and max(short) > 0, caplog.text
     fast = _write(spark, events, tmp_path / "fused", cfg, fused_path=True,
                   monkeypatch=monkeypatch)
     assert fast == general
@@ -99,9 +110,17 @@ def test_fused_writes_the_general_paths_bytes(spark: SparkSession, tmp_path: Pat
     assert counts["train_rows"] > 0 and counts["test_rows"] > 0
     # The cases the data is built for did happen: short users, repeats in training.
     assert counts["users_short_of_eval_negatives"] > 0
-    train = spark.read.parquet(str(layout.LakePaths(tmp_path / "fused", "t", DATE)
-                                   .path(layout.TRAIN)))
+    lake = layout.LakePaths(tmp_path / "fused", "t", DATE)
+    train = spark.read.parquet(str(lake.path(layout.TRAIN)))
     assert train.count() > train.distinct().count()
+    # Repeats only for users who need more negatives than they have untouched items.
+    touched = pd.concat([pd.read_parquet(lake.path(split)).query("label == 1")
+                         for split in SPLITS]).groupby("user_idx").size()
+    drawn = (train.toPandas().query("label == 0").groupby("user_idx")["item_idx"]
+             .agg(["size", "nunique"]))
+    untouched = n_items - touched.reindex(drawn.index)
+    assert (drawn["nunique"] == np.minimum(drawn["size"], untouched)).all(), drawn[
+        drawn["nunique"] != np.minimum(drawn["size"], untouched)]
 
 
 @pytest.mark.parametrize("n_users", [1, 3])

@@ -124,10 +124,13 @@ def test_train_negatives_left_by_the_first_draws_are_filled_in_later_rounds(
     # A user keeps its draws in draw order: extra rounds change nothing once all are full.
     assert {u: sorted(i) for u, i in results[0].items()} == {
         u: sorted(i) for u, i in results[1].items()}
-    # One round only: what the first draws leave is enumerated, still exact and untouched.
+    # One round only: what the first draws leave is enumerated, still exact, untouched
+    # and without replacement (the enumeration skips what the round chose).
     once = _negatives(spark, crowded, needs, distinct=False, max_rounds=1)
     assert {user: len(items) for user, items in once.items()} == needs
-    assert all(not set(items) & CROWDED[user] for user, items in once.items())
+    for user, items in once.items():
+        assert not set(items) & CROWDED[user], user
+        assert len(set(items)) == len(items), user
 
 
 def test_eval_negatives_for_crowded_users_are_distinct_and_exact(

@@ -32,6 +32,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from py4j.protocol import Py4JJavaError
 from pyspark.sql import DataFrame, Observation, SparkSession
 from pyspark.sql import functions as F
 
@@ -67,8 +68,10 @@ class _Reading:
     source: SourceConfig
     input_rows: dict[str, int] = dataclasses.field(default_factory=dict)
     expected: dict[str, str] = dataclasses.field(default_factory=dict)
-    rejects: list[DataFrame] = dataclasses.field(default_factory=list)
+    rejects: list[tuple[str, DataFrame]] = dataclasses.field(default_factory=list)  # by role
     kept_lines: dict[str, int] = dataclasses.field(default_factory=dict)  # files without a folder
+    # The lines of the interactions files that parsed, counted while their folder is written.
+    parsed_lines: dict[str, Observation] = dataclasses.field(default_factory=dict)
 
     def lines(self, role: str, line_format: formats.LineFormat) -> DataFrame:
         """The decoded data lines of the file of `role` (its bad encodings to rejects)."""
@@ -85,13 +88,28 @@ class _Reading:
         self.expected[role] = line_format.expected
         lines, bad_encoding = readers.decode_lines(
             raw, encoding=self.source.files[role].encoding, header=line_format.header)
-        self.rejects.append(bad_encoding)
+        self.rejects.append((role, bad_encoding))
         return lines
 
-    def kept(self, parsed: tuple[DataFrame, DataFrame]) -> DataFrame:
+    def kept(self, role: str, parsed: tuple[DataFrame, DataFrame], *,
+             observe: bool = False) -> DataFrame:
+        """The rows of the file of `role`; its rejects are kept for the rejects folder.
+        observe: its rows are counted by the first action that reads them (`parsed_lines`).
+        """
         rows, rejects = parsed
-        self.rejects.append(rejects)
+        self.rejects.append((role, rejects))
+        if observe:
+            self.parsed_lines[role] = Observation(f"parsed {role}")
+            rows = rows.observe(self.parsed_lines[role], F.count(F.lit(1)).alias("n"))
         return rows
+
+    def rejects_to_write(self) -> list[DataFrame]:
+        """The reject frames of the files that may have rejects: all but the interactions
+        files whose every line parsed (their counted rows are their input rows). Parsing
+        the big file a second time only to find no reject is what this saves."""
+        clean = {role for role, observed in self.parsed_lines.items()
+                 if _observed(observed, "n") == self.input_rows[role]}
+        return [frame for role, frame in self.rejects if role not in clean]
 
 
 def _parse_source(reading: _Reading,
@@ -100,20 +118,21 @@ def _parse_source(reading: _Reading,
     fmt = formats.FORMATS[reading.source.format]
     files = reading.files
     events = functools.reduce(DataFrame.unionByName, [
-        reading.kept(readers.parse_interactions(reading.lines(role, spec.line), spec,
-                                                min_value=cfg.min_value, max_value=cfg.max_value))
+        reading.kept(role, readers.parse_interactions(
+            reading.lines(role, spec.line), spec, min_value=cfg.min_value,
+            max_value=cfg.max_value), observe=True)
         for role, spec in fmt.interactions.items()])
     # Placed by user_id where write_outputs writes them, and collapsed there: one shuffle.
     by_user = partition_by_key(events, cfg.output_partitions, layout.USER_ID)
     tables = {layout.INTERACTIONS: (readers.collapse_duplicates(
         by_user, combine=fmt.combine, keys=[KEY_HASH]), tuple(fmt.interactions))}
     if fmt.users is not None and "users" in files:
-        users = reading.kept(readers.parse_user_features(reading.lines("users", fmt.users.line),
-                                                         fmt.users))
+        users = reading.kept("users", readers.parse_user_features(
+            reading.lines("users", fmt.users.line), fmt.users))
         tables[layout.USER_FEATURES] = (readers.collapse_by_id(users, layout.USER_ID), ("users",))
     if fmt.items is not None and "items" in files:
-        items = reading.kept(readers.parse_item_features(reading.lines("items", fmt.items.line),
-                                                         fmt.items))
+        items = reading.kept("items", readers.parse_item_features(
+            reading.lines("items", fmt.items.line), fmt.items))
         if "tags" in files or "item_tags" in files:
             items = readers.attach_top_tags(items, *_tag_frames(reading))
         tables[layout.ITEM_FEATURES] = (readers.collapse_by_id(items, layout.ITEM_ID), ("items",))
@@ -122,7 +141,7 @@ def _parse_source(reading: _Reading,
         tables[layout.ITEM_FEATURES] = (readers.collapse_by_id(readers.item_titles(events),
                                                                layout.ITEM_ID), ())
     if "test_negatives" in files:
-        presplit = reading.kept(readers.parse_test_negatives(
+        presplit = reading.kept("test_negatives", readers.parse_test_negatives(
             reading.lines("test_negatives", formats.TEST_NEGATIVES_LINE)))
         tables[layout.PRESPLIT_TEST] = (presplit.withColumn(
             readers.EVENTS, F.col(layout.LABEL).cast("long")), ("test_negatives",))
@@ -133,9 +152,9 @@ def _tag_frames(reading: _Reading) -> tuple[DataFrame, DataFrame]:
     if not {"tags", "item_tags"} <= set(reading.files):
         raise IngestError("source.files: the tags of HetRec 2K need both roles 'tags' "
                           "(tags.dat) and 'item_tags' (user_taggedartists.dat)")
-    assignments = reading.kept(readers.parse_tag_assignments(
+    assignments = reading.kept("item_tags", readers.parse_tag_assignments(
         reading.lines("item_tags", formats.TAG_ASSIGNMENTS_LINE)))
-    tags = reading.kept(readers.parse_tags(reading.lines("tags", formats.TAGS_LINE)))
+    tags = reading.kept("tags", readers.parse_tags(reading.lines("tags", formats.TAGS_LINE)))
     # Their kept lines are no output rows: count them here, for the reconciliation.
     for role, frame in (("item_tags", assignments), ("tags", tags)):
         reading.kept_lines[role] = frame.count()
@@ -154,23 +173,17 @@ def write_outputs(spark: SparkSession, files: Mapping[str, Path], source: Source
 
     The folders are staged and published together only when at least one line of each
     file was kept and every line is accounted for; otherwise IngestError and nothing moves.
+    The output folders are written first: the interactions files' parsed lines are
+    counted meanwhile, and a file whose every line parsed is not parsed again for the
+    rejects folder.
     """
     reading = _Reading(spark, files, source)
     tables = _parse_source(reading, cfg)
     with contextlib.ExitStack() as stack:
         staged = {name: stack.enter_context(layout.staged_dir(paths.path(name)))
                   for name in (*tables, layout.REJECTS)}
-        write_parquet(functools.reduce(DataFrame.unionByName, reading.rejects),
-                      staged[layout.REJECTS], files=cfg.output_partitions, key=layout.LINE,
-                      sort_by=[layout.SOURCE_FILE, layout.LINE])
-        rejected: dict[str, dict[str, int]] = {str(path): {} for path in files.values()}
-        for row in (read_parquet(spark, staged[layout.REJECTS])
-                    .groupBy(layout.SOURCE_FILE, layout.REASON).count().collect()):
-            rejected[row[layout.SOURCE_FILE]][row[layout.REASON]] = int(row["count"])
-        _check_each_file_parses(reading, rejected)
-
-        counts: dict[str, Any] = {}
-        for name, (parsed, roles) in tables.items():
+        written: dict[str, tuple[int, int]] = {}  # (raw events, rows kept) per folder
+        for name, (parsed, _roles) in tables.items():
             # The raw events are summed while the folder is written, not by a second pass
             # over the table (which would parse, shuffle and collapse it again, or cache it).
             observed = Observation(f"ingest {name}")
@@ -181,14 +194,41 @@ def write_outputs(spark: SparkSession, files: Mapping[str, Path], source: Source
                           files=cfg.output_partitions, key=id_column,
                           sort_by=layout.columns(_SCHEMAS[name])[:3],
                           partitioned=KEY_HASH in table.columns)  # the interactions
-            events = int(observed.get[readers.EVENTS])
-            kept = read_parquet(spark, staged[name]).count()
-            counts[name] = _reconcile(name, reading, roles, rejected, events=events, kept=kept)
+            events = _observed(observed, readers.EVENTS)
+            if events is None:  # the same sum in a pass of its own
+                row = parsed.agg(F.coalesce(F.sum(readers.EVENTS), F.lit(0))).first()
+                events = int(row[0]) if row is not None else 0
+            written[name] = (events, read_parquet(spark, staged[name]).count())
+
+        rejects = reading.rejects_to_write()
+        write_parquet(functools.reduce(DataFrame.unionByName, rejects) if rejects
+                      else spark.createDataFrame([], layout.ddl(layout.REJECTS_SCHEMA)),
+                      staged[layout.REJECTS], files=cfg.output_partitions, key=layout.LINE,
+                      sort_by=[layout.SOURCE_FILE, layout.LINE])
+        rejected: dict[str, dict[str, int]] = {str(path): {} for path in files.values()}
+        for row in (read_parquet(spark, staged[layout.REJECTS])
+                    .groupBy(layout.SOURCE_FILE, layout.REASON).count().collect()):
+            rejected[row[layout.SOURCE_FILE]][row[layout.REASON]] = int(row["count"])
+        _check_each_file_parses(reading, rejected)
+        counts: dict[str, Any] = {
+            name: _reconcile(name, reading, roles, rejected, events=written[name][0],
+                             kept=written[name][1])
+            for name, (_parsed, roles) in tables.items()}
     return {"format": source.format, **counts.pop(layout.INTERACTIONS), **counts,
             "files": {role: {"path": str(path), "sha256": source.files[role].sha256,
                              "input_rows": reading.input_rows[role],
                              "rejected": sum(rejected[str(path)].values())}
                       for role, path in files.items()}}
+
+
+def _observed(observation: Observation, name: str) -> int | None:
+    """The metric `name` of an observation whose first action has run; None when that
+    action's final plan no longer held the observing node (adaptive execution replaces a
+    stage that came out empty, and with it the node: Spark then has no row to give)."""
+    try:
+        return int(observation.get[name])
+    except Py4JJavaError:
+        return None
 
 
 def _check_each_file_parses(reading: _Reading,

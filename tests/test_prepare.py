@@ -64,6 +64,22 @@ def test_index_ids_dense_numeric_for_digits_else_text(spark: SparkSession) -> No
         ("10", 0), ("9", 1), ("a", 2), ("b", 3)]
 
 
+@pytest.mark.parametrize("ids", [
+    ["b", "a", "Z", "é", "ä", "日本", "a b", "~", "10", "9", "\U0001F600", "ſ", "ａ"],
+    ["007", "7", "70", "123456789012345678901234567890", "0"],
+], ids=["text", "digits"])
+def test_index_ids_order_is_sparks_string_order(spark: SparkSession, ids: list[str]) -> None:
+    """The driver numbers the ids as a Spark sort would (by UTF-8 bytes; digits by
+    length first), whatever the characters."""
+    interactions = _interactions(spark, [(i, i, 1, 1.0) for i in ids])
+    users, _items = index_ids(interactions)
+    frame = spark.createDataFrame([(i,) for i in ids], "user_id string")
+    by_length = [F.length("user_id")] if all(i.isdigit() for i in ids) else []
+    expected = [row[0] for row in frame.orderBy(*by_length, "user_id").collect()]
+    assert [row[0] for row in users.orderBy(layout.USER_IDX).collect()] == expected
+    assert sorted(row[1] for row in users.collect()) == list(range(len(ids)))
+
+
 # --- build_pairs: determinism ----------------------------------------------------------
 
 def _random_positives(spark: SparkSession, n_users: int = 25, n_items: int = 40) -> DataFrame:

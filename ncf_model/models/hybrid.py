@@ -9,6 +9,8 @@ from torch import Tensor, nn
 
 from ncf_model.features import SideFeatures, pad_bags
 from ncf_model.models.common import init_weights
+from ncf_model.models.ncf import GMF, MLP
+
 
 class Hybrid(nn.Module):
     """NeuMF whose user vectors add embedded user features (a sum over the fields) and whose

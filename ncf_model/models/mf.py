@@ -7,6 +7,7 @@ from torch import Tensor, nn
 
 from ncf_model.models.common import init_weights
 
+
 class MF(nn.Module):
     """Matrix factorisation: <p_u, q_i> + b_u + b_i + b. Rendle et al. (2020) show that a
     well-tuned dot product rivals NeuMF; this is the baseline to beat."""

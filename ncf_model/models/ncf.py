@@ -13,6 +13,7 @@ from torch import Tensor, nn
 
 from ncf_model.models.common import init_weights
 
+
 class GMF(nn.Module):
     """Generalised matrix factorisation: a linear head on the element-wise product."""
 

@@ -46,7 +46,7 @@ $(AIRFLOW_HOME)/.migrated: $(VENV)/.installed
 
 run: venv $(AIRFLOW_HOME)/.migrated ## run the DAG for DATASET end to end through Airflow (dags test)
 	airflow dags test ncf_$(DATASET) $(DATE)
-	@$(PY) -m jobs.report --config configs/$(DATASET).yaml --logical-date $(DATE)
+	@$(PY) -m jobs.serving.report --config configs/$(DATASET).yaml --logical-date $(DATE)
 
 test: venv ## run the test suite (unit, Spark, Airflow dag.test, SQL)
 	$(PY) -m pytest $(PYTEST_ARGS)
@@ -68,11 +68,11 @@ ui: venv ## open the MLflow UI on http://127.0.0.1:5000 over the local tracking 
 QUERY_USER = $(or $(USER_ID),$(if $(filter command line,$(origin USER)),$(USER)))
 query: venv ## print a user's recommendations with titles: make query USER=196 [DATASET=ml-100k]
 	@test -n "$(QUERY_USER)" || { echo "usage: make query USER=<user id> [DATASET=$(DATASET)]"; exit 2; }
-	@$(PY) -m jobs.report --config configs/$(DATASET).yaml --user "$(QUERY_USER)"
+	@$(PY) -m jobs.serving.report --config configs/$(DATASET).yaml --user "$(QUERY_USER)"
 
 rollback: venv ## serve the previous published run again: make rollback [DATASET=..] [TO_DATE=YYYY-MM-DD]
-	$(PY) -m jobs.publish rollback --config configs/$(DATASET).yaml $(if $(TO_DATE),--to-date $(TO_DATE))
-	@$(PY) -m jobs.publish runs --config configs/$(DATASET).yaml
+	$(PY) -m jobs.serving.publish rollback --config configs/$(DATASET).yaml $(if $(TO_DATE),--to-date $(TO_DATE))
+	@$(PY) -m jobs.serving.publish runs --config configs/$(DATASET).yaml
 
 bench: venv ## training throughput vs a per-sample DataLoader (prints figures, asserts nothing)
 	$(PY) bench/train.py

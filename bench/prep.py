@@ -41,7 +41,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from bench import synthetic  # noqa: E402
-from jobs import layout  # noqa: E402
+from jobs.lake import layout  # noqa: E402
 
 DATE = "2026-01-01"
 DATASET = "ml-20m-synthetic"

@@ -27,8 +27,8 @@ import sqlalchemy as sa
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from jobs import layout  # noqa: E402
-from jobs.table import (  # noqa: E402
+from jobs.lake import layout  # noqa: E402
+from jobs.serving.table import (  # noqa: E402
     DATASET,
     TABLE_COLUMNS,
     RunInfo,

@@ -23,7 +23,7 @@ def recommendations_asset(dataset: str) -> Asset:
 
 def recommendations_db_url() -> str:
     """The table's SQLAlchemy URL. Call it in a task, never at parse time."""
-    from jobs import publish, table
+    from jobs.serving import publish, table
 
     try:
         conn = Connection.get(DB_CONN_ID)

@@ -21,7 +21,7 @@ from typing import Any
 from airflow.sdk import DAG, AssetAny, task
 from ncf_common import recommendations_asset, recommendations_db_url
 
-from jobs.config import read_yaml
+from jobs.lake.config import read_yaml
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIG_DIR = Path(os.environ.get("NCF_CONFIG_DIR", REPO / "configs"))
@@ -45,7 +45,7 @@ if CONFIGS:
         def summarise_new_recommendations(triggering_asset_events: Any = None
                                           ) -> list[dict[str, Any]]:
             """One summary per published dataset: rows, users, the most recommended items."""
-            from jobs.report import table_summary
+            from jobs.serving.report import table_summary
 
             events = [event for events in (triggering_asset_events or {}).values()
                       for event in events]

@@ -44,7 +44,7 @@ from airflow.sdk import DAG, task
 from ncf_common import recommendations_asset, recommendations_db_url
 from ncf_runners import model_task, python_task, spark_task, stage_args
 
-from jobs.config import read_yaml
+from jobs.lake.config import read_yaml
 
 REPO = Path(__file__).resolve().parents[1]
 # prepare's --as-of: the end of the run's data interval, so a backfill sees what was known.
@@ -66,9 +66,9 @@ def _publish_task(config: Path, dataset: str) -> Any:
     @task(task_id="publish", outlets=[asset])
     def publish(ds: str | None = None, outlet_events: Any = None) -> dict[str, object]:
         """Load topk/ into the table and swap it in; the asset event carries the counts."""
-        from jobs import cli, layout
-        from jobs.config import load_data_config
-        from jobs.publish import publish_run
+        from jobs.lake import cli, layout
+        from jobs.lake.config import load_data_config
+        from jobs.serving.publish import publish_run
 
         cfg = load_data_config(config)
         paths = layout.LakePaths(cli.lake_root(None), cfg.dataset, str(ds))
@@ -96,17 +96,17 @@ def build_dag(config: Path) -> DAG:
         tags=["ncf", dataset],
     ) as dag:
         ingest = spark_task("ingest", config, dataset)
-        validate_interactions = python_task("validate_interactions", "jobs.validate",
+        validate_interactions = python_task("validate_interactions", "jobs.quality.validate",
                                             [*stage_args(config), "--stage", "interactions"])
         prepare = spark_task("prepare", config, dataset)
         prepare.application_args = [*(prepare.application_args or []), "--as-of", AS_OF]
-        validate_splits = python_task("validate_splits", "jobs.validate",
+        validate_splits = python_task("validate_splits", "jobs.quality.validate",
                                       [*stage_args(config), "--stage", "splits"])
         train = model_task("train", ["train", *stage_args(config)])
         evaluate = model_task("evaluate", ["evaluate", *stage_args(config)])
         recommend = model_task("recommend", ["recommend", *stage_args(config)])
         validate_recommendations = python_task(
-            "validate_recommendations", "jobs.validate",
+            "validate_recommendations", "jobs.quality.validate",
             [*stage_args(config), "--stage", "recommendations"])
         publish = _publish_task(config, dataset)
         als = spark_task("als", config, dataset)

@@ -25,8 +25,8 @@ from typing import Any
 from pyspark.sql import Column, DataFrame
 from pyspark.sql import functions as F
 
-from jobs import layout
-from jobs.config import BINARISE_RULES, PrepareConfig
+from jobs.lake import layout
+from jobs.lake.config import BINARISE_RULES, PrepareConfig
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +45,7 @@ def cut_off(interactions: DataFrame, *, as_of: datetime) -> DataFrame:
 
 
 def binarise(interactions: DataFrame, *, rule: str, threshold: float | None) -> DataFrame:
-    """Positives (user_id, item_id, ts): one row per pair, by `rule` (jobs.config.BinariseConfig).
+    """Positives (user_id, item_id, ts): one row per pair, by `rule` (config BinariseConfig).
 
     any:    every pair with an event; ts is its latest event's.
     rating: pairs with an event of value >= threshold; ts is the latest such event's.
@@ -196,7 +196,7 @@ def select_positives(interactions: DataFrame, cfg: PrepareConfig, *,
     binarise are left None (counting distinct raw ids is a pass of its own) for the
     caller to fill in from its index of the same positives (`Selection.indexed`).
     pairs_later (with distinct_later, rule `any`, nothing filtered): binarise is left
-    to the caller too (jobs.fused collapses each user's repeated pairs itself): the
+    to the caller too (jobs.prepare_fast collapses each user's repeated pairs itself): the
     positives are the events as they are, one row per event, and their count is None.
     """
     ts = F.col(layout.TS)

@@ -1,7 +1,7 @@
 """Source formats: how the lines of each raw file split into fields, and what each field is.
 
 Data only; jobs/readers.py parses lines by these descriptions and jobs/ingest.py picks
-the format of a config's `source.format` (its file roles: jobs.config.SOURCE_FORMATS).
+the format of a config's `source.format` (its file roles: jobs.lake.config.SOURCE_FORMATS).
 
 The formats:
     movielens-100k  u.data `user \\t item \\t rating \\t unix s`; u.user, u.item (`|`)
@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from jobs.config import PRESPLIT_FORMAT
+from jobs.lake.config import PRESPLIT_FORMAT
 
 
 @dataclasses.dataclass(frozen=True)

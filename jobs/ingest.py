@@ -36,9 +36,10 @@ from py4j.protocol import Py4JJavaError
 from pyspark.sql import DataFrame, Observation, SparkSession
 from pyspark.sql import functions as F
 
-from jobs import formats, layout, readers
-from jobs.cli import configure_logging, lake_root, load_stage_config, stage_parser
-from jobs.config import IngestConfig, SourceConfig
+from jobs import formats, readers
+from jobs.lake import layout
+from jobs.lake.cli import configure_logging, lake_root, load_stage_config, stage_parser
+from jobs.lake.config import IngestConfig, SourceConfig
 from jobs.sources import resolve_raw_files
 from jobs.spark import (
     KEY_HASH,

@@ -27,7 +27,7 @@ import logging
 from pyspark.sql import Column, DataFrame, Window
 from pyspark.sql import functions as F
 
-from jobs import layout
+from jobs.lake import layout
 from jobs.spark import cached
 
 log = logging.getLogger(__name__)

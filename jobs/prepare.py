@@ -20,7 +20,7 @@ users; a k-core. Then dense ids and the split
 the test item, the second latest the validation item, the rest train; users with fewer
 than three positives are trained on, never evaluated), time_cutoff or stratified.
 Leave-one-out on binarise rule `any` (the NCF protocol, the default) takes the fused
-path of jobs/fused.py: one shuffle by user, then binarise, split and negatives per user
+path of jobs/prepare_fast.py: one shuffle by user, then binarise, split and negatives per user
 in numpy, the same rows and bytes as jobs/split.py + jobs/negatives.py write for every
 other configuration. Negatives are never an item the user touched (in any split, at any
 rating). All randomness comes from xxhash64(seed, stream, ...), so one seed gives the
@@ -43,11 +43,11 @@ from typing import Any
 from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F
 
-from jobs import fused, layout
-from jobs.cli import configure_logging, lake_root, load_stage_config, stage_parser
-from jobs.config import FORMATS_WITHOUT_TIMESTAMPS, PRESPLIT_FORMAT, PrepareConfig, parse_utc
+from jobs import prepare_fast
 from jobs.filters import select_positives
-from jobs.fused import Tally
+from jobs.lake import layout
+from jobs.lake.cli import configure_logging, lake_root, load_stage_config, stage_parser
+from jobs.lake.config import FORMATS_WITHOUT_TIMESTAMPS, PRESPLIT_FORMAT, PrepareConfig, parse_utc
 from jobs.negatives import (
     N_NEEDED,
     STREAM_TEST,
@@ -55,6 +55,7 @@ from jobs.negatives import (
     STREAM_VALIDATION,
     sample_negatives,
 )
+from jobs.prepare_fast import Tally
 from jobs.spark import conform, get_spark, read_parquet, write_parquet
 from jobs.split import (
     split_leave_one_out,
@@ -66,7 +67,7 @@ from jobs.split import (
 
 log = logging.getLogger(__name__)
 
-# Leave-one-out on rule `any` goes through jobs.fused (the same bytes, one pass per user);
+# Leave-one-out on rule `any` goes through jobs.prepare_fast (the same bytes, one pass per user);
 # False sends every configuration through jobs.split + jobs.negatives (tests compare).
 FUSED_PATH = True
 
@@ -235,7 +236,7 @@ def _touched(events: DataFrame, split_positives: list[DataFrame], rule: str,
 def _tally_written(spark: SparkSession, staged: dict[str, Path],
                    n_eval_negatives: int) -> Tally:
     """The counts of the written train/, validation/ and test/ files."""
-    written = {name: read_parquet(spark, staged[name]) for name in fused.SPLITS}
+    written = {name: read_parquet(spark, staged[name]) for name in prepare_fast.SPLITS}
     # One pass over the written files: (rows, positives) of each split.
     rows = functools.reduce(DataFrame.unionByName, [
         df.select(F.lit(name).alias("_split"), layout.LABEL) for name, df in written.items()
@@ -253,8 +254,8 @@ def _tally_written(spark: SparkSession, staged: dict[str, Path],
     return tally
 
 
-def uses_fused_path(cfg: PrepareConfig, *, presplit: bool) -> bool:
-    """Whether jobs.fused writes the splits: leave_one_out on binarise rule `any` (the
+def uses_fast_path(cfg: PrepareConfig, *, presplit: bool) -> bool:
+    """Whether jobs.prepare_fast writes the splits: leave_one_out on binarise rule `any` (the
     touched pairs are then exactly the positives), unless FUSED_PATH is turned off."""
     return (FUSED_PATH and not presplit and cfg.split.method == "leave_one_out"
             and cfg.binarise.rule == "any")
@@ -299,8 +300,8 @@ def write_outputs(events: DataFrame, positives: DataFrame, paths: layout.LakePat
 
     `events` are the interactions prepare may use (known at as-of): every pair in them is
     touched, never a negative. `positives` (user_id, item_id, ts) are what
-    jobs.filters.select_positives kept (on the fused path, with pairs_later, the events
-    themselves: jobs.fused collapses repeated pairs). All five folders are staged and
+    jobs.filters.select_positives kept (on the fast path, with pairs_later, the events
+    themselves: jobs.prepare_fast collapses repeated pairs). All five folders are staged and
     swapped in only when every one was written, so a failure leaves the previous run's
     outputs untouched. `presplit_test` (raw ids, layout.PRESPLIT_TEST_SCHEMA) is a source's own
     test split, taken as test/ as it is (its items are indexed too); validation is then
@@ -334,10 +335,12 @@ def write_outputs(events: DataFrame, positives: DataFrame, paths: layout.LakePat
         cache: list[DataFrame] = []
         stack.callback(lambda: [df.unpersist() for df in cache])
         unscorable = None
-        if uses_fused_path(cfg, presplit=presplit_test is not None):
-            tally = fused.write_splits(positives.transform(indexed), staged, fused.Params(
-                n_items=n_items, seed=cfg.seed, n_negatives=cfg.n_negatives,
-                n_eval_negatives=cfg.n_eval_negatives), files=cfg.output_partitions)
+        if uses_fast_path(cfg, presplit=presplit_test is not None):
+            params = prepare_fast.Params(n_items=n_items, seed=cfg.seed,
+                                         n_negatives=cfg.n_negatives,
+                                         n_eval_negatives=cfg.n_eval_negatives)
+            tally = prepare_fast.write_splits(positives.transform(indexed), staged, params,
+                                              files=cfg.output_partitions)
             split_info: dict[str, Any] = {"method": cfg.split.method}
         else:
             # Read again by each sampling round and each write: cached once.
@@ -434,7 +437,7 @@ def main(argv: list[str] | None = None) -> int:
     # counts are the distinct users and items after binarise when nothing was sampled.
     selection = select_positives(interactions, cfg.prepare, as_of=as_of,
                                  distinct_later=presplit_test is None,
-                                 pairs_later=uses_fused_path(cfg.prepare,
+                                 pairs_later=uses_fast_path(cfg.prepare,
                                                              presplit=presplit_test is not None))
     try:
         steps = selection.counts

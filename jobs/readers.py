@@ -22,7 +22,6 @@ from collections.abc import Sequence
 from pyspark.sql import Column, DataFrame, Window
 from pyspark.sql import functions as F
 
-from jobs import layout
 from jobs.formats import (
     TAG_ASSIGNMENTS_LINE,
     TAGS_LINE,
@@ -32,6 +31,7 @@ from jobs.formats import (
     LineFormat,
     UsersFormat,
 )
+from jobs.lake import layout
 from jobs.spark import conform
 
 # The largest timestamp Spark can hold is in year 294247; keep to four-digit years.

@@ -33,8 +33,8 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import IO
 
-from jobs.config import SHA256_TODO, SourceConfig, SourceFile
-from jobs.layout import ENV_RAW_DIR, sha256_file
+from jobs.lake.config import SHA256_TODO, SourceConfig, SourceFile
+from jobs.lake.layout import ENV_RAW_DIR, sha256_file
 
 log = logging.getLogger(__name__)
 

@@ -26,7 +26,7 @@ from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql.types import StructType
 
-from jobs.layout import Schema
+from jobs.lake.layout import Schema
 
 if TYPE_CHECKING:
     import pyarrow as pa

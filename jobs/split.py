@@ -26,7 +26,7 @@ from datetime import datetime
 from pyspark.sql import DataFrame, Window
 from pyspark.sql import functions as F
 
-from jobs import layout
+from jobs.lake import layout
 from jobs.spark import cached
 
 STREAM_TIE_BREAK = 4  # the split's tie-break among same-second positives

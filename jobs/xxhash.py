@@ -3,7 +3,7 @@
 Spark hashes its arguments left to right, each hash the seed of the next (the first
 seeded with 42): an int column as XXH64 of its 4 bytes, a bigint as XXH64 of its 8
 bytes. `chain` does the same over numpy arrays (int32 -> 4 bytes, int64 -> 8 bytes), so
-code running in numpy (jobs.fused) draws exactly the items that the Spark expressions of
+code running in numpy (jobs.prepare_fast) draws exactly the items that the Spark expressions of
 jobs.negatives and jobs.split draw. Tested value for value against Spark.
 """
 

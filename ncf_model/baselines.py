@@ -32,7 +32,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from jobs import layout
+from jobs.lake import layout
 from ncf_model import tracking
 from ncf_model.config import NCFConfig
 from ncf_model.data import Pairs, TrainingData, load_pairs

@@ -22,7 +22,7 @@ import pandas as pd
 import torch
 from torch import Tensor, nn
 
-from jobs import layout
+from jobs.lake import layout
 from ncf_model import checkpoint
 from ncf_model.features import SideFeatures, load_side_features
 from ncf_model.models import Hybrid

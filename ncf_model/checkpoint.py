@@ -18,8 +18,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from jobs import layout
-from jobs.layout import staged_dir
+from jobs.lake import layout
+from jobs.lake.layout import staged_dir
 from ncf_model.config import ModelConfig
 from ncf_model.features import FeatureVocabulary, SideFeatures, pad_bags
 from ncf_model.models import Hybrid, build_model

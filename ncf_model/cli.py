@@ -42,8 +42,8 @@ from typing import Any
 
 import torch
 
-from jobs import layout
-from jobs.cli import configure_logging, lake_root, stage_parser
+from jobs.lake import layout
+from jobs.lake.cli import configure_logging, lake_root, stage_parser
 from ncf_model import baselines, champion, checkpoint, resume, tracking
 from ncf_model.config import NCFConfig, load_ncf_config
 from ncf_model.data import Pairs, TrainingData, load_pairs

@@ -2,7 +2,7 @@
 `baselines`).
 
 Loaded from the same `configs/<dataset>.yaml` as the data jobs, with the same strict
-loader (`jobs.config`, which imports no pyspark).
+loader (`jobs.lake.config`, which imports no pyspark).
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
-from jobs.config import BASELINES, AlsConfig, build_section, check_field, read_yaml
+from jobs.lake.config import BASELINES, AlsConfig, build_section, check_field, read_yaml
 
 MODEL_KINDS = ("gmf", "mlp", "neumf", "mf", "hybrid")
 NEGATIVE_MODES = ("resample", "lake")

@@ -1,7 +1,7 @@
 """Training and evaluation pairs as tensors on the device (NVIDIA NCF style).
 
 Reads a lake pairs folder (`train/`, `validation/`, `test/`: user_idx, item_idx, label,
-see `jobs.layout.PAIRS_SCHEMA`) once with pyarrow and keeps it on the device. Each
+see `jobs.lake.layout.PAIRS_SCHEMA`) once with pyarrow and keeps it on the device. Each
 training epoch draws its negatives with one seeded `torch.randint`, redraws exactly the
 draws that hit one of the user's positives, shuffles with `torch.randperm` and batches
 with `.split()`: no Dataset, no DataLoader, no Python loop over users. For the BPR loss,
@@ -17,7 +17,7 @@ import pyarrow.parquet as pq
 import torch
 from torch import Tensor
 
-from jobs.layout import ITEM_IDX, LABEL, PAIRS_SCHEMA, USER_IDX, columns
+from jobs.lake.layout import ITEM_IDX, LABEL, PAIRS_SCHEMA, USER_IDX, columns
 from ncf_model.config import NEGATIVE_MODES
 
 Batch = tuple[Tensor, Tensor, Tensor]  # user (B,) int64, item (B,) int64, label (B,) float32
@@ -60,7 +60,7 @@ def load_pairs(path: Path, device: torch.device | str) -> Pairs:
     missing = [name for name in wanted if name not in table.column_names]
     if missing:
         raise ValueError(f"{path}: missing column(s) {missing}; found {table.column_names}, "
-                         f"expected {wanted} (jobs.layout.PAIRS_SCHEMA)")
+                         f"expected {wanted} (jobs.lake.layout.PAIRS_SCHEMA)")
     tensors = {}
     for name, dtype in ((USER_IDX, torch.int64), (ITEM_IDX, torch.int64), (LABEL, torch.float32)):
         column = table.column(name)

@@ -17,7 +17,7 @@ import dataclasses
 import torch
 from torch import Tensor, nn
 
-from jobs import layout
+from jobs.lake import layout
 from ncf_model.data import Pairs, load_pairs
 from ncf_model.metrics import (
     FullRankingSums,

@@ -26,7 +26,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from jobs import layout
+from jobs.lake import layout
 
 log = logging.getLogger(__name__)
 

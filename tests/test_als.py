@@ -12,8 +12,9 @@ import pytest
 import yaml
 from pyspark.sql import DataFrame, SparkSession
 
-from jobs import als, layout
-from jobs.config import AlsConfig
+from jobs import als
+from jobs.lake import layout
+from jobs.lake.config import AlsConfig
 
 pytestmark = pytest.mark.spark
 

@@ -14,7 +14,7 @@ import pytest
 import torch
 import yaml
 
-from jobs import layout
+from jobs.lake import layout
 from ncf_model import baselines, cli, tracking
 from ncf_model.data import Pairs
 from ncf_model.evaluate import FullRanking, evaluate, evaluate_report

@@ -11,7 +11,7 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 
-from jobs import layout
+from jobs.lake import layout
 from ncf_model import cli
 
 N_USERS, N_ITEMS, N_EVAL_NEG = 24, 30, 10

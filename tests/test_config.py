@@ -1,4 +1,4 @@
-"""jobs.config / ncf_model.config: the strict YAML loader."""
+"""jobs.lake.config / ncf_model.config: the strict YAML loader."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from jobs.config import SHA256_TODO, SOURCE_FORMATS, ConfigError, SourceFile, load_data_config
+from jobs.lake.config import SHA256_TODO, SOURCE_FORMATS, ConfigError, SourceFile, load_data_config
 from ncf_model.config import load_ncf_config
 
 REPO = Path(__file__).resolve().parents[1]

@@ -9,7 +9,7 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from jobs.layout import ITEM_IDX, LABEL, PAIRS_SCHEMA, USER_IDX, arrow_schema
+from jobs.lake.layout import ITEM_IDX, LABEL, PAIRS_SCHEMA, USER_IDX, arrow_schema
 from ncf_model.data import Pairs, TrainingData, load_pairs
 
 N_USERS, N_ITEMS = 6, 10

@@ -10,7 +10,7 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from jobs import layout
+from jobs.lake import layout
 from ncf_model.features import (
     FeatureVocabulary,
     SideFeatureError,

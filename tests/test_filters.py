@@ -8,9 +8,9 @@ from datetime import UTC, datetime
 import pytest
 from pyspark.sql import DataFrame, SparkSession
 
-from jobs import layout
-from jobs.config import BinariseConfig, PrepareConfig
 from jobs.filters import binarise, cut_off, k_core, sample_users, select_positives
+from jobs.lake import layout
+from jobs.lake.config import BinariseConfig, PrepareConfig
 
 pytestmark = pytest.mark.spark
 

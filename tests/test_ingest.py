@@ -15,8 +15,9 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.testing import assertDataFrameEqual
 
-from jobs import ingest, layout, prepare, split
+from jobs import ingest, prepare, split
 from jobs.ingest import IngestError, main
+from jobs.lake import layout
 from jobs.sources import RawDataError
 from tests.tiny_data import write_tiny_config, write_tiny_u_data
 

@@ -1,4 +1,4 @@
-"""jobs.layout: schemas, atomic folder swap, manifest."""
+"""jobs.lake.layout: schemas, atomic folder swap, manifest."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from pathlib import Path
 import pyarrow as pa
 import pytest
 
-from jobs import layout
+from jobs.lake import layout
 
 
 def test_layout_imports_no_pyspark_or_torch() -> None:

@@ -19,9 +19,10 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.testing import assertDataFrameEqual
 
-from jobs import ingest, layout, prepare
-from jobs.config import BinariseConfig, PrepareConfig
+from jobs import ingest, prepare
 from jobs.filters import binarise
+from jobs.lake import layout
+from jobs.lake.config import BinariseConfig, PrepareConfig
 from jobs.prepare import PrepareError, build_pairs, default_as_of, index_ids
 from jobs.spark import write_parquet
 from jobs.split import split_leave_one_out
@@ -297,7 +298,7 @@ def test_backfill_as_of_reproduces_what_was_known(spark: SparkSession, tmp_path:
                                    {"method": "stratified", "train_ratio": 0.5}])
 def test_main_multi_positive_splits_pass_the_splits_suites(
         spark: SparkSession, tmp_path: Path, split: dict[str, Any]) -> None:
-    from jobs import validate
+    from jobs.quality import validate
 
     paths = _tiny_lake(spark, tmp_path / "lake")
     config = _write_config(tmp_path / "configs", split=split, min_user_positives=3,

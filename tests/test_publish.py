@@ -1,4 +1,4 @@
-"""jobs.publish: lake rows -> table rows, and the stage CLI (publish, rollback, runs).
+"""jobs.serving.publish: lake rows -> table rows, and the stage CLI (publish, rollback, runs).
 
 The table tests run once per backend: SQLite in tmp_path, and PostgreSQL at $NCF_TEST_PG_URL
 (e.g. postgresql+psycopg://postgres@127.0.0.1:55432/postgres), skipped when it is unset.
@@ -17,8 +17,8 @@ import pyarrow.parquet as pq
 import pytest
 import sqlalchemy as sa
 
-from jobs import layout
-from jobs.layout import (
+from jobs.lake import layout
+from jobs.lake.layout import (
     ITEM_ID,
     ITEM_IDX,
     ITEMS,
@@ -35,8 +35,8 @@ from jobs.layout import (
     LakePaths,
     Schema,
 )
-from jobs.publish import PublishError, build_rows, main
-from jobs.table import (
+from jobs.serving.publish import PublishError, build_rows, main
+from jobs.serving.table import (
     DATASET,
     GENERATED_AT,
     MODEL_VERSION,
@@ -186,7 +186,7 @@ def test_main_without_topk_names_the_path(tmp_path: Path, caplog: pytest.LogCapt
     paths.path(TOPK).mkdir(parents=True)  # exists, but recommend wrote nothing
     args = [*cli_args(paths, f"sqlite:///{tmp_path / 'r.db'}"), "--model-version", "4",
             "--run-id", "r123"]
-    with caplog.at_level(logging.ERROR, logger="jobs.publish"):
+    with caplog.at_level(logging.ERROR, logger="jobs.serving.publish"):
         assert main(args) == 1
     assert f"{paths.path(TOPK)} is empty" in caplog.text
     assert "publish" not in layout.read_manifest(paths)
@@ -199,7 +199,7 @@ def test_main_with_the_database_down_fails_and_a_retry_completes(
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
     down = f"postgresql://ncf:s3cret@127.0.0.1:{port}/recs"  # as an Airflow connection says
-    with caplog.at_level(logging.ERROR, logger="jobs.publish"):
+    with caplog.at_level(logging.ERROR, logger="jobs.serving.publish"):
         assert main(cli_args(paths, down)) == 1
     assert f"database postgresql+psycopg://ncf:***@127.0.0.1:{port}/recs failed; nothing " \
            "was published" in caplog.text

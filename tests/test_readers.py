@@ -14,9 +14,10 @@ from pyspark.sql import functions as F
 from pyspark.sql.types import StructType
 from pyspark.testing import assertDataFrameEqual
 
-from jobs import ingest, layout, readers
-from jobs.config import FORMATS_WITHOUT_TIMESTAMPS, SOURCE_FORMATS
+from jobs import ingest, readers
 from jobs.formats import FORMATS
+from jobs.lake import layout
+from jobs.lake.config import FORMATS_WITHOUT_TIMESTAMPS, SOURCE_FORMATS
 
 pytestmark = pytest.mark.spark
 

@@ -1,4 +1,4 @@
-"""jobs.report: the run summary `make run` prints and the per-user lookup."""
+"""jobs.serving.report: the run summary `make run` prints and the per-user lookup."""
 
 from __future__ import annotations
 
@@ -7,7 +7,8 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 
-from jobs import layout, report
+from jobs.lake import layout
+from jobs.serving import report
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIG = str(REPO / "configs" / "ml-100k.yaml")

@@ -90,11 +90,11 @@ def test_local_runner_honours_ncf_python_and_skip_code(runners: ModuleType, dag:
 
 
 def test_python_task_always_runs_locally(runners: ModuleType, dag: Any) -> None:
-    task = runners.python_task("validate_splits", "jobs.validate",
+    task = runners.python_task("validate_splits", "jobs.quality.validate",
                                [*runners.stage_args(CONFIG), "--stage", "splits"],
                                environ=DOCKER_ENV)
     assert task.task_type == "BashOperator"
-    assert task.bash_command == (f"{shlex.quote(sys.executable)} -m jobs.validate --config "
+    assert task.bash_command == (f"{shlex.quote(sys.executable)} -m jobs.quality.validate --config "
                                  f"{CONFIG} --logical-date {DS} --stage splits")
 
 
@@ -260,7 +260,7 @@ def test_every_runner_serializes(runners: ModuleType, env: Mapping[str, str]) ->
 
     with DAG(dag_id="ncf_serialize", schedule="@daily", start_date=datetime(2026, 1, 1)) as d:
         ingest = runners.spark_task("ingest", CONFIG, "ml-100k", environ=env)
-        validate = runners.python_task("validate_interactions", "jobs.validate",
+        validate = runners.python_task("validate_interactions", "jobs.quality.validate",
                                        runners.stage_args(CONFIG), environ=env)
         train = runners.model_task("train", _train_argv(runners), environ=env)
         ingest >> validate >> train

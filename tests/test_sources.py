@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from jobs.config import SHA256_TODO, SourceConfig, SourceFile
-from jobs.layout import ENV_RAW_DIR
+from jobs.lake.config import SHA256_TODO, SourceConfig, SourceFile
+from jobs.lake.layout import ENV_RAW_DIR
 from jobs.sources import RawDataError, resolve_raw_files
 
 RAW = b"1\t10\t4\t881250949\n2\t20\t3\t891717742\n"

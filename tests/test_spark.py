@@ -13,7 +13,7 @@ from pyspark.sql import functions as F
 from pyspark.sql.types import StructType
 from pyspark.testing import assertDataFrameEqual
 
-from jobs import layout
+from jobs.lake import layout
 from jobs.spark import (
     FALLBACK_MASTER,
     KEY_HASH,
@@ -197,7 +197,9 @@ def test_write_parquet_rerun_gives_identical_bytes_and_never_overwrites(
     assert {p.name: p.read_bytes() for p in (tmp_path / "run0").iterdir()} == first
 
 
-def test_row_groups_are_cut_by_rows_not_by_arrow_batches(tmp_path: Path) -> None:
+@pytest.mark.spark  # StructType.fromDDL parses through the JVM
+def test_row_groups_are_cut_by_rows_not_by_arrow_batches(spark: SparkSession,
+                                                        tmp_path: Path) -> None:
     """The task side's writer alone: the same rows in batches of any size, the same bytes."""
     schema = arrow_schema(StructType.fromDDL(layout.ddl(layout.PAIRS_SCHEMA)))
     table = pa.table({layout.USER_IDX: pa.array(range(25), pa.int32()),

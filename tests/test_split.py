@@ -10,7 +10,7 @@ import pytest
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
-from jobs import layout
+from jobs.lake import layout
 from jobs.split import (
     STREAM_STRATIFIED,
     split_leave_one_out,

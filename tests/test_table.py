@@ -1,4 +1,4 @@
-"""jobs.table: load, atomic swap, retention, rollback and the read-only role, per backend.
+"""jobs.serving.table: load, atomic swap, retention, rollback and the read-only role, per backend.
 
 Every test runs on SQLite in tmp_path and on PostgreSQL at $NCF_TEST_PG_URL (`.ci/run`
 starts a throw-away cluster; e.g. postgresql+psycopg://postgres@127.0.0.1:55432/postgres).
@@ -20,9 +20,9 @@ import pandas as pd
 import pytest
 import sqlalchemy as sa
 
-from jobs import layout
-from jobs.layout import ITEM_ID, RANK, SCORE, SOURCE, USER_ID
-from jobs.table import (
+from jobs.lake import layout
+from jobs.lake.layout import ITEM_ID, RANK, SCORE, SOURCE, USER_ID
+from jobs.serving.table import (
     DATASET,
     EXPIRED,
     GENERATED_AT,

@@ -12,7 +12,7 @@ import pyarrow as pa
 import pytest
 import torch
 
-from jobs import layout
+from jobs.lake import layout
 from ncf_model import train as train_module
 from ncf_model.config import ModelConfig, TrainConfig
 from ncf_model.data import Pairs, TrainingData

@@ -1,4 +1,4 @@
-"""jobs.validate: GX suites on tiny Parquet folders written with pyarrow in a tmp lake."""
+"""jobs.quality.validate: GX suites on tiny Parquet folders written with pyarrow in a tmp lake."""
 
 from __future__ import annotations
 
@@ -12,14 +12,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from jobs import layout
-from jobs.expectations import (
-    N_POSITIVES,
-    NEGATIVE_IS_POSITIVE,
-    negative_collisions,
-    per_user_labels,
-)
-from jobs.layout import (
+from jobs.lake import layout
+from jobs.lake.layout import (
     INTERACTIONS,
     INTERACTIONS_SCHEMA,
     ITEM_ID,
@@ -45,7 +39,13 @@ from jobs.layout import (
     LakePaths,
     Schema,
 )
-from jobs.validate import (
+from jobs.quality.expectations import (
+    N_POSITIVES,
+    NEGATIVE_IS_POSITIVE,
+    negative_collisions,
+    per_user_labels,
+)
+from jobs.quality.validate import (
     DataValidationError,
     main,
     validate_interactions,

@@ -1,7 +1,7 @@
 """Human-facing summary of a pipeline run, and a per-user lookup in the table.
 
-    python -m jobs.report --config configs/ml-100k.yaml --logical-date 2026-11-23
-    python -m jobs.report --config configs/ml-100k.yaml --user 196
+    python -m jobs.serving.report --config configs/ml-100k.yaml --logical-date 2026-11-23
+    python -m jobs.serving.report --config configs/ml-100k.yaml --user 196
 
 Reads the run's `_manifest.json` and the recommendation table (NCF_DB_URL). This is a
 CLI whose output is the point, so it writes to stdout.
@@ -17,8 +17,9 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from jobs import layout, publish, table
-from jobs.config import load_data_config
+from jobs.lake import layout
+from jobs.lake.config import load_data_config
+from jobs.serving import publish, table
 
 
 def summarise_run(config: str, logical_date: str, lake_root: str | None,

@@ -7,15 +7,15 @@ table and swaps them into
     recommendations(dataset, user_id, rank, item_id, score, source, model_name, model_version,
                     run_id, generated_at)   primary key (dataset, user_id, rank)
 
-in one transaction (`jobs.table`): a reader sees the previous complete set or the new one,
+in one transaction (`jobs.serving.table`): a reader sees the previous complete set or the new one,
 never a mix, and other datasets' rows are never touched. Any SQLAlchemy URL works: SQLite on
 a laptop, PostgreSQL at scale (COPY, a read-only role for downstream teams).
 
-    python -m jobs.publish --config configs/ml-100k.yaml --logical-date 2026-11-23 \
+    python -m jobs.serving.publish --config configs/ml-100k.yaml --logical-date 2026-11-23 \
         [--lake-root data/lake] [--db-url sqlite:///data/recommendations.db] \
         [--model-version 3 --run-id <mlflow run id>]
-    python -m jobs.publish rollback --config configs/ml-100k.yaml [--to-date 2026-11-21]
-    python -m jobs.publish runs --config configs/ml-100k.yaml
+    python -m jobs.serving.publish rollback --config configs/ml-100k.yaml [--to-date 2026-11-21]
+    python -m jobs.serving.publish runs --config configs/ml-100k.yaml
 
 Model version and run id default to what recommend recorded in the manifest. The database
 URL is --db-url, else $NCF_DB_URL, else a SQLite file under data/ (an Airflow connection is
@@ -37,9 +37,9 @@ import numpy as np
 import pandas as pd
 import sqlalchemy as sa
 
-from jobs import cli, layout, table
-from jobs.config import DataConfig
-from jobs.layout import (
+from jobs.lake import cli, layout
+from jobs.lake.config import DataConfig
+from jobs.lake.layout import (
     ITEM_ID,
     ITEM_IDX,
     ITEMS,
@@ -56,7 +56,8 @@ from jobs.layout import (
     LakePaths,
     Schema,
 )
-from jobs.table import (
+from jobs.serving import table
+from jobs.serving.table import (
     DATASET,
     GENERATED_AT,
     MODEL_NAME,
@@ -84,7 +85,7 @@ def _require_columns(frame: pd.DataFrame, schema: Schema, name: str) -> None:
     missing = [column for column in layout.columns(schema) if column not in frame.columns]
     if missing:
         raise PublishError(f"{name}: missing column(s) {missing}; expected "
-                           f"{layout.columns(schema)} (jobs/layout.py)")
+                           f"{layout.columns(schema)} (jobs/lake/layout.py)")
 
 
 def _sample(values: pd.Series | pd.Index | pd.DataFrame) -> str:
@@ -299,7 +300,7 @@ def _db_argument(parser: argparse.ArgumentParser) -> None:
 
 def _admin(argv: Sequence[str]) -> int:
     """`rollback` and `runs`: operator commands on the tables, no lake needed."""
-    parser = argparse.ArgumentParser(prog=f"python -m jobs.publish {argv[0]}")
+    parser = argparse.ArgumentParser(prog=f"python -m jobs.serving.publish {argv[0]}")
     parser.add_argument("command", choices=("rollback", "runs"))
     parser.add_argument("--config", required=True, type=Path)
     parser.add_argument("--to-date", type=cli.logical_date, default=None,
@@ -335,7 +336,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if given and given[0] in ("rollback", "runs"):
         return _admin(given)
     parser = cli.stage_parser(__doc__)
-    parser.prog = "python -m jobs.publish"
+    parser.prog = "python -m jobs.serving.publish"
     _db_argument(parser)
     parser.add_argument("--model-version", default=None,
                         help="registered model version; default: the manifest's recommend entry")

@@ -1,4 +1,4 @@
-"""jobs.fused and jobs.xxhash: the per-user path writes the general path's bytes."""
+"""jobs.prepare_fast and jobs.xxhash: the per-user path writes the general path's bytes."""
 
 from __future__ import annotations
 
@@ -16,9 +16,10 @@ import yaml
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
-from jobs import fused, layout, negatives, prepare, xxhash
-from jobs.config import PrepareConfig
+from jobs import negatives, prepare, prepare_fast, xxhash
 from jobs.filters import binarise
+from jobs.lake import layout
+from jobs.lake.config import PrepareConfig
 
 pytestmark = pytest.mark.spark
 
@@ -70,11 +71,11 @@ def _events(spark: SparkSession, n_items: int, seed: int, *, with_ts: bool) -> D
 
 
 def _write(spark: SparkSession, events: DataFrame, root: Path, cfg: PrepareConfig, *,
-           fused_path: bool, monkeypatch: pytest.MonkeyPatch) -> tuple[dict, dict[str, str]]:
+           fast_path: bool, monkeypatch: pytest.MonkeyPatch) -> tuple[dict, dict[str, str]]:
     positives = binarise(events, rule="any", threshold=None).persist()
     paths = layout.LakePaths(root, "t", DATE)
     with monkeypatch.context() as patch:
-        patch.setattr(prepare, "FUSED_PATH", fused_path)
+        patch.setattr(prepare, "FUSED_PATH", fast_path)
         counts = prepare.write_outputs(events, positives, paths, cfg)
     positives.unpersist()
     return counts, {name: layout.sha256_dir(paths.path(name)) for name in SPLITS}
@@ -84,7 +85,7 @@ def _write(spark: SparkSession, events: DataFrame, root: Path, cfg: PrepareConfi
                                   (120, 3, False, 5, 4), (300, 9, True, 1000, 1)],
                          ids=["enumerated-chunks-of-7", "rounds", "without-timestamps",
                               "short-after-the-last-round"])
-def test_fused_writes_the_general_paths_bytes(spark: SparkSession, tmp_path: Path,
+def test_prepare_fast_writes_the_general_paths_bytes(spark: SparkSession, tmp_path: Path,
                                               monkeypatch: pytest.MonkeyPatch,
                                               caplog: pytest.LogCaptureFixture,
                                               case: tuple[int, int, bool, int, int]) -> None:
@@ -93,17 +94,17 @@ def test_fused_writes_the_general_paths_bytes(spark: SparkSession, tmp_path: Pat
     n_items, seed, with_ts, chunk_users, rounds = case
     events = _events(spark, n_items, seed, with_ts=with_ts)
     cfg = PrepareConfig(n_negatives=4, n_eval_negatives=9, seed=seed, output_partitions=3)
-    assert prepare.uses_fused_path(cfg, presplit=False)
-    monkeypatch.setattr(fused, "CHUNK_BYTES", chunk_users * (n_items + 1))
+    assert prepare.uses_fast_path(cfg, presplit=False)
+    monkeypatch.setattr(prepare_fast, "CHUNK_BYTES", chunk_users * (n_items + 1))
     monkeypatch.setattr(negatives, "MAX_ROUNDS", rounds)  # read by both paths
     with caplog.at_level(logging.INFO, logger="jobs.negatives"):
-        general = _write(spark, events, tmp_path / "general", cfg, fused_path=False,
+        general = _write(spark, events, tmp_path / "general", cfg, fast_path=False,
                          monkeypatch=monkeypatch)
     if rounds == 1:  # users the one round left short were enumerated for the rest
         short = [int(m.group(1)) for m in re.finditer(
             r"round 1: (\d+) users short", caplog.text)]
         assert short and max(short) > 0, caplog.text
-    fast = _write(spark, events, tmp_path / "fused", cfg, fused_path=True,
+    fast = _write(spark, events, tmp_path / "fused", cfg, fast_path=True,
                   monkeypatch=monkeypatch)
     assert fast == general
     counts = general[0]
@@ -124,7 +125,7 @@ def test_fused_writes_the_general_paths_bytes(spark: SparkSession, tmp_path: Pat
 
 
 @pytest.mark.parametrize("n_users", [1, 3])
-def test_fused_names_files_as_write_parquet_with_empty_partitions(
+def test_prepare_fast_names_files_as_write_parquet_with_empty_partitions(
         spark: SparkSession, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
         n_users: int) -> None:
     """More files than users: most partitions are empty (partition 0 too, for some
@@ -133,9 +134,9 @@ def test_fused_names_files_as_write_parquet_with_empty_partitions(
              1.0) for user in range(n_users) for item in range(user * 2 + 1)]
     events = spark.createDataFrame(rows, layout.ddl(layout.INTERACTIONS_SCHEMA))
     cfg = PrepareConfig(n_negatives=1, n_eval_negatives=2, seed=1, output_partitions=6)
-    general = _write(spark, events, tmp_path / "general", cfg, fused_path=False,
+    general = _write(spark, events, tmp_path / "general", cfg, fast_path=False,
                      monkeypatch=monkeypatch)
-    fast = _write(spark, events, tmp_path / "fused", cfg, fused_path=True,
+    fast = _write(spark, events, tmp_path / "fused", cfg, fast_path=True,
                   monkeypatch=monkeypatch)
     assert fast == general
     def names(root: str) -> dict[str, list[str]]:  # hidden files too: no task leftovers
@@ -155,9 +156,9 @@ def test_split_and_sample_rows(spark: SparkSession) -> None:
     items = np.concatenate([rng.choice(50, n, replace=False) for n in (1, 3, 5, 8)]
                            ).astype(np.int32)
     ts = np.arange(len(users), dtype=np.int64) * 1_000_000
-    params = fused.Params(n_items=50, seed=1, n_negatives=2, n_eval_negatives=6)
+    params = prepare_fast.Params(n_items=50, seed=1, n_negatives=2, n_eval_negatives=6)
     order = rng.permutation(len(users))
-    result = fused.split_and_sample(users[order], items[order], ts[order],
+    result = prepare_fast.split_and_sample(users[order], items[order], ts[order],
                                     np.ones(len(users), bool), params)
     assert result.users.tolist() == [0, 1, 2, 3]
     assert result.positives[layout.TEST].tolist() == [0, 1, 1, 1]
@@ -166,7 +167,7 @@ def test_split_and_sample_rows(spark: SparkSession) -> None:
     for user in range(4):
         own = set(items[users == user].tolist())
         latest = int(items[users == user][-1])
-        for split in fused.SPLITS:
+        for split in prepare_fast.SPLITS:
             ragged = result.items[split]
             row = ragged.values[ragged.offsets[user]:ragged.offsets[user + 1]]
             n_pos = int(result.positives[split][user])
@@ -184,7 +185,7 @@ def test_split_and_sample_rows(spark: SparkSession) -> None:
 def test_main_fused_and_general_write_the_same_lake(spark: SparkSession, tmp_path: Path,
                                                     monkeypatch: pytest.MonkeyPatch) -> None:
     """prepare.main on events with repeated pairs and events after the as-of time: on the
-    fused path binarise happens inside jobs.fused; the manifest's counts and every
+    fast path binarise happens inside jobs.prepare_fast; the manifest's counts and every
     output folder are the general path's."""
     events = _events(spark, 40, 4, with_ts=True)
     config = tmp_path / "tiny.yaml"
@@ -197,10 +198,10 @@ def test_main_fused_and_general_write_the_same_lake(spark: SparkSession, tmp_pat
     source = tmp_path / "interactions"
     events.coalesce(3).write.parquet(str(source))
     entries, digests = [], []
-    for fused_path in (True, False):
-        paths = layout.LakePaths(tmp_path / f"lake-{fused_path}", "tiny", DATE)
+    for fast_path in (True, False):
+        paths = layout.LakePaths(tmp_path / f"lake-{fast_path}", "tiny", DATE)
         shutil.copytree(source, paths.path(layout.INTERACTIONS))
-        monkeypatch.setattr(prepare, "FUSED_PATH", fused_path)
+        monkeypatch.setattr(prepare, "FUSED_PATH", fast_path)
         assert prepare.main(["--config", str(config), "--logical-date", DATE, "--lake-root",
                              str(paths.root), "--as-of", as_of]) == 0
         entry = json.loads(paths.manifest.read_text())["prepare"]

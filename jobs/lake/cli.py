@@ -7,8 +7,8 @@ import logging
 from datetime import date
 from pathlib import Path
 
-from jobs import layout
-from jobs.config import ConfigError, DataConfig, load_data_config
+from jobs.lake import layout
+from jobs.lake.config import ConfigError, DataConfig, load_data_config
 
 
 def logical_date(text: str) -> str:

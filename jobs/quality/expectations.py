@@ -4,7 +4,7 @@ The suites say what the lake must hold after ingest (``interactions``), after pr
 (``users``, ``items``, the splits, the held-out positives per evaluated user, no negative
 that is a positive, no held-out positive left in train) and after recommend (``topk``:
 types, ranges, k ranked rows for every user, scores falling with rank, no item the user
-already has). `jobs.validate` runs them and reports. Importing this module imports
+already has). `jobs.quality.validate` runs them and reports. Importing this module imports
 Great Expectations (~10 s).
 """
 
@@ -17,8 +17,8 @@ import numpy as np
 import pandas as pd
 from great_expectations.core import ExpectationSuite
 
-from jobs import layout
-from jobs.layout import (
+from jobs.lake import layout
+from jobs.lake.layout import (
     INTERACTIONS,
     INTERACTIONS_SCHEMA,
     ITEM_ID,
@@ -75,7 +75,7 @@ def _table_expectations(schema: Schema, dataset: str) -> list[gxe.Expectation]:
         gxe.ExpectTableColumnsToMatchSet(
             column_set=layout.columns(schema), exact_match=True,
             meta={"hint": f"{dataset}/ must hold exactly the columns of the lake contract "
-                          f"(jobs/layout.py); {rerun}"}),
+                          f"(jobs/lake/layout.py); {rerun}"}),
         gxe.ExpectTableRowCountToBeBetween(
             min_value=1, meta={"hint": f"{dataset}/ is empty; {rerun}, and check its input "
                                        "and its rejects"}),
@@ -85,7 +85,7 @@ def _table_expectations(schema: Schema, dataset: str) -> list[gxe.Expectation]:
 def interactions_suite(*, timestamps: bool = True) -> ExpectationSuite:
     """Clean interactions: the columns of the contract, some rows, no nulls, no blank ids.
 
-    timestamps=False, for a source without them (jobs.config.FORMATS_WITHOUT_TIMESTAMPS:
+    timestamps=False, for a source without them (jobs.lake.config.FORMATS_WITHOUT_TIMESTAMPS:
     last.fm 360K, HetRec 2K): ts must then be null throughout, since ingest rejects
     every timestamp it cannot parse and a null ts never hides a bad one.
     """
@@ -190,7 +190,7 @@ _PANDAS_TYPES = {"int": "int32", "float": "float32", "string": "str"}
 
 def topk_schema_suite() -> ExpectationSuite:
     """topk/ as written: exactly the columns of layout.TOPK_SCHEMA, with their dtypes."""
-    hint = {"hint": f"{TOPK}/ must follow the lake contract (jobs/layout.py TOPK_SCHEMA); "
+    hint = {"hint": f"{TOPK}/ must follow the lake contract (jobs/lake/layout.py TOPK_SCHEMA); "
                     f"fix ncf_model's recommend and {RERUN_RECOMMEND}"}
     return _suite(f"{TOPK}_schema", [
         gxe.ExpectTableColumnsToMatchSet(column_set=layout.columns(TOPK_SCHEMA),

@@ -20,7 +20,7 @@ stage's summary to the manifest under ``validate_<stage>``; any failed expectati
 `DataValidationError` whose message says which one, on which column, with sample values
 and what to fix.
 
-    python -m jobs.validate --config configs/ml-100k.yaml --logical-date 2026-11-23 \
+    python -m jobs.quality.validate --config configs/ml-100k.yaml --logical-date 2026-11-23 \
         --stage interactions|splits|recommendations [--lake-root data/lake]
 
 Importing this module imports Great Expectations (~10 s): DAG files run it as a subprocess.
@@ -45,29 +45,9 @@ from great_expectations.data_context.types.base import (
     ProgressBarsConfig,
 )
 
-from jobs import cli, layout
-from jobs.config import FORMATS_WITHOUT_TIMESTAMPS, DataConfig
-from jobs.expectations import (
-    EVAL_SPLITS,
-    SPLIT,
-    SPLITS,
-    eval_positives_in_train,
-    index_suite,
-    interactions_suite,
-    leakage_suite,
-    negative_collisions,
-    negatives_suite,
-    pairs_suite,
-    per_user_labels,
-    per_user_suite,
-    per_user_topk,
-    seen_recommendations,
-    topk_per_user_suite,
-    topk_schema_suite,
-    topk_seen_suite,
-    topk_suite,
-)
-from jobs.layout import (
+from jobs.lake import cli, layout
+from jobs.lake.config import FORMATS_WITHOUT_TIMESTAMPS, DataConfig
+from jobs.lake.layout import (
     INTERACTIONS,
     INTERACTIONS_SCHEMA,
     ITEM_IDX,
@@ -87,6 +67,26 @@ from jobs.layout import (
     LakePaths,
     Schema,
 )
+from jobs.quality.expectations import (
+    EVAL_SPLITS,
+    SPLIT,
+    SPLITS,
+    eval_positives_in_train,
+    index_suite,
+    interactions_suite,
+    leakage_suite,
+    negative_collisions,
+    negatives_suite,
+    pairs_suite,
+    per_user_labels,
+    per_user_suite,
+    per_user_topk,
+    seen_recommendations,
+    topk_per_user_suite,
+    topk_schema_suite,
+    topk_seen_suite,
+    topk_suite,
+)
 
 logger = logging.getLogger(__name__)
 # GX logs at INFO freely, which drowns the task log; one of its modules sets its own logger
@@ -95,7 +95,7 @@ for _name in ("great_expectations", "great_expectations.data_context.types.base"
     logging.getLogger(_name).setLevel(logging.WARNING)
 
 STAGES = ("interactions", "splits", "recommendations")
-# Split methods whose test/ holds one positive per user (jobs.config.SPLIT_METHODS; presplit:
+# Split methods whose test/ holds one positive per user (jobs.lake.config.SPLIT_METHODS; presplit:
 # the NCF paper's files). time_cutoff and stratified hold out several.
 ONE_TEST_POSITIVE = ("leave_one_out", "presplit")
 SAMPLE_SIZE = 5  # unexpected values quoted per failed expectation in the error message
@@ -419,7 +419,7 @@ _STAGE_RUNNERS: dict[str, Callable[[LakePaths, DataConfig], ValidationReport]] =
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = cli.stage_parser(__doc__)
-    parser.prog = "python -m jobs.validate"
+    parser.prog = "python -m jobs.quality.validate"
     parser.add_argument("--stage", required=True, choices=STAGES)
     args = parser.parse_args(argv)
     cfg = cli.load_stage_config(args.config)

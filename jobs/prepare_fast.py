@@ -1,4 +1,4 @@
-"""Prepare's fused path: leave-one-out split and every negative in one pass per user.
+"""Prepare's fast path: leave-one-out split and every negative in one pass per user.
 
 For the most common configuration (leave_one_out split, binarise rule `any`: the NCF
 paper's protocol), the split and the three rounds of negative sampling of the general
@@ -18,7 +18,7 @@ same bytes again); the driver names the files as write_parquet does once all tas
 done, inside the staged folders that jobs.prepare publishes. Like write_parquet, this
 needs the lake on a file system the executors and the driver share.
 
-The rows are the general path's, byte for byte (tests/test_fused.py): the same ranking
+The rows are the general path's, byte for byte (tests/test_prepare_fast.py): the same ranking
 (ts desc, nulls last, then the seeded tie-break hash desc, then item desc), the same
 draws (jobs.xxhash is Spark's xxhash64 in numpy), the same rounds with the same
 oversampling arithmetic, the same enumeration of the untouched items for users who have
@@ -37,7 +37,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from jobs import layout, negatives, xxhash
+from jobs import negatives, xxhash
+from jobs.lake import layout
 from jobs.negatives import (
     OVERSAMPLE,
     SLACK,
@@ -71,7 +72,7 @@ _NO_TS = np.iinfo(np.int64).min  # a null ts ranks after every other (latest fir
 
 @dataclass(frozen=True)
 class Params:
-    """What the per-user computation needs (jobs.config.PrepareConfig's and the index's).
+    """What the per-user computation needs (jobs.lake.config.PrepareConfig's and the index's).
 
     The tuning constants are read when the driver builds it and travel with it to the
     Python workers (a worker imports the modules afresh: the driver's module globals,

@@ -37,7 +37,7 @@ import pandas as pd
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
-from jobs.layout import ITEM_ID, RANK, SCORE, SOURCE, USER_ID
+from jobs.lake.layout import ITEM_ID, RANK, SCORE, SOURCE, USER_ID
 
 logger = logging.getLogger(__name__)
 

@@ -1,0 +1,222 @@
+"""EASE^R (Steck, "Embarrassingly Shallow Autoencoders for Sparse Data", WWW 2019).
+
+A linear item-item model fitted in closed form on the binary user-item matrix X of the
+training positives: with G = XᵀX + λI and P = G⁻¹, the weights are B = -P / diag(P)
+(column j divided by P[j, j]) with diag(B) = 0, and a user's scores are X[u] @ B. There is
+no training loop: `fit_ease` returns B, `choose_l2` picks λ on validation, and `EASE`
+holds B and each user's history so that it scores pairs like every other model family
+(`forward(user_idx, item_idx) -> (B,)` raw scores, `score_all_items` for full ranking) and
+exports inside `PairScorer`.
+
+B is dense, n_items² floats: `check_ease_memory` refuses a catalogue whose fit would not
+fit the memory limit before any of it is allocated. No I/O here.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Callable, Sequence
+from typing import cast
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+log = logging.getLogger(__name__)
+
+# Steck reports λ = 500 as best for ML-20M (136k users); λ acts against XᵀX, whose entries
+# grow with the number of users, so small datasets prefer the low end of the grid.
+DEFAULT_L2_GRID: tuple[float, ...] = (50.0, 100.0, 200.0, 500.0, 1000.0, 2000.0)
+
+# Peak memory of `fit_ease` in n_items² matrices of the fit's dtype. G and its Cholesky
+# factor L coexist (G is freed once L exists), then L and P = G⁻¹ do, and cholesky_inverse
+# needs a third matrix of workspace (on CUDA, the identity it solves against): 3, which is
+# what the CPU peak RSS measured at n_items=4,000 (3.00 x n²x4 bytes). B is computed in
+# place in P, so it adds nothing; the dense X column blocks (_BLOCK_ELEMENTS) are small beside.
+EASE_PEAK_MATRICES = 3
+
+# Dense X columns built at a time while forming XᵀX: 2**24 floats (64 MiB in float32),
+# so X itself (n_users x n_items) is never dense.
+_BLOCK_ELEMENTS = 2**24
+
+
+class EaseMemoryError(RuntimeError):
+    """The EASE fit for this many items would exceed the configured memory limit."""
+
+
+def estimate_ease_bytes(n_items: int, dtype_bytes: int = 4) -> int:
+    """Peak bytes of `fit_ease` on `n_items` items: EASE_PEAK_MATRICES x n_items² x dtype."""
+    return EASE_PEAK_MATRICES * n_items * n_items * dtype_bytes
+
+
+def check_ease_memory(n_items: int, limit_bytes: int, *, dtype_bytes: int = 4,
+                      limit_key: str = "the EASE memory limit") -> int:
+    """The estimate of `estimate_ease_bytes`, or EaseMemoryError when it exceeds `limit_bytes`.
+
+    `limit_key` names the setting the caller reads the limit from, for the message.
+    """
+    estimate = estimate_ease_bytes(n_items, dtype_bytes)
+    if estimate > limit_bytes:
+        raise EaseMemoryError(
+            f"EASE on n_items={n_items:,} needs ~{estimate / 1e9:.1f} GB "
+            f"({EASE_PEAK_MATRICES} x n_items² x {dtype_bytes} bytes), over the limit of "
+            f"{limit_bytes / 1e9:.1f} GB; raise {limit_key} or drop the ease family")
+    return estimate
+
+
+def _unique_pairs(row_idx: Tensor, col_idx: Tensor, n_rows: int,
+                  n_cols: int) -> tuple[Tensor, Tensor]:
+    """(rows, cols) int64: the distinct pairs, sorted by row then column."""
+    if row_idx.shape != col_idx.shape or row_idx.dim() != 1:
+        raise ValueError(f"index tensors {tuple(row_idx.shape)} and {tuple(col_idx.shape)} "
+                         "must be 1-d and of the same length")
+    row_idx, col_idx = row_idx.to(torch.int64), col_idx.to(torch.int64)
+    if row_idx.numel() and (int(row_idx.min()) < 0 or int(row_idx.max()) >= n_rows
+                            or int(col_idx.min()) < 0 or int(col_idx.max()) >= n_cols):
+        raise ValueError(f"pairs hold indices outside {n_rows} x {n_cols}")
+    # A positive counts once however often it was logged: X is binary.
+    key = torch.unique(row_idx * n_cols + col_idx)  # sorted
+    return key // n_cols, key % n_cols
+
+
+def fit_ease(user_idx: Tensor, item_idx: Tensor, n_users: int, n_items: int, *, l2: float,
+             device: torch.device | str, dtype: torch.dtype = torch.float32) -> Tensor:
+    """B (n_items, n_items) float32 on `device`: EASE^R fitted on the positive pairs.
+
+    Computed in `dtype`: float64 gives a far more precise inverse when G is ill-conditioned
+    (small λ, popular items) at twice the memory (`estimate_ease_bytes(n, 8)`). XᵀX holds
+    integer counts, exact in float32 below 2**24 users whatever the order of summation, so
+    G does not depend on how the sparse product is scheduled; refits give the same B.
+    """
+    if n_users < 1 or n_items < 1:
+        raise ValueError(f"n_users={n_users}, n_items={n_items}: both must be >= 1")
+    if not (math.isfinite(l2) and l2 > 0):
+        raise ValueError(f"l2={l2}: must be > 0 (it makes XᵀX + λI invertible)")
+    started = time.perf_counter()
+    device = torch.device(device)
+    # Item-major order: the pairs of a block of item columns are one contiguous slice.
+    items, users = _unique_pairs(item_idx.to(device), user_idx.to(device), n_items, n_users)
+    xt = torch.sparse_coo_tensor(torch.stack([items, users]),
+                                 torch.ones(items.numel(), device=device, dtype=dtype),
+                                 (n_items, n_users), is_coalesced=True,
+                                 check_invariants=False)  # Xᵀ: sorted, unique by construction
+    gram = torch.empty(n_items, n_items, device=device, dtype=dtype)  # G
+    block = max(1, _BLOCK_ELEMENTS // n_users)
+    starts = torch.arange(0, n_items + block, block, device=device).clamp_(max=n_items)
+    bounds = torch.searchsorted(items, starts).tolist()
+    for b, c0 in enumerate(range(0, n_items, block)):
+        c1 = min(c0 + block, n_items)
+        lo, hi = bounds[b], bounds[b + 1]
+        x_cols = torch.zeros(n_users, c1 - c0, device=device, dtype=dtype)  # (n_users, c)
+        x_cols[users[lo:hi], items[lo:hi] - c0] = 1.0
+        gram[:, c0:c1] = torch.sparse.mm(xt, x_cols)  # (n_items, c)
+        del x_cols
+    gram.diagonal().add_(l2)
+    factor, info = torch.linalg.cholesky_ex(gram)
+    del gram
+    if int(info) != 0:
+        raise ValueError(f"XᵀX + λI is not positive definite in {dtype} (l2={l2}, "
+                         f"n_items={n_items}); raise l2 or fit in torch.float64")
+    weights = torch.cholesky_inverse(factor)  # P = G⁻¹
+    del factor
+    # Column j of B is column j of P over -P[j, j]: the closed form of the constraint diag(B)=0.
+    weights.div_(-weights.diagonal().clone())
+    weights.fill_diagonal_(0.0)
+    log.info("EASE fitted: %d users x %d items, %d positives, l2=%g, %.1f s on %s",
+             n_users, n_items, items.numel(), l2, time.perf_counter() - started, device.type)
+    return weights.to(torch.float32)
+
+
+def choose_l2(grid: Sequence[float],
+              score: Callable[[float], float]) -> tuple[float, dict[float, float]]:
+    """(best λ, {λ: validation score}) over `grid`, higher score better.
+
+    Ties go to the larger λ: with equal validation evidence the more regularised B is the
+    safer one to refit on train + validation, and its G is better conditioned. NaN scores
+    never win.
+    """
+    if not grid:
+        raise ValueError("choose_l2 needs a non-empty grid of l2 values")
+    scores = {float(l2): float(score(float(l2))) for l2 in grid}
+    finite = [(s, l2) for l2, s in scores.items() if not math.isnan(s)]
+    if not finite:
+        raise ValueError(f"every l2 in {list(scores)} scored NaN")
+    best_score, best_l2 = max(finite)  # ties on the score: the larger λ compares greater
+    log.info("EASE l2 chosen: %g (score %.4f) of %s", best_l2, best_score, scores)
+    return best_l2, scores
+
+
+class EASE(nn.Module):
+    """X[u] @ B as a pair scorer: B (`weights`) and each user's known items, CSR-like.
+
+    User u's history is `history_items[history_offsets[u]:history_offsets[u + 1]]`. Scores
+    are raw (PairScorer's sigmoid is monotonic: the ranking is X[u] @ B's). A user with no
+    history scores 0 everywhere; the pipeline serves popularity to users unseen in training.
+    `forward` gathers only the batch users' histories, with one data-dependent length
+    (their total) that torch.export keeps symbolic: the exported PairScorer carries B and
+    the histories as buffers.
+    """
+
+    weights: Tensor
+    history_items: Tensor
+    history_offsets: Tensor
+
+    def __init__(self, weights: Tensor, history_items: Tensor, history_offsets: Tensor) -> None:
+        super().__init__()
+        if weights.dim() != 2 or weights.shape[0] != weights.shape[1]:
+            raise ValueError(f"weights {tuple(weights.shape)} must be (n_items, n_items)")
+        if history_offsets.dim() != 1 or history_offsets.numel() < 2:
+            raise ValueError(f"history_offsets {tuple(history_offsets.shape)} must be "
+                             "(n_users + 1,) with n_users >= 1")
+        if int(history_offsets[-1]) != history_items.numel():
+            raise ValueError(f"history_offsets end at {int(history_offsets[-1])}, "
+                             f"history_items holds {history_items.numel()}")
+        self.n_users, self.n_items = history_offsets.numel() - 1, weights.shape[0]
+        self.register_buffer("weights", weights)  # (n_items, n_items), shared, not copied
+        self.register_buffer("history_items", history_items.to(weights.device, torch.int64))
+        self.register_buffer("history_offsets", history_offsets.to(weights.device, torch.int64))
+
+    @classmethod
+    def from_pairs(cls, weights: Tensor, user_idx: Tensor, item_idx: Tensor,
+                   n_users: int) -> EASE:
+        """EASE with B = `weights` and histories from the positive pairs (duplicates once)."""
+        n_items = weights.shape[0]
+        users, items = _unique_pairs(user_idx.to(weights.device), item_idx.to(weights.device),
+                                     n_users, n_items)
+        counts = torch.bincount(users, minlength=n_users)  # (n_users,)
+        offsets = torch.cat([counts.new_zeros(1), counts.cumsum(0)])  # (n_users + 1,)
+        return cls(weights, items, offsets)
+
+    def with_history(self, user_idx: Tensor, item_idx: Tensor, n_users: int) -> EASE:
+        """A new EASE sharing this one's B, with histories from other pairs (e.g. train +
+        validation, to score the test period from the longer history)."""
+        return EASE.from_pairs(self.weights, user_idx, item_idx, n_users)
+
+    def _histories(self, user_idx: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """(items (H,), bag (H,), bag_start (C,)): the histories of `user_idx` (C,) end to end,
+        the position in `user_idx` each entry belongs to, and where each one's bag starts."""
+        start = self.history_offsets[user_idx]  # (C,)
+        lengths = self.history_offsets[user_idx + 1] - start  # (C,)
+        bag_start = lengths.cumsum(0) - lengths  # (C,)
+        # The one data-dependent size: kept a SymInt (no int()) so torch.export traces it.
+        total = cast(int, lengths.sum().item())
+        torch._check(total >= 0)
+        bag = torch.repeat_interleave(torch.arange(user_idx.shape[0], device=user_idx.device),
+                                      lengths, output_size=total)  # (H,)
+        position = torch.arange(total, device=user_idx.device) - bag_start[bag] + start[bag]
+        return self.history_items[position], bag, bag_start
+
+    def forward(self, user_idx: Tensor, item_idx: Tensor) -> Tensor:
+        items, bag, bag_start = self._histories(user_idx)  # (H,), (H,), (B,)
+        # B[h, i] for each history item h of each pair, read as row h * n_items + i of B
+        # viewed (n_items², 1): one bag sum per pair, an empty bag sums to 0.
+        flat = items * self.n_items + item_idx[bag]  # (H,)
+        scores = F.embedding_bag(flat, self.weights.reshape(-1, 1), bag_start, mode="sum")
+        return scores.squeeze(1)  # (B,)
+
+    def score_all_items(self, user_idx: Tensor) -> Tensor:
+        """(C, n_items) scores X[u] @ B of `user_idx` (C,): the sum of B's history rows."""
+        items, _bag, bag_start = self._histories(user_idx)
+        return F.embedding_bag(items, self.weights, bag_start, mode="sum")  # (C, n_items)

@@ -1,0 +1,141 @@
+"""ncf_model.models.ease: the closed form against a plain numpy reference, duplicates and
+determinism, pair scores against full-ranking scores, swapping histories, the memory
+guard, the choice of λ and the exported PairScorer."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from ncf_model.models.common import PairScorer
+from ncf_model.models.ease import (
+    DEFAULT_L2_GRID,
+    EASE,
+    EaseMemoryError,
+    check_ease_memory,
+    choose_l2,
+    estimate_ease_bytes,
+    fit_ease,
+)
+
+N_USERS, N_ITEMS = 8, 6
+EMPTY_USER = 7  # no positives: scores 0 everywhere
+
+
+@pytest.fixture
+def pairs() -> tuple[torch.Tensor, torch.Tensor]:
+    """(user_idx, item_idx): each user but the last holds 2-4 distinct items."""
+    g = torch.Generator().manual_seed(0)
+    users, items = [], []
+    for user in range(N_USERS - 1):
+        chosen = torch.randperm(N_ITEMS, generator=g)[: 2 + user % 3]
+        users += [user] * len(chosen)
+        items += chosen.tolist()
+    return torch.tensor(users), torch.tensor(items)
+
+
+def reference_ease(users: np.ndarray, items: np.ndarray, l2: float) -> np.ndarray:
+    """Steck (2019), written out: dense binary X, G = XᵀX + λI, P = G⁻¹, B = -P / diag(P)."""
+    x = np.zeros((N_USERS, N_ITEMS))
+    x[users, items] = 1.0
+    p = np.linalg.inv(x.T @ x + l2 * np.eye(N_ITEMS))
+    b = -p / np.diag(p)[None, :]  # column j over P[j, j]
+    np.fill_diagonal(b, 0.0)
+    return b
+
+
+def test_fit_ease_matches_the_numpy_reference(pairs) -> None:
+    for l2 in (0.5, 5.0):
+        weights = fit_ease(*pairs, N_USERS, N_ITEMS, l2=l2, device="cpu")
+        expected = reference_ease(pairs[0].numpy(), pairs[1].numpy(), l2)
+        assert weights.dtype == torch.float32 and weights.shape == (N_ITEMS, N_ITEMS)
+        assert np.abs(weights.numpy() - expected).max() < 1e-4
+        assert np.abs(expected).max() > 0.05  # not trivially near zero
+
+
+def test_diagonal_is_zero_duplicates_count_once_and_fits_repeat(pairs) -> None:
+    weights = fit_ease(*pairs, N_USERS, N_ITEMS, l2=1.0, device="cpu")
+    assert torch.equal(weights.diagonal(), torch.zeros(N_ITEMS))
+    users, items = pairs
+    doubled = fit_ease(torch.cat([users, users[:5]]), torch.cat([items, items[:5]]),
+                       N_USERS, N_ITEMS, l2=1.0, device="cpu")
+    assert torch.equal(doubled, weights)
+    assert torch.equal(fit_ease(*pairs, N_USERS, N_ITEMS, l2=1.0, device="cpu"), weights)
+
+
+def test_fit_ease_rejects_a_non_positive_l2(pairs) -> None:
+    with pytest.raises(ValueError, match="l2=0"):
+        fit_ease(*pairs, N_USERS, N_ITEMS, l2=0.0, device="cpu")
+
+
+def test_forward_is_score_all_items_at_the_pairs(pairs) -> None:
+    weights = fit_ease(*pairs, N_USERS, N_ITEMS, l2=1.0, device="cpu")
+    users, items = pairs
+    model = EASE.from_pairs(weights, torch.cat([users, users]), torch.cat([items, items]),
+                            N_USERS)
+    assert model.history_items.numel() == users.numel()  # duplicates held once
+    all_users = torch.arange(N_USERS)
+    full = model.score_all_items(all_users)  # (n_users, n_items)
+    x = torch.zeros(N_USERS, N_ITEMS)
+    x[users, items] = 1.0
+    assert torch.allclose(full, x @ weights, atol=1e-6)
+    assert torch.equal(full[EMPTY_USER], torch.zeros(N_ITEMS))
+    grid_users = all_users.repeat_interleave(N_ITEMS)
+    grid_items = torch.arange(N_ITEMS).repeat(N_USERS)
+    scores = model(grid_users, grid_items)  # (n_users * n_items,)
+    assert torch.allclose(scores, full[grid_users, grid_items], atol=1e-6)
+    assert torch.equal(model(torch.tensor([EMPTY_USER]), torch.tensor([3])), torch.zeros(1))
+
+
+def test_with_history_shares_b_and_adds_the_new_items_row(pairs) -> None:
+    weights = fit_ease(*pairs, N_USERS, N_ITEMS, l2=1.0, device="cpu")
+    users, items = pairs
+    model = EASE.from_pairs(weights, users, items, N_USERS)
+    user = 0
+    new_item = next(i for i in range(N_ITEMS) if i not in items[users == user].tolist())
+    longer = model.with_history(torch.cat([users, torch.tensor([user])]),
+                                torch.cat([items, torch.tensor([new_item])]), N_USERS)
+    assert longer.weights is model.weights
+    before = model.score_all_items(torch.arange(N_USERS))
+    after = longer.score_all_items(torch.arange(N_USERS))
+    assert torch.allclose(after[user] - before[user], weights[new_item], atol=1e-6)
+    assert torch.equal(after[1:], before[1:])
+
+
+def test_memory_guard_refuses_ml20m_on_a_small_limit() -> None:
+    assert 26_744**2 * 4 >= 2.86e9  # B alone
+    assert estimate_ease_bytes(26_744) >= 2.86e9
+    assert estimate_ease_bytes(26_744, dtype_bytes=8) == 2 * estimate_ease_bytes(26_744)
+    with pytest.raises(EaseMemoryError) as refused:
+        check_ease_memory(26_744, 4_000_000_000, limit_key="ease.max_memory_gb")
+    message = str(refused.value)
+    assert "26,744" in message and "8.6 GB" in message and "4.0 GB" in message
+    assert "ease.max_memory_gb" in message and "\n" not in message
+    assert check_ease_memory(1_000, 4_000_000_000) == estimate_ease_bytes(1_000)
+
+
+def test_choose_l2_picks_the_best_and_breaks_ties_to_the_larger() -> None:
+    scores = {50.0: 0.30, 100.0: 0.41, 200.0: 0.38}
+    assert choose_l2((50, 100, 200), scores.__getitem__) == (100.0, scores)
+    tied = {50.0: 0.40, 100.0: 0.40, 200.0: 0.35, 500.0: float("nan")}
+    best, seen = choose_l2((500, 100, 50, 200), tied.__getitem__)
+    assert best == 100.0 and seen.keys() == tied.keys()
+    assert 500.0 in DEFAULT_L2_GRID
+    with pytest.raises(ValueError, match="non-empty"):
+        choose_l2((), lambda l2: 0.0)
+
+
+def test_pair_scorer_exports_with_a_dynamic_batch(pairs) -> None:
+    weights = fit_ease(*pairs, N_USERS, N_ITEMS, l2=1.0, device="cpu")
+    scorer = PairScorer(EASE.from_pairs(weights, *pairs, N_USERS)).eval()
+    example = torch.tensor([[0, 1], [3, 2], [EMPTY_USER, 4], [5, 5], [2, 0]])
+    exported = torch.export.export(scorer, (example,),
+                                   dynamic_shapes={"pairs": {0: torch.export.Dim("batch")}})
+    program = exported.module()
+    assert torch.allclose(program(example), scorer(example))
+    other = torch.tensor([[6, 0], [1, 3], [4, 5]])
+    assert torch.allclose(program(other), scorer(other))
+    assert torch.equal(program(torch.tensor([[EMPTY_USER, 2]])), torch.tensor([0.5]))
+    buffers = dict(exported.named_buffers())  # B travels inside the exported program
+    assert torch.equal(buffers["model.weights"], weights)

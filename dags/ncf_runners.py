@@ -57,6 +57,13 @@ from airflow.providers.apache.spark.operators.spark_submit import SparkSubmitOpe
 from airflow.providers.standard.operators.bash import BashOperator
 from airflow.sdk import BaseOperator
 
+from jobs.lake.protocol import (
+    DEFAULT_DRIVER_MEMORY,
+    DEFAULT_SHUFFLE_PARTITIONS,
+    SKIP_EXIT_CODE,
+    SPARK_SESSION_CONF,
+)
+
 REPO = Path(__file__).resolve().parents[1]
 
 RUNNERS = ("local", "docker", "kubernetes")
@@ -67,9 +74,6 @@ DEFAULT_DOCKER_URL = "unix://var/run/docker.sock"
 FORWARDED_ENV = ("MLFLOW_TRACKING_URI", "NCF_LAKE_ROOT", "NCF_TORCH_THREADS")
 GPU_RESOURCE = "nvidia.com/gpu"
 DS = "{{ ds }}"
-# ncf_model and jobs exit with this code to mark their task skipped (the champion gate);
-# every runner maps it to "skipped", as BashOperator does by default.
-SKIP_EXIT_CODE = 99
 
 
 class RunnerConfigError(ValueError):
@@ -88,11 +92,9 @@ def stage_args(config: Path | str) -> list[str]:
 def spark_conf(environ: Mapping[str, str] | None = None) -> dict[str, str]:
     """Small-data defaults; a cluster overrides them in its properties file or connection."""
     env = _env(environ)
-    return {
-        "spark.sql.shuffle.partitions": env.get("NCF_SPARK_SHUFFLE_PARTITIONS", "8"),
-        "spark.sql.session.timeZone": "UTC",
-        "spark.ui.showConsoleProgress": "false",
-    }
+    return {"spark.sql.shuffle.partitions": env.get("NCF_SPARK_SHUFFLE_PARTITIONS",
+                                                    DEFAULT_SHUFFLE_PARTITIONS),
+            **SPARK_SESSION_CONF}
 
 
 def spark_task(stage: str, config: Path | str, dataset: str, *,
@@ -111,7 +113,7 @@ def spark_task(stage: str, config: Path | str, dataset: str, *,
         conn_id="spark_default",
         conf=spark_conf(env),
         name=f"ncf-{stage}-{dataset}",
-        driver_memory=env.get("NCF_SPARK_DRIVER_MEMORY", "4g"),
+        driver_memory=env.get("NCF_SPARK_DRIVER_MEMORY", DEFAULT_DRIVER_MEMORY),
         py_files=env.get("NCF_SPARK_PY_FILES") or None,
         properties_file=env.get("NCF_SPARK_PROPERTIES_FILE") or None,
     )

@@ -27,11 +27,10 @@ from pyspark.sql import functions as F
 
 from jobs.lake import layout
 from jobs.lake.config import BINARISE_RULES, PrepareConfig
+from jobs.lake.protocol import STREAM_USER_SAMPLE
 
 log = logging.getLogger(__name__)
 
-# Random streams drawn with the one seed: jobs.prepare uses 1-3, jobs.split 4 and 6.
-STREAM_USER_SAMPLE = 5
 _UNIT = 1 << 53  # hashes are mapped to [0, 1) in steps of 2^-53: exact in a double
 
 

@@ -32,8 +32,6 @@ from jobs.spark import cached
 
 log = logging.getLogger(__name__)
 
-# The random streams of prepare's three splits (jobs.split uses 4 and 6, jobs.filters 5).
-STREAM_TRAIN, STREAM_VALIDATION, STREAM_TEST = 1, 2, 3
 MAX_ROUNDS = 4  # sampling rounds before the rest is drawn from the enumerated complement
 OVERSAMPLE = 1.25  # draws per needed negative, on top of the hit rate of untouched items
 SLACK = 8  # extra draws per user and round, for users who need only a few

@@ -48,13 +48,8 @@ from jobs.filters import select_positives
 from jobs.lake import layout
 from jobs.lake.cli import configure_logging, lake_root, load_stage_config, stage_parser
 from jobs.lake.config import FORMATS_WITHOUT_TIMESTAMPS, PRESPLIT_FORMAT, PrepareConfig, parse_utc
-from jobs.negatives import (
-    N_NEEDED,
-    STREAM_TEST,
-    STREAM_TRAIN,
-    STREAM_VALIDATION,
-    sample_negatives,
-)
+from jobs.lake.protocol import STREAM_TEST, STREAM_TRAIN, STREAM_VALIDATION
+from jobs.negatives import N_NEEDED, sample_negatives
 from jobs.prepare_fast import Tally
 from jobs.spark import conform, get_spark, read_parquet, write_parquet
 from jobs.split import (

@@ -39,13 +39,8 @@ import numpy as np
 
 from jobs import negatives, xxhash
 from jobs.lake import layout
-from jobs.negatives import (
-    OVERSAMPLE,
-    SLACK,
-    STREAM_TEST,
-    STREAM_TRAIN,
-    STREAM_VALIDATION,
-)
+from jobs.lake.protocol import STREAM_TEST, STREAM_TIE_BREAK, STREAM_TRAIN, STREAM_VALIDATION
+from jobs.negatives import OVERSAMPLE, SLACK
 from jobs.spark import (
     PART_NAME,
     SUCCESS_MARKER,
@@ -54,7 +49,7 @@ from jobs.spark import (
     write_batches,
     write_table,
 )
-from jobs.split import MIN_POSITIVES_TO_EVALUATE, STREAM_TIE_BREAK
+from jobs.split import MIN_POSITIVES_TO_EVALUATE
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -64,7 +59,7 @@ log = logging.getLogger(__name__)
 
 STREAMS = {layout.TRAIN: STREAM_TRAIN, layout.VALIDATION: STREAM_VALIDATION,
            layout.TEST: STREAM_TEST}
-SPLITS = (layout.TRAIN, layout.VALIDATION, layout.TEST)
+SPLITS = layout.SPLITS
 # Bytes of the (users x items) table of one chunk of users: what a Python worker holds.
 CHUNK_BYTES = 32 << 20
 _NO_TS = np.iinfo(np.int64).min  # a null ts ranks after every other (latest first)

@@ -27,6 +27,7 @@ from pyspark.sql import functions as F
 from pyspark.sql.types import StructType
 
 from jobs.lake.layout import Schema
+from jobs.lake.protocol import SPARK_SESSION_CONF
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -40,8 +41,6 @@ _DEFAULT_CONF = {
     # Parquet's INT96 timestamps are deprecated and read back as nanoseconds by Arrow;
     # the lake contract says timestamp[us].
     "spark.sql.parquet.outputTimestampType": "TIMESTAMP_MICROS",
-    # Progress bars garble the task logs that Airflow keeps.
-    "spark.ui.showConsoleProgress": "false",
     # A join on (user_idx, item_idx) of two sides already hash-partitioned by user_idx
     # alike needs no shuffle: jobs.negatives draws ~100M candidates inside the demand's
     # partitions and meets the touched pairs there. (Spark's default shuffles both sides
@@ -50,8 +49,8 @@ _DEFAULT_CONF = {
     # different numbers of partitions: the jobs' multi-key joins are anti and semi joins.
     "spark.sql.requireAllClusterKeysForCoPartition": "false",
 }
-# Settings no caller may change: timestamps in the lake are UTC instants.
-_FORCED_CONF = {"spark.sql.session.timeZone": "UTC"}
+# Settings no caller may change (UTC timestamps, no progress bars in the task logs).
+_FORCED_CONF = SPARK_SESSION_CONF
 
 
 def _launched_by_spark_submit(environ: Mapping[str, str]) -> bool:

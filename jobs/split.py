@@ -27,10 +27,9 @@ from pyspark.sql import DataFrame, Window
 from pyspark.sql import functions as F
 
 from jobs.lake import layout
+from jobs.lake.protocol import STREAM_STRATIFIED, STREAM_TIE_BREAK
 from jobs.spark import cached
 
-STREAM_TIE_BREAK = 4  # the split's tie-break among same-second positives
-STREAM_STRATIFIED = 6  # the stratified split's per-user shuffle (jobs.filters uses 5)
 MIN_POSITIVES_TO_EVALUATE = 3  # one each for test and validation, at least one to train on
 _RANK = "_rank"  # working column (never written)
 

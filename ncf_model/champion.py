@@ -14,6 +14,7 @@ scored by the model and none falls back to popularity.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from pathlib import Path
 from typing import cast
@@ -24,7 +25,8 @@ from torch import Tensor, nn
 
 from jobs.lake import layout
 from ncf_model import checkpoint
-from ncf_model.features import SideFeatures, load_side_features
+from ncf_model.data import lake_ids, load_side_features
+from ncf_model.features import SideFeatures
 from ncf_model.models import Hybrid
 
 
@@ -77,14 +79,6 @@ def index_map(ids: Sequence[str], model_ids: Sequence[str]) -> Tensor:
     return torch.from_numpy(positions.astype("int64"))
 
 
-def lake_ids(paths: layout.LakePaths) -> tuple[list[str], list[str]]:
-    """(user ids, item ids) of a lake run's users/ and items/, each in index order."""
-    users = layout.read_lake_table(paths.path(layout.USERS), layout.USERS_SCHEMA)
-    items = layout.read_lake_table(paths.path(layout.ITEMS), layout.ITEMS_SCHEMA)
-    return (users.sort_by(layout.USER_IDX).column(layout.USER_ID).to_pylist(),
-            items.sort_by(layout.ITEM_IDX).column(layout.ITEM_ID).to_pylist())
-
-
 def load_for_lake(folder: Path, paths: layout.LakePaths,
                   device: torch.device | str = "cpu") -> tuple[nn.Module, Tensor]:
     """(scorer over `paths`' indices, (n_users,) bool: users the model scores).
@@ -104,3 +98,29 @@ def load_for_lake(folder: Path, paths: layout.LakePaths,
         return scorer, torch.ones(len(users), dtype=torch.bool)
     scorer = RemappedScorer(model, user_map, item_map).to(device).eval()
     return scorer, user_map >= 0
+
+
+@dataclasses.dataclass(frozen=True)
+class GateDecision:
+    promote: bool
+    reason: str
+
+
+def champion_gate(value: float, champion_value: float | None, *, metric: str, floor: float,
+                  tolerance: float) -> GateDecision:
+    """Promote a new model when `metric` clears the absolute `floor` and is not worse than
+    the current champion's on the same test split by more than `tolerance` (absolute).
+
+    With no champion yet, only the floor applies.
+    """
+    if value < floor:
+        return GateDecision(False, f"{metric}={value:.4f} is below the floor {floor:.4f}")
+    if champion_value is None:
+        return GateDecision(True, f"{metric}={value:.4f} clears the floor {floor:.4f}; "
+                                  "there is no champion yet")
+    if value < champion_value - tolerance:
+        return GateDecision(False, f"{metric}={value:.4f} is worse than the champion's "
+                                   f"{champion_value:.4f} by more than the tolerance "
+                                   f"{tolerance:.4f}")
+    return GateDecision(True, f"{metric}={value:.4f} vs the champion's {champion_value:.4f} "
+                              f"(tolerance {tolerance:.4f}, floor {floor:.4f})")

@@ -6,19 +6,37 @@ training epoch draws its negatives with one seeded `torch.randint`, redraws exac
 draws that hit one of the user's positives, shuffles with `torch.randperm` and batches
 with `.split()`: no Dataset, no DataLoader, no Python loop over users. For the BPR loss,
 `pair_epoch` pairs every positive with its own freshly drawn negatives instead.
+
+It is also the torch side's one reader of the lake: evaluation splits with what full
+ranking needs (`load_split`), each split's positives, the id vocabularies, side features
+and the ALS factors. Models (`ncf_model.models`) hold no I/O.
 """
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pyarrow.parquet as pq
 import torch
 from torch import Tensor
 
+from jobs.lake import layout
 from jobs.lake.layout import ITEM_IDX, LABEL, PAIRS_SCHEMA, USER_IDX, columns
 from ncf_model.config import NEGATIVE_MODES
+from ncf_model.features import (
+    FeatureVocabulary,
+    SideFeatureError,
+    SideFeatures,
+    build_vocabulary,
+    encode,
+)
+from ncf_model.models.baselines import FactorScorer
+
+log = logging.getLogger(__name__)
 
 Batch = tuple[Tensor, Tensor, Tensor]  # user (B,) int64, item (B,) int64, label (B,) float32
 # user (B,) int64, positive item (B,) int64, negative item (B,) int64
@@ -169,3 +187,138 @@ class TrainingData:
         order = torch.randperm(user.shape[0], generator=generator, device=self.device)
         return list(zip(user[order].split(batch_size), positive[order].split(batch_size),
                         negative[order].split(batch_size), strict=True))
+
+
+@dataclass(frozen=True)
+class FullRanking:
+    """What full-ranking evaluation needs beside the model and the pairs.
+
+    `seen_user`/`seen_item`: the pairs never ranked (for test: the train and validation
+    positives; for validation: the train positives). `chunk_users` users are scored at
+    once against all `n_items` items.
+    """
+
+    n_items: int
+    seen_user: Tensor
+    seen_item: Tensor
+    chunk_users: int = 256
+
+    def __post_init__(self) -> None:
+        if self.n_items < 1 or self.chunk_users < 1:
+            raise ValueError(f"n_items={self.n_items}, chunk_users={self.chunk_users}: "
+                             "both must be >= 1")
+        if self.seen_user.shape != self.seen_item.shape or self.seen_user.dim() != 1:
+            raise ValueError(f"seen_user {tuple(self.seen_user.shape)} and seen_item "
+                             f"{tuple(self.seen_item.shape)} must be 1-d of equal length")
+
+
+class BaselineError(RuntimeError):
+    """The ALS factors of a run are missing or were fitted on another train/."""
+
+
+# The positives never ranked in full-ranking evaluation of a split: those of the earlier
+# splits (the user has seen them); the split's own positives are what is ranked.
+_EARLIER_SPLITS = {layout.VALIDATION: (layout.TRAIN,),
+                   layout.TEST: (layout.TRAIN, layout.VALIDATION)}
+
+
+def load_split(paths: layout.LakePaths, split: str, device: torch.device | str, *,
+               n_items: int, full_ranking: bool,
+               chunk_users: int) -> tuple[Pairs, FullRanking | None]:
+    """validation/ or test/ of a lake run, and (when `full_ranking`) what full-ranking
+    evaluation of it needs: the positives of the earlier splits as the seen items."""
+    if split not in _EARLIER_SPLITS:
+        raise ValueError(f"split {split!r} is not one of {list(_EARLIER_SPLITS)}")
+    pairs = load_pairs(paths.path(split), device)
+    if not full_ranking:
+        return pairs, None
+    seen = [load_pairs(paths.path(name), "cpu") for name in _EARLIER_SPLITS[split]]
+    seen_user = torch.cat([p.user[p.label == 1] for p in seen])
+    seen_item = torch.cat([p.item[p.label == 1] for p in seen])
+    return pairs, FullRanking(n_items, seen_user, seen_item, chunk_users=chunk_users)
+
+
+def load_positives(paths: layout.LakePaths) -> dict[str, Pairs]:
+    """Each split's positive pairs (label 1), on the CPU, each split read once."""
+    positives = {}
+    for name in (layout.TRAIN, layout.VALIDATION, layout.TEST):
+        pairs = load_pairs(paths.path(name), "cpu")
+        keep = pairs.label == 1
+        positives[name] = Pairs(pairs.user[keep], pairs.item[keep], pairs.label[keep])
+    return positives
+
+
+def lake_ids(paths: layout.LakePaths) -> tuple[list[str], list[str]]:
+    """(user ids, item ids) of a lake run's users/ and items/, each in index order."""
+    users = layout.read_lake_table(paths.path(layout.USERS), layout.USERS_SCHEMA)
+    items = layout.read_lake_table(paths.path(layout.ITEMS), layout.ITEMS_SCHEMA)
+    return (users.sort_by(layout.USER_IDX).column(layout.USER_ID).to_pylist(),
+            items.sort_by(layout.ITEM_IDX).column(layout.ITEM_ID).to_pylist())
+
+
+def _read_or_empty(paths: layout.LakePaths, name: str, schema: layout.Schema) -> Any:
+    folder = paths.path(name)
+    if not folder.is_dir():
+        return layout.arrow_schema(schema).empty_table()
+    return layout.read_lake_table(folder, schema)
+
+
+def load_side_features(paths: layout.LakePaths, user_ids: Sequence[str],
+                       item_ids: Sequence[str],
+                       vocabulary: FeatureVocabulary | None = None) -> SideFeatures:
+    """The side features of a lake run for `user_ids` / `item_ids` (the users/ and items/
+    ids in index order). Without `vocabulary` (training) it is built from this data, and a
+    run with no side feature at all is an error; with one (serving) missing folders only
+    leave every code missing.
+    """
+    user_features = _read_or_empty(paths, layout.USER_FEATURES, layout.USER_FEATURES_SCHEMA)
+    item_features = _read_or_empty(paths, layout.ITEM_FEATURES, layout.ITEM_FEATURES_SCHEMA)
+    if vocabulary is None:
+        vocabulary = build_vocabulary(user_ids, item_ids, user_features, item_features)
+        if vocabulary.empty:
+            raise SideFeatureError(
+                f"model kind 'hybrid' needs side features, but {paths.path(layout.USER_FEATURES)}"
+                f" and {paths.path(layout.ITEM_FEATURES)} hold none for this run's users and "
+                f"items: dataset {paths.dataset!r} has no users/items files in its source (or "
+                "ingest did not read them); use model.kind neumf for it")
+    elif user_features.num_rows == 0 and item_features.num_rows == 0:
+        log.warning("%s has no side features: users and items the model does not know are "
+                    "scored from its out-of-vocabulary rows alone", paths.base)
+    features = encode(vocabulary, user_ids, item_ids, user_features, item_features)
+    log.info("side features: %d user codes over %d users, %d tags over %d items",
+             vocabulary.n_user_codes - 1, features.n_users, vocabulary.n_tags,
+             features.n_items)
+    return features
+
+
+def _factor_table(folder: Any, schema: layout.Schema, key: str, n_rows: int) -> Tensor:
+    """(n_rows, rank) float32; rows the folder does not hold stay 0."""
+    table = layout.read_lake_table(folder, schema)
+    index = torch.tensor(table.column(key).to_numpy(), dtype=torch.int64)
+    vectors = table.column(layout.FACTORS).to_pylist()
+    if not vectors:
+        raise BaselineError(f"{folder} holds no factors: re-run jobs/als.py")
+    if int(index.min()) < 0 or int(index.max()) >= n_rows:
+        raise BaselineError(f"{folder}: {key} outside 0..{n_rows - 1}: the factors were fitted "
+                            "on another prepare run; re-run jobs/als.py for this date")
+    out = torch.zeros(n_rows, len(vectors[0]))
+    out[index] = torch.tensor(vectors, dtype=torch.float32)
+    return out
+
+
+def load_als_scorer(paths: layout.LakePaths, n_users: int, n_items: int) -> FactorScorer:
+    """The factors jobs/als.py wrote for this run, as a dot-product scorer."""
+    folder = paths.path(layout.ALS)
+    if not folder.is_dir():
+        raise BaselineError(f"{folder} does not exist: run jobs/als.py (spark-submit) for "
+                            f"{paths.logical_date} before the baselines stage")
+    fitted_on = (layout.read_manifest(paths).get("als") or {}).get("input_sha256")
+    if fitted_on is not None and fitted_on != layout.sha256_dir(paths.path(layout.TRAIN)):
+        raise BaselineError(f"{folder} was fitted on another train/ than the one in the lake "
+                            "(prepare ran again since): re-run jobs/als.py for "
+                            f"{paths.logical_date}")
+    return FactorScorer(
+        _factor_table(folder / layout.USER_FACTORS, layout.USER_FACTORS_SCHEMA,
+                      layout.USER_IDX, n_users),
+        _factor_table(folder / layout.ITEM_FACTORS, layout.ITEM_FACTORS_SCHEMA,
+                      layout.ITEM_IDX, n_items))

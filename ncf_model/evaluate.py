@@ -17,8 +17,7 @@ import dataclasses
 import torch
 from torch import Tensor, nn
 
-from jobs.lake import layout
-from ncf_model.data import Pairs, load_pairs
+from ncf_model.data import FullRanking, Pairs
 from ncf_model.metrics import (
     FullRankingSums,
     auc_of_counts,
@@ -60,29 +59,6 @@ def score_pairs(model: nn.Module, user: Tensor, item: Tensor, *,
     finally:
         model.train(was_training)
     return torch.cat(scores) if scores else torch.empty(0, device=device)
-
-
-@dataclasses.dataclass(frozen=True)
-class FullRanking:
-    """What full-ranking evaluation needs beside the model and the pairs.
-
-    `seen_user`/`seen_item`: the pairs never ranked (for test: the train and validation
-    positives; for validation: the train positives). `chunk_users` users are scored at
-    once against all `n_items` items.
-    """
-
-    n_items: int
-    seen_user: Tensor
-    seen_item: Tensor
-    chunk_users: int = 256
-
-    def __post_init__(self) -> None:
-        if self.n_items < 1 or self.chunk_users < 1:
-            raise ValueError(f"n_items={self.n_items}, chunk_users={self.chunk_users}: "
-                             "both must be >= 1")
-        if self.seen_user.shape != self.seen_item.shape or self.seen_user.dim() != 1:
-            raise ValueError(f"seen_user {tuple(self.seen_user.shape)} and seen_item "
-                             f"{tuple(self.seen_item.shape)} must be 1-d of equal length")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -168,49 +144,3 @@ def evaluate(model: nn.Module, pairs: Pairs, k: int, *,
     return evaluate_report(model, pairs, k, full=full).metrics
 
 
-# The positives never ranked in full-ranking evaluation of a split: those of the earlier
-# splits (the user has seen them); the split's own positives are what is ranked.
-_EARLIER_SPLITS = {layout.VALIDATION: (layout.TRAIN,),
-                   layout.TEST: (layout.TRAIN, layout.VALIDATION)}
-
-
-def load_split(paths: layout.LakePaths, split: str, device: torch.device | str, *,
-               n_items: int, full_ranking: bool,
-               chunk_users: int) -> tuple[Pairs, FullRanking | None]:
-    """validation/ or test/ of a lake run, and (when `full_ranking`) what full-ranking
-    evaluation of it needs: the positives of the earlier splits as the seen items."""
-    if split not in _EARLIER_SPLITS:
-        raise ValueError(f"split {split!r} is not one of {list(_EARLIER_SPLITS)}")
-    pairs = load_pairs(paths.path(split), device)
-    if not full_ranking:
-        return pairs, None
-    seen = [load_pairs(paths.path(name), "cpu") for name in _EARLIER_SPLITS[split]]
-    seen_user = torch.cat([p.user[p.label == 1] for p in seen])
-    seen_item = torch.cat([p.item[p.label == 1] for p in seen])
-    return pairs, FullRanking(n_items, seen_user, seen_item, chunk_users=chunk_users)
-
-
-@dataclasses.dataclass(frozen=True)
-class GateDecision:
-    promote: bool
-    reason: str
-
-
-def champion_gate(value: float, champion_value: float | None, *, metric: str, floor: float,
-                  tolerance: float) -> GateDecision:
-    """Promote a new model when `metric` clears the absolute `floor` and is not worse than
-    the current champion's on the same test split by more than `tolerance` (absolute).
-
-    With no champion yet, only the floor applies.
-    """
-    if value < floor:
-        return GateDecision(False, f"{metric}={value:.4f} is below the floor {floor:.4f}")
-    if champion_value is None:
-        return GateDecision(True, f"{metric}={value:.4f} clears the floor {floor:.4f}; "
-                                  "there is no champion yet")
-    if value < champion_value - tolerance:
-        return GateDecision(False, f"{metric}={value:.4f} is worse than the champion's "
-                                   f"{champion_value:.4f} by more than the tolerance "
-                                   f"{tolerance:.4f}")
-    return GateDecision(True, f"{metric}={value:.4f} vs the champion's {champion_value:.4f} "
-                              f"(tolerance {tolerance:.4f}, floor {floor:.4f})")

@@ -190,36 +190,3 @@ def _item_tags(item_ids: Sequence[str], item_features: Any) -> tuple[Any, Any]:
     return tags, row_item[parent].astype("int64")
 
 
-def _read_or_empty(paths: layout.LakePaths, name: str, schema: layout.Schema) -> Any:
-    folder = paths.path(name)
-    if not folder.is_dir():
-        return layout.arrow_schema(schema).empty_table()
-    return layout.read_lake_table(folder, schema)
-
-
-def load_side_features(paths: layout.LakePaths, user_ids: Sequence[str],
-                       item_ids: Sequence[str],
-                       vocabulary: FeatureVocabulary | None = None) -> SideFeatures:
-    """The side features of a lake run for `user_ids` / `item_ids` (the users/ and items/
-    ids in index order). Without `vocabulary` (training) it is built from this data, and a
-    run with no side feature at all is an error; with one (serving) missing folders only
-    leave every code missing.
-    """
-    user_features = _read_or_empty(paths, layout.USER_FEATURES, layout.USER_FEATURES_SCHEMA)
-    item_features = _read_or_empty(paths, layout.ITEM_FEATURES, layout.ITEM_FEATURES_SCHEMA)
-    if vocabulary is None:
-        vocabulary = build_vocabulary(user_ids, item_ids, user_features, item_features)
-        if vocabulary.empty:
-            raise SideFeatureError(
-                f"model kind 'hybrid' needs side features, but {paths.path(layout.USER_FEATURES)}"
-                f" and {paths.path(layout.ITEM_FEATURES)} hold none for this run's users and "
-                f"items: dataset {paths.dataset!r} has no users/items files in its source (or "
-                "ingest did not read them); use model.kind neumf for it")
-    elif user_features.num_rows == 0 and item_features.num_rows == 0:
-        log.warning("%s has no side features: users and items the model does not know are "
-                    "scored from its out-of-vocabulary rows alone", paths.base)
-    features = encode(vocabulary, user_ids, item_ids, user_features, item_features)
-    log.info("side features: %d user codes over %d users, %d tags over %d items",
-             vocabulary.n_user_codes - 1, features.n_users, vocabulary.n_tags,
-             features.n_items)
-    return features

@@ -64,7 +64,7 @@ class SASRecTrainConfig:
     patience: int = 20  # epochs without a better `monitor` before stopping
     loss: str = "bce"  # one of LOSSES
     n_negatives: int = 100  # per batch, sampled_softmax only (bce draws one per position)
-    monitor: str = "hr_10"  # the key of validate()'s result that picks the best epoch
+    monitor: str = "hr_10"  # validate()'s key that picks the best epoch (higher is better)
     compile: bool = False  # torch.compile the model on CUDA (ignored on the CPU)
 
     def __post_init__(self) -> None:
@@ -121,11 +121,14 @@ def sample_negatives(rows: Tensor, length: int, seen: Tensor, n_items: int,
     return negatives
 
 
-def batch_loss(model: SASRec, hidden_states: Callable[[Tensor], Tensor], seqs: Tensor,
-               rows: Tensor, seen: Tensor, cfg: SASRecTrainConfig, generator: torch.Generator,
-               *, autocast: bool) -> tuple[Tensor, Tensor]:
+def batch_loss(model: SASRec, seqs: Tensor, rows: Tensor, *, cfg: SASRecTrainConfig,
+               seen: Tensor, generator: torch.Generator,
+               hidden_states: Callable[[Tensor], Tensor] | None = None,
+               autocast: bool = False) -> tuple[Tensor, Tensor]:
     """(mean loss over the batch's trained positions, their number as a 0-d tensor) of
-    `seqs` (B, L + 1), the sequences of `rows` (B,)."""
+    `seqs` (B, L + 1), the sequences of `rows` (B,); `seen` from `sequence_keys`.
+    `hidden_states` replaces `model.hidden_states` (a compiled one)."""
+    hidden_states = hidden_states or model.hidden_states
     inputs, targets = seqs[:, :-1], seqs[:, 1:]  # (B, L), (B, L)
     trained = targets != PAD  # (B, L)
     n_trained = trained.sum()
@@ -214,14 +217,16 @@ def train_sasrec(model: SASRec, train_seqs: Tensor, validate: Validate,
         epoch = progress.epoch + 1
         model.train()
         start = time.perf_counter()
-        # Summed on the device so the loop never waits for the GPU to report a loss.
+        # Summed on the device: no wait for the GPU to report a loss (bce's redraw check
+        # is the one sync per batch).
         loss_sum = torch.zeros((), device=device)
         n_positions = torch.zeros((), dtype=torch.int64, device=device)
         order = active[torch.randperm(active.numel(), generator=generator, device=device)]
         for rows in tqdm(order.split(cfg.batch_size), desc=f"{prefix}epoch {epoch}",
                          unit="batch", leave=False, disable=not show_bar):
-            loss, n_trained = batch_loss(model, hidden_states, train_seqs[rows], rows, seen,
-                                         cfg, generator, autocast=cuda)
+            loss, n_trained = batch_loss(model, train_seqs[rows], rows, cfg=cfg, seen=seen,
+                                         generator=generator, hidden_states=hidden_states,
+                                         autocast=cuda)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()

@@ -1,4 +1,4 @@
-"""ncf_model.baselines: popularity, MF and ALS scored like NCF, one MLflow run each."""
+"""ncf_model.stages.baselines: popularity, MF and ALS scored like NCF, one MLflow run each."""
 
 from __future__ import annotations
 
@@ -15,9 +15,10 @@ import torch
 import yaml
 
 from jobs.lake import layout
-from ncf_model import baselines, cli, tracking
-from ncf_model.data import Pairs
-from ncf_model.evaluate import FullRanking, evaluate, evaluate_report
+from ncf_model import cli, data, tracking
+from ncf_model.data import FullRanking, Pairs
+from ncf_model.evaluate import evaluate, evaluate_report
+from ncf_model.models.baselines import FactorScorer, popularity_scorer
 
 N_USERS, N_ITEMS, N_EVAL_NEG, K = 20, 24, 8, 5
 DATE = "2026-11-23"
@@ -34,7 +35,7 @@ def test_popularity_hand_checked() -> None:
     # Training positives per item: item 0: 3, item 1: 2, item 2: 1, items 3 and 4: 0.
     train = _pairs([(0, 0, 1), (1, 0, 1), (2, 0, 1), (0, 1, 1), (1, 1, 1), (0, 2, 1),
                     (2, 3, 0)])  # a negative: not counted
-    scorer = baselines.popularity_scorer(train, n_items=5)
+    scorer = popularity_scorer(train, n_items=5)
     assert scorer.item_count.tolist() == [3.0, 2.0, 1.0, 0.0, 0.0]
     # user 2: positive item 1 (2) vs items 2 (1), 3 (0) -> rank 0
     # user 1: positive item 2 (1) vs items 0 (3), 3 (0) -> rank 1
@@ -58,7 +59,7 @@ def test_popularity_hand_checked() -> None:
 def test_factor_scorer_is_a_dot_product_on_both_paths() -> None:
     g = torch.Generator().manual_seed(0)
     users, items = torch.randn(4, 3, generator=g), torch.randn(6, 3, generator=g)
-    scorer = baselines.FactorScorer(users, items)
+    scorer = FactorScorer(users, items)
     pairs = torch.tensor([0, 3, 2]), torch.tensor([5, 0, 2])
     assert scorer(*pairs).tolist() == pytest.approx(
         [float(users[u] @ items[i]) for u, i in zip(*pairs, strict=True)], abs=1e-6)
@@ -66,7 +67,7 @@ def test_factor_scorer_is_a_dot_product_on_both_paths() -> None:
     assert all_items.shape == (2, 6)
     assert all_items[1].tolist() == pytest.approx((items @ users[3]).tolist(), abs=1e-6)
     with pytest.raises(ValueError, match="same rank"):
-        baselines.FactorScorer(users, items[:, :2])
+        FactorScorer(users, items[:, :2])
 
 
 # --- the stage on a tiny lake -------------------------------------------------------------
@@ -200,11 +201,11 @@ def test_only_the_enabled_baselines_run_and_als_needs_its_factors(
 
     stale = {**layout.read_manifest(paths)["als"], "input_sha256": "0" * 64}
     layout.update_manifest(paths, "als", stale)
-    with pytest.raises(baselines.BaselineError, match="another train/"):
+    with pytest.raises(data.BaselineError, match="another train/"):
         _main("baselines", _config(tmp_path, enabled=["als"]), paths)
     shutil.rmtree(paths.path(layout.ALS))
     runs_before = len(tracking.find_runs("tiny", {"ncf.logical_date": DATE}))
-    with pytest.raises(baselines.BaselineError, match="run jobs/als.py"):
+    with pytest.raises(data.BaselineError, match="run jobs/als.py"):
         _main("baselines", _config(tmp_path), paths)
     # Checked first: neither popularity nor MF ran (nor logged a run) before the failure.
     assert len(tracking.find_runs("tiny", {"ncf.logical_date": DATE})) == runs_before
@@ -253,6 +254,6 @@ def test_a_retried_baselines_task_logs_to_the_runs_of_its_first_attempt(
 def test_evaluate_report_with_a_popularity_scorer_gives_the_hr_curve() -> None:
     train = _pairs([(0, 0, 1), (0, 1, 1), (1, 0, 1)])
     test = _pairs([(0, 2, 1), (0, 3, 0), (1, 1, 1), (1, 2, 0)])
-    report = evaluate_report(baselines.popularity_scorer(train, 4), test, k=1, curve_max_k=3)
+    report = evaluate_report(popularity_scorer(train, 4), test, k=1, curve_max_k=3)
     # user 0: item 2 (0) vs item 3 (0): tie -> rank 1; user 1: item 1 (1) vs 2 (0) -> rank 0.
     assert report.hr_at_k == [0.5, 1.0, 1.0]

@@ -8,8 +8,8 @@ import pytest
 import torch
 from torch import Tensor, nn
 
-from ncf_model.data import Pairs
-from ncf_model.evaluate import FullRanking, evaluate, evaluate_report, score_pairs
+from ncf_model.data import FullRanking, Pairs
+from ncf_model.evaluate import evaluate, evaluate_report, score_pairs
 from ncf_model.metrics import full_ranking_metrics
 
 

@@ -11,12 +11,12 @@ import pytest
 import torch
 
 from jobs.lake import layout
+from ncf_model.data import load_side_features
 from ncf_model.features import (
     FeatureVocabulary,
     SideFeatureError,
     build_vocabulary,
     encode,
-    load_side_features,
     pad_bags,
 )
 

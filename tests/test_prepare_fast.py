@@ -24,7 +24,7 @@ from jobs.lake.config import PrepareConfig
 pytestmark = pytest.mark.spark
 
 DATE = "2026-11-23"
-SPLITS = (layout.TRAIN, layout.VALIDATION, layout.TEST)
+SPLITS = layout.SPLITS
 
 
 def test_xxhash_is_sparks(spark: SparkSession) -> None:

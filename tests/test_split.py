@@ -11,8 +11,8 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from jobs.lake import layout
+from jobs.lake.protocol import STREAM_STRATIFIED
 from jobs.split import (
-    STREAM_STRATIFIED,
     split_leave_one_out,
     split_stratified,
     split_time_cutoff,

@@ -79,6 +79,9 @@ USER_FACTORS = "user_factors"
 ITEM_FACTORS = "item_factors"
 REPORTS = "reports"
 MANIFEST = "_manifest.json"
+# The evaluated splits (a held-out positive per user plus sampled negatives), and all three.
+EVAL_SPLITS = (VALIDATION, TEST)
+SPLITS = (TRAIN, *EVAL_SPLITS)
 
 # --- schemas as (column, Spark SQL type) pairs --------------------------------
 # Spark side: StructType.fromDDL(ddl(SCHEMA)); Arrow side: arrow_schema(SCHEMA).

@@ -30,22 +30,16 @@ from jobs.lake.layout import (
     RANK,
     SCORE,
     SOURCE,
-    TEST,
     TOPK,
     TOPK_SCHEMA,
-    TRAIN,
     TS,
     USER_ID,
     USER_IDX,
     USERS,
     USERS_SCHEMA,
-    VALIDATION,
     VALUE,
     Schema,
 )
-
-EVAL_SPLITS = (VALIDATION, TEST)  # held-out positives per user, plus sampled negatives
-SPLITS = (TRAIN, *EVAL_SPLITS)
 
 # Columns of the frames derived for the cross-row checks (not lake columns).
 SPLIT = "split"

@@ -48,6 +48,7 @@ from great_expectations.data_context.types.base import (
 from jobs.lake import cli, layout
 from jobs.lake.config import FORMATS_WITHOUT_TIMESTAMPS, DataConfig
 from jobs.lake.layout import (
+    EVAL_SPLITS,
     INTERACTIONS,
     INTERACTIONS_SCHEMA,
     ITEM_IDX,
@@ -57,6 +58,7 @@ from jobs.lake.layout import (
     PAIRS_SCHEMA,
     RANK,
     REPORTS,
+    SPLITS,
     TEST,
     TOPK,
     TOPK_SCHEMA,
@@ -68,9 +70,7 @@ from jobs.lake.layout import (
     Schema,
 )
 from jobs.quality.expectations import (
-    EVAL_SPLITS,
     SPLIT,
-    SPLITS,
     eval_positives_in_train,
     index_suite,
     interactions_suite,

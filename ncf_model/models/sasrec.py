@@ -194,8 +194,18 @@ class SASRec(nn.Module):
         return self.hidden_states(self.histories[user_idx])[:, -1]  # (B, d)
 
     def forward(self, user_idx: Tensor, item_idx: Tensor) -> Tensor:
-        """(B,) logits <h_last(user), E[item + 1]>."""
-        state = self.user_states(user_idx)  # (B, d)
+        """(B,) logits <h_last(user), E[item + 1]>.
+
+        Evaluation scores each user against ~100 candidates: each distinct user's sequence
+        is read once (100x less work and memory than one sequence per pair). torch.export
+        and torch.compile cannot trace `torch.unique`'s data-dependent size, so they take
+        the one-sequence-per-pair path, which gives the same logits.
+        """
+        if torch.compiler.is_exporting() or torch.compiler.is_compiling():
+            state = self.user_states(user_idx)  # (B, d)
+        else:
+            users, inverse = torch.unique(user_idx, return_inverse=True)  # (U,), (B,)
+            state = self.user_states(users)[inverse]  # (B, d)
         return (state * self.item_embedding(item_idx + 1)).sum(-1)  # (B,)
 
     def score_all_items(self, user_idx: Tensor) -> Tensor:

@@ -30,96 +30,19 @@ from collections.abc import Callable
 from typing import Any
 
 import torch
-from torch import Tensor, nn
+from torch import nn
 
 from jobs.lake import layout
 from ncf_model import tracking
 from ncf_model.config import NCFConfig
-from ncf_model.data import Pairs, TrainingData, load_pairs
-from ncf_model.evaluate import Evaluation, evaluate_report, load_split
+from ncf_model.data import Pairs, TrainingData, load_als_scorer, load_pairs, load_split
+from ncf_model.evaluate import Evaluation, evaluate_report
+from ncf_model.models.baselines import popularity_scorer
 from ncf_model.resume import fingerprint
+from ncf_model.stages.common import StageError
 from ncf_model.train import fit
 
 log = logging.getLogger(__name__)
-
-
-class BaselineError(RuntimeError):
-    """A baseline cannot run on what the lake holds; the message says which stage to run."""
-
-
-class PopularityScorer(nn.Module):
-    """score(u, i) = training positives of item i, for every user."""
-
-    item_count: Tensor
-
-    def __init__(self, item_count: Tensor) -> None:
-        super().__init__()
-        self.register_buffer("item_count", item_count.float())  # (n_items,)
-
-    def forward(self, user_idx: Tensor, item_idx: Tensor) -> Tensor:
-        return self.item_count[item_idx]  # (B,)
-
-    def score_all_items(self, user_idx: Tensor) -> Tensor:
-        return self.item_count.expand(len(user_idx), -1)  # (C, n_items)
-
-
-def popularity_scorer(train: Pairs, n_items: int) -> PopularityScorer:
-    positive = train.label == 1
-    return PopularityScorer(torch.bincount(train.item[positive].long(), minlength=n_items))
-
-
-class FactorScorer(nn.Module):
-    """score(u, i) = <user_factors[u], item_factors[i]> (ALS)."""
-
-    user_factors: Tensor
-    item_factors: Tensor
-
-    def __init__(self, user_factors: Tensor, item_factors: Tensor) -> None:
-        super().__init__()
-        if user_factors.shape[1] != item_factors.shape[1]:
-            raise ValueError(f"user factors {tuple(user_factors.shape)} and item factors "
-                             f"{tuple(item_factors.shape)} must have the same rank")
-        self.register_buffer("user_factors", user_factors.float())  # (n_users, r)
-        self.register_buffer("item_factors", item_factors.float())  # (n_items, r)
-
-    def forward(self, user_idx: Tensor, item_idx: Tensor) -> Tensor:
-        return (self.user_factors[user_idx] * self.item_factors[item_idx]).sum(-1)  # (B,)
-
-    def score_all_items(self, user_idx: Tensor) -> Tensor:
-        return self.user_factors[user_idx] @ self.item_factors.T  # (C, n_items)
-
-
-def _factor_table(folder: Any, schema: layout.Schema, key: str, n_rows: int) -> Tensor:
-    """(n_rows, rank) float32; rows the folder does not hold stay 0."""
-    table = layout.read_lake_table(folder, schema)
-    index = torch.tensor(table.column(key).to_numpy(), dtype=torch.int64)
-    vectors = table.column(layout.FACTORS).to_pylist()
-    if not vectors:
-        raise BaselineError(f"{folder} holds no factors: re-run jobs/als.py")
-    if int(index.min()) < 0 or int(index.max()) >= n_rows:
-        raise BaselineError(f"{folder}: {key} outside 0..{n_rows - 1}: the factors were fitted "
-                            "on another prepare run; re-run jobs/als.py for this date")
-    out = torch.zeros(n_rows, len(vectors[0]))
-    out[index] = torch.tensor(vectors, dtype=torch.float32)
-    return out
-
-
-def load_als_scorer(paths: layout.LakePaths, n_users: int, n_items: int) -> FactorScorer:
-    """The factors jobs/als.py wrote for this run, as a dot-product scorer."""
-    folder = paths.path(layout.ALS)
-    if not folder.is_dir():
-        raise BaselineError(f"{folder} does not exist: run jobs/als.py (spark-submit) for "
-                            f"{paths.logical_date} before the baselines stage")
-    fitted_on = (layout.read_manifest(paths).get("als") or {}).get("input_sha256")
-    if fitted_on is not None and fitted_on != layout.sha256_dir(paths.path(layout.TRAIN)):
-        raise BaselineError(f"{folder} was fitted on another train/ than the one in the lake "
-                            "(prepare ran again since): re-run jobs/als.py for "
-                            f"{paths.logical_date}")
-    return FactorScorer(
-        _factor_table(folder / layout.USER_FACTORS, layout.USER_FACTORS_SCHEMA,
-                      layout.USER_IDX, n_users),
-        _factor_table(folder / layout.ITEM_FACTORS, layout.ITEM_FACTORS_SCHEMA,
-                      layout.ITEM_IDX, n_items))
 
 
 @dataclasses.dataclass
@@ -192,13 +115,13 @@ def _log_baseline(run: tracking.RunLogger, cfg: NCFConfig, paths: layout.LakePat
         run.log_training_curves(baseline.history, title=f"{name} training")
 
 
-def run_baselines(cfg: NCFConfig, paths: layout.LakePaths,
+def run(cfg: NCFConfig, paths: layout.LakePaths,
                   device: torch.device) -> dict[str, str]:
     """Evaluate every enabled baseline on test/, one MLflow run each; {name: run_id}."""
     manifest = layout.read_manifest(paths)
     prepared = manifest.get("prepare")
     if not prepared:
-        raise BaselineError(f"{paths.manifest}: no 'prepare' entry; run the prepare task for "
+        raise StageError(f"{paths.manifest}: no 'prepare' entry; run the prepare task for "
                             f"{paths.logical_date} before the baselines")
     n_users, n_items = int(prepared["n_users"]), int(prepared["n_items"])
     train = load_pairs(paths.path(layout.TRAIN), device)

@@ -36,7 +36,7 @@ cleared and re-run alone, and a re-run of the same date rewrites the same output
 from __future__ import annotations
 
 import os
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -66,18 +66,9 @@ def _publish_task(config: Path, dataset: str) -> Any:
     @task(task_id="publish", outlets=[asset])
     def publish(ds: str | None = None, outlet_events: Any = None) -> dict[str, object]:
         """Load topk/ into the table and swap it in; the asset event carries the counts."""
-        from jobs.lake import cli, layout
-        from jobs.lake.config import load_data_config
-        from jobs.serving.publish import publish_run
+        from jobs.serving.publish import publish_task
 
-        cfg = load_data_config(config)
-        paths = layout.LakePaths(cli.lake_root(None), cfg.dataset, str(ds))
-        entry = publish_run(cfg, paths, recommendations_db_url())
-        keys = ("dataset", "rows", "users", "popularity_users", "model_name", "model_version",
-                "run_id", "table")
-        outlet_events[asset].extra = {**{key: entry[key] for key in keys},
-                                      "logical_date": str(ds)}
-        return entry
+        return publish_task(config, str(ds), recommendations_db_url(), outlet_events[asset])
 
     return publish()
 
@@ -89,7 +80,7 @@ def build_dag(config: Path) -> DAG:
         description=f"NCF recommendations for {dataset}: Spark prep, torch training, SQL table",
         doc_md=__doc__,
         schedule="@daily",
-        start_date=datetime(2026, 1, 1),
+        start_date=datetime(2026, 1, 1, tzinfo=UTC),
         catchup=False,
         max_active_runs=1,
         default_args=DEFAULT_ARGS,
@@ -98,8 +89,7 @@ def build_dag(config: Path) -> DAG:
         ingest = spark_task("ingest", config, dataset)
         validate_interactions = python_task("validate_interactions", "jobs.quality.validate",
                                             [*stage_args(config), "--stage", "interactions"])
-        prepare = spark_task("prepare", config, dataset)
-        prepare.application_args = [*(prepare.application_args or []), "--as-of", AS_OF]
+        prepare = spark_task("prepare", config, dataset, extra_args=["--as-of", AS_OF])
         validate_splits = python_task("validate_splits", "jobs.quality.validate",
                                       [*stage_args(config), "--stage", "splits"])
         train = model_task("train", ["train", *stage_args(config)])

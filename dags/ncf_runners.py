@@ -98,6 +98,7 @@ def spark_conf(environ: Mapping[str, str] | None = None) -> dict[str, str]:
 
 
 def spark_task(stage: str, config: Path | str, dataset: str, *,
+               extra_args: Sequence[str] = (),
                environ: Mapping[str, str] | None = None) -> SparkSubmitOperator:
     """`spark-submit jobs/<stage>.py --config ... --logical-date {{ ds }}` on `spark_default`.
 
@@ -109,7 +110,7 @@ def spark_task(stage: str, config: Path | str, dataset: str, *,
     return SparkSubmitOperator(
         task_id=stage,
         application=str(REPO / "jobs" / f"{stage}.py"),
-        application_args=stage_args(config),
+        application_args=[*stage_args(config), *extra_args],
         conn_id="spark_default",
         conf=spark_conf(env),
         name=f"ncf-{stage}-{dataset}",

@@ -45,7 +45,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.prog = "python -m ncf_model"
     parser.add_argument("stage", choices=("train", "evaluate", "recommend", "baselines"))
     parser.add_argument("--device", help="cuda, cuda:1, cpu (default: CUDA when available)")
-    parser.add_argument("--model-name", help="registered model (default ncf-<dataset>)")
+    parser.add_argument("--model-name", help="registered model (default: publish.model_name, else ncf-<dataset>)")
     args = parser.parse_args(argv)
     configure_logging()
 
@@ -58,7 +58,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     paths = _paths(cfg, args)
     device = select_device(args.device)
     log.info("%s %s for %s on %s", args.stage, cfg.dataset, paths.logical_date, device)
-    model_name = args.model_name or f"ncf-{cfg.dataset}"
+    model_name = args.model_name or cfg.model_name
     code = 0
     if args.stage == "train":
         result: object = train.run(cfg, paths, device)

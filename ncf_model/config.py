@@ -10,7 +10,14 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
-from jobs.lake.config import BASELINES, AlsConfig, build_section, check_field, read_yaml
+from jobs.lake.config import (
+    BASELINES,
+    AlsConfig,
+    PublishConfig,
+    build_section,
+    check_field,
+    read_yaml,
+)
 
 MODEL_KINDS = ("gmf", "mlp", "neumf", "mf", "hybrid")
 NEGATIVE_MODES = ("resample", "lake")
@@ -195,6 +202,13 @@ class NCFConfig:
     evaluate: EvaluateConfig
     recommend: RecommendConfig
     baselines: BaselinesConfig = dataclasses.field(default_factory=BaselinesConfig)
+    # The registered model: publish.model_name (the one key the table and the registry
+    # share, owned by the data side's PublishConfig), else ncf-<dataset>.
+    model_name: str = ""
+
+    def __post_init__(self) -> None:
+        if not self.model_name:
+            object.__setattr__(self, "model_name", f"ncf-{self.dataset}")
 
 
 def load_ncf_config(path: str | Path) -> NCFConfig:
@@ -207,4 +221,6 @@ def load_ncf_config(path: str | Path) -> NCFConfig:
         evaluate=build_section(EvaluateConfig, raw.get("evaluate"), f"{where}: evaluate"),
         recommend=build_section(RecommendConfig, raw.get("recommend"), f"{where}: recommend"),
         baselines=build_section(BaselinesConfig, raw.get("baselines"), f"{where}: baselines"),
+        model_name=build_section(PublishConfig, raw.get("publish"),
+                                 f"{where}: publish").model_name or "",
     )

@@ -104,12 +104,6 @@ def _bad_topk(kind: str) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
         users = users[users[USER_IDX] != 2]
     elif kind == "missing item":
         items = items[items[ITEM_IDX] != 4]
-    elif kind == "rank gap":
-        topk.loc[(topk[USER_IDX] == 1) & (topk[RANK] == 3), RANK] = 9
-    elif kind == "zero-based":
-        topk[RANK] -= 1
-    elif kind == "duplicate rank":
-        topk.loc[(topk[USER_IDX] == 0) & (topk[RANK] == 2), RANK] = 1
     elif kind == "duplicate index":
         users = pd.concat([users, pd.DataFrame({USER_ID: ["other"], USER_IDX: [0]})])
     elif kind == "empty":
@@ -120,9 +114,6 @@ def _bad_topk(kind: str) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
 @pytest.mark.parametrize(("kind", "message"), [
     ("missing user", r"users: no user_id for 1 user_idx value\(s\) of topk, e.g. 2"),
     ("missing item", r"items: no item_id for 1 item_idx value\(s\) of topk, e.g. 4"),
-    ("rank gap", r"ranks must run 1..K for each user; 1 user\(s\) do not, e.g. user_idx 1"),
-    ("zero-based", r"ranks must run 1..K for each user; 3 user\(s\)"),
-    ("duplicate rank", r"2 rows share a \(user_idx, rank\), e.g. user_idx=0 rank=1"),
     ("duplicate index", r"users: user_idx is not unique"),
     ("empty", r"topk: no recommendations to publish"),
 ])

@@ -33,15 +33,13 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pandas as pd
 import sqlalchemy as sa
 
 from jobs.lake import cli, layout
-from jobs.lake.config import DataConfig
+from jobs.lake.config import DataConfig, load_data_config
 from jobs.lake.layout import (
     ITEM_ID,
-    ITEM_IDX,
     ITEMS,
     ITEMS_SCHEMA,
     RANK,
@@ -102,36 +100,19 @@ def _utc_naive(moment: dt.datetime) -> dt.datetime:
 
 
 def _check_topk(topk: pd.DataFrame) -> None:
+    """What loading needs: the columns and no nulls (the table's columns are NOT NULL).
+
+    The top-k invariants (k rows per user, ranks 1..k, no repeated item, finite scores
+    falling with rank, known sources) are the recommendations suite's
+    (jobs.quality.expectations), checked by the validate_recommendations task that every
+    publish waits for: they are written once, there.
+    """
     _require_columns(topk, TOPK_SCHEMA, TOPK)
     if topk.empty:
         raise PublishError(f"{TOPK}: no recommendations to publish")
     nulls = [column for column in layout.columns(TOPK_SCHEMA) if topk[column].isna().any()]
     if nulls:
         raise PublishError(f"{TOPK}: null values in column(s) {nulls}; re-run recommend")
-    finite = np.isfinite(topk[SCORE].to_numpy(dtype=np.float64))
-    if not finite.all():
-        bad = topk.loc[~finite, [USER_IDX, RANK, SCORE]]
-        raise PublishError(f"{TOPK}: {len(bad)} non-finite scores, e.g. {_sample(bad)}; "
-                           "the model produced NaN/inf; check training before publishing")
-    duplicated = topk[topk.duplicated([USER_IDX, RANK], keep=False)]
-    if not duplicated.empty:
-        raise PublishError(f"{TOPK}: {len(duplicated)} rows share a (user_idx, rank), e.g. "
-                           f"{_sample(duplicated[[USER_IDX, RANK, ITEM_IDX]])}; each user's "
-                           "list must rank each position once; re-run recommend")
-    ranks = topk.groupby(USER_IDX)[RANK].agg(["min", "max", "size"])
-    gaps = ranks[(ranks["min"] != 1) | (ranks["max"] != ranks["size"])]
-    if not gaps.empty:
-        raise PublishError(f"{TOPK}: ranks must run 1..K for each user; {len(gaps)} user(s) "
-                           f"do not, e.g. user_idx {_sample(gaps.index)} (min rank "
-                           f"{gaps['min'].iloc[0]}, max {gaps['max'].iloc[0]}, "
-                           f"{gaps['size'].iloc[0]} rows); re-run recommend")
-    unknown = sorted(set(topk[SOURCE].astype(str)) - set(SOURCES))
-    if unknown:
-        raise PublishError(f"{TOPK}: source must be one of {list(SOURCES)}, got {unknown}")
-    repeated = topk[topk.duplicated([USER_IDX, ITEM_IDX], keep=False)]
-    if not repeated.empty:
-        raise PublishError(f"{TOPK}: an item appears twice in one user's list, e.g. "
-                           f"{_sample(repeated[[USER_IDX, ITEM_IDX, RANK]])}; re-run recommend")
 
 
 def _map_ids(topk: pd.DataFrame, mapping: pd.DataFrame, name: str, schema: Schema) -> pd.Series:
@@ -286,6 +267,23 @@ def publish_run(cfg: DataConfig, paths: LakePaths, url: str, *,
     layout.update_manifest(paths, "publish", entry)
     logger.info("published %d rows of %s %s (model %s version %s) to %s", count, cfg.dataset,
                 paths.logical_date, cfg.model_name, model_version, table.masked_url(url))
+    return entry
+
+
+ASSET_EXTRA_KEYS = ("dataset", "rows", "users", "popularity_users", "model_name",
+                    "model_version", "run_id", "table")
+
+
+def publish_task(config: Path, logical_date: str, url: str, asset_event: Any = None,
+                 lake_root: Path | None = None) -> dict[str, Any]:
+    """The publish task's body: load the config, publish the run of `logical_date`, and put
+    the counts on the Airflow asset event (`outlet_events[asset]`) when one is given."""
+    cfg = load_data_config(config)
+    paths = LakePaths(cli.lake_root(lake_root), cfg.dataset, logical_date)
+    entry = publish_run(cfg, paths, url)
+    if asset_event is not None:
+        asset_event.extra = {**{key: entry[key] for key in ASSET_EXTRA_KEYS},
+                             "logical_date": logical_date}
     return entry
 
 

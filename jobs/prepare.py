@@ -153,15 +153,23 @@ def build_pairs(
                                      stream=stream, distinct=True, cache=cache)
         return _labelled(positives, negatives)
 
-    train_demand = train_positives.groupBy(layout.USER_IDX).agg(
-        (F.count(F.lit(1)) * cfg.n_negatives).alias(N_NEEDED))
-    train_negatives = sample_negatives(train_demand, touched, n_items=n_items, seed=cfg.seed,
-                                       stream=STREAM_TRAIN, distinct=False,
-                                       cache=cache)
+    if cfg.n_negatives == 0:  # the default: the trainer draws its own on the device
+        train = conform(train_positives.withColumn(layout.LABEL, F.lit(1)), layout.PAIRS_SCHEMA)
+    else:
+        # Training negatives exclude only what the model may know: the items the user
+        # touched, less its held-out validation and test positives (excluding those would
+        # tell the model they are not negatives: a leak into the evaluation).
+        held_out = validation_positives.unionByName(test_positives).select(
+            layout.USER_IDX, layout.ITEM_IDX)
+        known = touched.join(held_out, [layout.USER_IDX, layout.ITEM_IDX], "left_anti")
+        train_demand = train_positives.groupBy(layout.USER_IDX).agg(
+            (F.count(F.lit(1)) * cfg.n_negatives).alias(N_NEEDED))
+        train = _labelled(train_positives, sample_negatives(
+            train_demand, known, n_items=n_items, seed=cfg.seed, stream=STREAM_TRAIN,
+            distinct=False, cache=cache))
     test = (evaluation(test_positives, STREAM_TEST) if presplit_test is None
             else conform(presplit_test, layout.PAIRS_SCHEMA))
-    return (_labelled(train_positives, train_negatives),
-            evaluation(validation_positives, STREAM_VALIDATION), test)
+    return train, evaluation(validation_positives, STREAM_VALIDATION), test
 
 
 # --- the job -------------------------------------------------------------------------
@@ -251,9 +259,10 @@ def _tally_written(spark: SparkSession, staged: dict[str, Path],
 
 def uses_fast_path(cfg: PrepareConfig, *, presplit: bool) -> bool:
     """Whether jobs.prepare_fast writes the splits: leave_one_out on binarise rule `any` (the
-    touched pairs are then exactly the positives), unless FUSED_PATH is turned off."""
+    touched pairs are then exactly the positives) with no training negatives in the lake
+    (the default), unless FUSED_PATH is turned off."""
     return (FUSED_PATH and not presplit and cfg.split.method == "leave_one_out"
-            and cfg.binarise.rule == "any")
+            and cfg.binarise.rule == "any" and cfg.n_negatives == 0)
 
 
 def _write_general(positives: DataFrame, presplit_test: DataFrame | None, events: DataFrame,
@@ -332,7 +341,6 @@ def write_outputs(events: DataFrame, positives: DataFrame, paths: layout.LakePat
         unscorable = None
         if uses_fast_path(cfg, presplit=presplit_test is not None):
             params = prepare_fast.Params(n_items=n_items, seed=cfg.seed,
-                                         n_negatives=cfg.n_negatives,
                                          n_eval_negatives=cfg.n_eval_negatives)
             tally = prepare_fast.write_splits(positives.transform(indexed), staged, params,
                                               files=cfg.output_partitions)

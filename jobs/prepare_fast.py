@@ -76,7 +76,6 @@ class Params:
 
     n_items: int
     seed: int
-    n_negatives: int
     n_eval_negatives: int
     max_rounds: int = dataclasses.field(default_factory=lambda: negatives.MAX_ROUNDS)
     chunk_bytes: int = dataclasses.field(default_factory=lambda: CHUNK_BYTES)
@@ -174,20 +173,16 @@ def split_and_sample(users: np.ndarray, items: np.ndarray, ts: np.ndarray,
 
     touched = Ragged(items, np.r_[0, np.cumsum(counts)].astype(np.int64))
     untouched = n_items - counts.astype(np.int64)
-    n_train = np.bincount(row[in_split[layout.TRAIN]], minlength=n_users)
-    demand = {
-        # distinct=False: exactly the demand for any user with an untouched item.
-        layout.TRAIN: np.where(untouched > 0, n_train * params.n_negatives, 0),
-        # distinct=True: at most the untouched items.
-        layout.VALIDATION: np.where(evaluated, np.minimum(params.n_eval_negatives,
-                                                          untouched), 0),
-    }
-    demand[layout.TEST] = demand[layout.VALIDATION]
+    # Distinct evaluation negatives: at most the untouched items. The fast path writes no
+    # training negatives (the trainer draws its own; prepare sends n_negatives > 0 to the
+    # general path, whose rule excludes only what the model may know).
+    demand = np.where(evaluated, np.minimum(params.n_eval_negatives, untouched), 0)
     result = Result(user_ids.astype(np.int32), {}, {})
+    none = np.empty(0, dtype=np.int64)
     for split in SPLITS:
-        negative_rows, negative_items = _sample(
-            user_ids, touched, untouched, demand[split].astype(np.int64), params,
-            stream=STREAMS[split], distinct=split != layout.TRAIN)
+        negative_rows, negative_items = (none, none) if split == layout.TRAIN else _sample(
+            user_ids, touched, untouched, demand.astype(np.int64), params,
+            stream=STREAMS[split], distinct=True)
         mask = in_split[split]
         # File order: by user, positives first, then by item (repeats side by side).
         key = np.sort(np.r_[row[mask] * (2 * n_items) + items[mask],

@@ -45,7 +45,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.prog = "python -m ncf_model"
     parser.add_argument("stage", choices=("train", "evaluate", "recommend", "baselines"))
     parser.add_argument("--device", help="cuda, cuda:1, cpu (default: CUDA when available)")
-    parser.add_argument("--model-name", help="registered model (default: publish.model_name, else ncf-<dataset>)")
+    parser.add_argument("--model-name",
+                        help="registered model (default: publish.model_name, else ncf-<dataset>)")
     args = parser.parse_args(argv)
     configure_logging()
 

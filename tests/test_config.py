@@ -38,7 +38,7 @@ def test_every_shipped_config_loads_for_both_sides() -> None:
 def test_defaults_fill_missing_sections_and_asdict_is_plain(tmp_path: Path) -> None:
     data = load_data_config(_write(tmp_path, _base()))
     model = load_ncf_config(_write(tmp_path, _base(model={"mlp_layers": [32, 16]})))
-    assert data.prepare.n_negatives == 4 and data.prepare.n_eval_negatives == 99
+    assert data.prepare.n_negatives == 0 and data.prepare.n_eval_negatives == 99
     assert model.model.mlp_layers == (32, 16)
     assert dataclasses.asdict(model.train)["lr"] == pytest.approx(0.001)
 

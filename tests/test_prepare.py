@@ -128,7 +128,28 @@ def test_build_pairs_same_seed_same_rows_and_bytes(spark: SparkSession,
         expected = [(p, 3 * p if n_negatives is None else n_negatives) for p, _ in per_user]
         assert per_user == expected, name
         negatives = df.where(F.col(layout.LABEL) == 0).drop(layout.LABEL)
-        assert not set(_pairs(negatives)) & positive_pairs, name
+        known = set(_pairs(spark.read.parquet(str(written[0] / "train")).where(
+            F.col(layout.LABEL) == 1).drop(layout.LABEL))) if name == "train" else positive_pairs
+        assert not set(_pairs(negatives)) & known, name
+
+
+def test_training_negatives_exclude_only_what_the_model_may_know(spark: SparkSession) -> None:
+    """A user's held-out validation and test items may be training negatives (excluding them
+    would tell the model something about the evaluation); its training positives never."""
+    positives = spark.createDataFrame([(0, item, _ts(item)) for item in range(6)],
+                                      POSITIVES_DDL)  # 8 items: 6 touched, latest = 5
+    touched = positives.select(layout.USER_IDX, layout.ITEM_IDX)
+    cfg = PrepareConfig(n_negatives=10, n_eval_negatives=2, seed=3)
+    train, validation, test = build_pairs(*split_leave_one_out(positives, seed=cfg.seed),
+                                          touched, n_items=8, cfg=cfg)
+    drawn = {row[layout.ITEM_IDX] for row in train.where(F.col(layout.LABEL) == 0).collect()}
+    assert drawn == {4, 5, 6, 7}  # 40 draws over the validation (4), test (5) and untouched
+    assert {row[layout.ITEM_IDX] for row in test.where(F.col(layout.LABEL) == 0).collect()} \
+        == {6, 7}  # evaluation negatives: never anything the user touched
+    unsampled = PrepareConfig(n_eval_negatives=2, seed=3)  # the default: none in train/
+    train, _, _ = build_pairs(*split_leave_one_out(positives, seed=3), touched, n_items=8,
+                              cfg=unsampled)
+    assert {row[layout.LABEL] for row in train.collect()} == {1}
 
 
 # --- main --------------------------------------------------------------------------

@@ -81,19 +81,19 @@ def _write(spark: SparkSession, events: DataFrame, root: Path, cfg: PrepareConfi
     return counts, {name: layout.sha256_dir(paths.path(name)) for name in SPLITS}
 
 
-@pytest.mark.parametrize("case", [(30, 1, True, 7, 4), (300, 2, True, 1000, 4),
-                                  (120, 3, False, 5, 4), (300, 9, True, 1000, 1)],
+@pytest.mark.parametrize("case", [(30, 1, True, 7, 4, 9), (300, 2, True, 1000, 4, 9),
+                                  (120, 3, False, 5, 4, 9), (300, 9, True, 1000, 1, 120)],
                          ids=["enumerated-chunks-of-7", "rounds", "without-timestamps",
                               "short-after-the-last-round"])
 def test_prepare_fast_writes_the_general_paths_bytes(spark: SparkSession, tmp_path: Path,
                                               monkeypatch: pytest.MonkeyPatch,
                                               caplog: pytest.LogCaptureFixture,
-                                              case: tuple[int, int, bool, int, int]) -> None:
+                                              case: tuple[int, int, bool, int, int, int]) -> None:
     """Both paths on the same events (n_items items, a seed, chunks of users, sampling
     rounds): the same counts and the same sha256 for train/, validation/ and test/."""
-    n_items, seed, with_ts, chunk_users, rounds = case
+    n_items, seed, with_ts, chunk_users, rounds, n_eval = case
     events = _events(spark, n_items, seed, with_ts=with_ts)
-    cfg = PrepareConfig(n_negatives=4, n_eval_negatives=9, seed=seed, output_partitions=3)
+    cfg = PrepareConfig(n_eval_negatives=n_eval, seed=seed, output_partitions=3)
     assert prepare.uses_fast_path(cfg, presplit=False)
     monkeypatch.setattr(prepare_fast, "CHUNK_BYTES", chunk_users * (n_items + 1))
     monkeypatch.setattr(negatives, "MAX_ROUNDS", rounds)  # read by both paths
@@ -109,19 +109,19 @@ def test_prepare_fast_writes_the_general_paths_bytes(spark: SparkSession, tmp_pa
     assert fast == general
     counts = general[0]
     assert counts["train_rows"] > 0 and counts["test_rows"] > 0
-    # The cases the data is built for did happen: short users, repeats in training.
+    # The case the data is built for did happen: users short of evaluation negatives.
     assert counts["users_short_of_eval_negatives"] > 0
     lake = layout.LakePaths(tmp_path / "fused", "t", DATE)
-    train = spark.read.parquet(str(lake.path(layout.TRAIN)))
-    assert train.count() > train.distinct().count()
-    # Repeats only for users who need more negatives than they have untouched items.
+    # No training negatives by default: train/ holds the positives only.
+    assert set(pd.read_parquet(lake.path(layout.TRAIN))["label"]) == {1}
+    # Evaluation negatives are distinct: min(needed, untouched) per user.
     touched = pd.concat([pd.read_parquet(lake.path(split)).query("label == 1")
                          for split in SPLITS]).groupby("user_idx").size()
-    drawn = (train.toPandas().query("label == 0").groupby("user_idx")["item_idx"]
-             .agg(["size", "nunique"]))
+    drawn = (pd.read_parquet(lake.path(layout.TEST)).query("label == 0")
+             .groupby("user_idx")["item_idx"].agg(["size", "nunique"]))
     untouched = n_items - touched.reindex(drawn.index)
-    assert (drawn["nunique"] == np.minimum(drawn["size"], untouched)).all(), drawn[
-        drawn["nunique"] != np.minimum(drawn["size"], untouched)]
+    assert (drawn["nunique"] == drawn["size"]).all()
+    assert (drawn["size"] == np.minimum(n_eval, untouched)).all()
 
 
 @pytest.mark.parametrize("n_users", [1, 3])
@@ -133,7 +133,7 @@ def test_prepare_fast_names_files_as_write_parquet_with_empty_partitions(
     rows = [(f"u{user}", f"i{item}", pd.Timestamp(item, unit="s", tz="UTC").to_pydatetime(),
              1.0) for user in range(n_users) for item in range(user * 2 + 1)]
     events = spark.createDataFrame(rows, layout.ddl(layout.INTERACTIONS_SCHEMA))
-    cfg = PrepareConfig(n_negatives=1, n_eval_negatives=2, seed=1, output_partitions=6)
+    cfg = PrepareConfig(n_eval_negatives=2, seed=1, output_partitions=6)
     general = _write(spark, events, tmp_path / "general", cfg, fast_path=False,
                      monkeypatch=monkeypatch)
     fast = _write(spark, events, tmp_path / "fused", cfg, fast_path=True,
@@ -156,7 +156,7 @@ def test_split_and_sample_rows(spark: SparkSession) -> None:
     items = np.concatenate([rng.choice(50, n, replace=False) for n in (1, 3, 5, 8)]
                            ).astype(np.int32)
     ts = np.arange(len(users), dtype=np.int64) * 1_000_000
-    params = prepare_fast.Params(n_items=50, seed=1, n_negatives=2, n_eval_negatives=6)
+    params = prepare_fast.Params(n_items=50, seed=1, n_eval_negatives=6)
     order = rng.permutation(len(users))
     result = prepare_fast.split_and_sample(users[order], items[order], ts[order],
                                     np.ones(len(users), bool), params)
@@ -175,7 +175,7 @@ def test_split_and_sample_rows(spark: SparkSession) -> None:
             assert not set(negatives.tolist()) & own
             assert list(negatives) == sorted(negatives) and list(row[:n_pos]) == sorted(
                 row[:n_pos])
-            wanted = 2 * n_pos if split == layout.TRAIN else (6 if n_pos else 0)
+            wanted = 0 if split == layout.TRAIN else (6 if n_pos else 0)
             assert len(negatives) == wanted, (user, split)
         if user:
             test = result.items[layout.TEST]
@@ -192,7 +192,7 @@ def test_main_fused_and_general_write_the_same_lake(spark: SparkSession, tmp_pat
     config.write_text(yaml.safe_dump({
         "dataset": "tiny",
         "source": {"format": "movielens-100k", "path": "ml-100k/u.data", "sha256": "0" * 64},
-        "prepare": {"binarise": {"rule": "any"}, "n_negatives": 3, "n_eval_negatives": 7,
+        "prepare": {"binarise": {"rule": "any"}, "n_eval_negatives": 7,
                     "seed": 9, "output_partitions": 2}}))
     as_of = "1970-01-01T02:30:00+00:00"  # 9,000 s: a tenth of the events come later
     source = tmp_path / "interactions"

@@ -344,7 +344,9 @@ class PrepareConfig:
     min_item_positives: int = 1
     k_core_max_iterations: int = 50  # the manifest says when this cap stopped the k-core
     split: SplitConfig = dataclasses.field(default_factory=SplitConfig)
-    n_negatives: int = 4  # per training positive
+    # Training negatives per positive written to train/: 0 (the default) writes none, the
+    # trainer draws its own each epoch; > 0 only for train.negatives: lake.
+    n_negatives: int = 0
     n_eval_negatives: int = 99  # per evaluated user, for validation and for test
     seed: int = 42
     output_partitions: int = 1

@@ -28,12 +28,12 @@ import sqlalchemy as sa
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from jobs.lake import layout  # noqa: E402
+from jobs.serving.engine import create_db_engine  # noqa: E402
 from jobs.serving.table import (  # noqa: E402
     DATASET,
     TABLE_COLUMNS,
     RunInfo,
     Tables,
-    create_db_engine,
     ensure_tables,
     load_run,
     swap_in,

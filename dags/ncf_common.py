@@ -23,7 +23,8 @@ def recommendations_asset(dataset: str) -> Asset:
 
 def recommendations_db_url() -> str:
     """The table's SQLAlchemy URL. Call it in a task, never at parse time."""
-    from jobs.serving import publish, table
+    from jobs.serving import publish
+    from jobs.serving.engine import sqlalchemy_url
 
     try:
         conn = Connection.get(DB_CONN_ID)
@@ -31,4 +32,4 @@ def recommendations_db_url() -> str:
         return publish.db_url()  # $NCF_DB_URL or the local default
     if conn.conn_type == "sqlite":  # the file path is the connection's host
         return f"sqlite:///{conn.host}"
-    return table.sqlalchemy_url(conn.get_uri())
+    return sqlalchemy_url(conn.get_uri())

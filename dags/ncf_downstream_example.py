@@ -21,7 +21,7 @@ from typing import Any
 from airflow.sdk import DAG, AssetAny, task
 from ncf_common import recommendations_asset, recommendations_db_url
 
-from jobs.lake.config import read_yaml
+from jobs.lake.loader import read_yaml
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIG_DIR = Path(os.environ.get("NCF_CONFIG_DIR", REPO / "configs"))

@@ -44,7 +44,7 @@ from airflow.sdk import DAG, task
 from ncf_common import recommendations_asset, recommendations_db_url
 from ncf_runners import model_task, python_task, spark_task, stage_args
 
-from jobs.lake.config import read_yaml
+from jobs.lake.loader import read_yaml
 
 REPO = Path(__file__).resolve().parents[1]
 # prepare's --as-of: the end of the run's data interval, so a backfill sees what was known.

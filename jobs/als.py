@@ -37,7 +37,8 @@ from pyspark.sql import functions as F
 
 from jobs.lake import layout
 from jobs.lake.cli import configure_logging, lake_root, load_stage_config, stage_parser
-from jobs.lake.config import BASELINES, AlsConfig, ConfigError, build_section, read_yaml
+from jobs.lake.config import BASELINES, AlsConfig
+from jobs.lake.loader import ConfigError, build_section, read_yaml
 from jobs.spark import get_spark, write_parquet
 
 log = logging.getLogger(__name__)

@@ -28,7 +28,9 @@ from pyspark.sql import Column, DataFrame, Window
 from pyspark.sql import functions as F
 
 from jobs.lake import layout
-from jobs.spark import cached
+from jobs.lake.config import PrepareConfig
+from jobs.lake.protocol import STREAM_TEST, STREAM_TRAIN, STREAM_VALIDATION
+from jobs.spark import cached, conform
 
 log = logging.getLogger(__name__)
 
@@ -214,3 +216,57 @@ def _take_untouched(
     return ranked.where(times > 0).select(
         layout.USER_IDX, F.explode(F.array_repeat(layout.ITEM_IDX, times.cast("int")))
         .alias(layout.ITEM_IDX))
+
+
+def _labelled(positives: DataFrame, negatives: DataFrame) -> DataFrame:
+    return conform(
+        positives.withColumn(layout.LABEL, F.lit(1))
+        .unionByName(negatives.withColumn(layout.LABEL, F.lit(0))),
+        layout.PAIRS_SCHEMA)
+
+
+def build_pairs(
+    train_positives: DataFrame,
+    validation_positives: DataFrame,
+    test_positives: DataFrame,
+    touched: DataFrame,
+    *,
+    n_items: int,
+    cfg: PrepareConfig,
+    presplit_test: DataFrame | None = None,
+    cache: list[DataFrame] | None = None,
+) -> tuple[DataFrame, DataFrame, DataFrame]:
+    """(train, validation, test) in layout.PAIRS_SCHEMA: the split's positives + negatives.
+
+    The positives are the (user_idx, item_idx) frames of a jobs.split protocol; touched
+    holds every pair any user interacted with (more than the positives when binarisation
+    leaves some out). Each split draws from its own random stream.
+    `presplit_test` (user_idx, item_idx, label), a source's own test split, is test/
+    as it is: its negatives are not drawn again. What the sampling persists goes into
+    `cache` (jobs.negatives), for the caller to release once the pairs are written.
+    """
+    def evaluation(positives: DataFrame, stream: int) -> DataFrame:
+        # One demand row per user: time_cutoff and stratified test several positives each.
+        demand = positives.select(layout.USER_IDX).distinct().select(
+            layout.USER_IDX, F.lit(cfg.n_eval_negatives).alias(N_NEEDED))
+        negatives = sample_negatives(demand, touched, n_items=n_items, seed=cfg.seed,
+                                     stream=stream, distinct=True, cache=cache)
+        return _labelled(positives, negatives)
+
+    if cfg.n_negatives == 0:  # the default: the trainer draws its own on the device
+        train = conform(train_positives.withColumn(layout.LABEL, F.lit(1)), layout.PAIRS_SCHEMA)
+    else:
+        # Training negatives exclude only what the model may know: the items the user
+        # touched, less its held-out validation and test positives (excluding those would
+        # tell the model they are not negatives: a leak into the evaluation).
+        held_out = validation_positives.unionByName(test_positives).select(
+            layout.USER_IDX, layout.ITEM_IDX)
+        known = touched.join(held_out, [layout.USER_IDX, layout.ITEM_IDX], "left_anti")
+        train_demand = train_positives.groupBy(layout.USER_IDX).agg(
+            (F.count(F.lit(1)) * cfg.n_negatives).alias(N_NEEDED))
+        train = _labelled(train_positives, sample_negatives(
+            train_demand, known, n_items=n_items, seed=cfg.seed, stream=STREAM_TRAIN,
+            distinct=False, cache=cache))
+    test = (evaluation(test_positives, STREAM_TEST) if presplit_test is None
+            else conform(presplit_test, layout.PAIRS_SCHEMA))
+    return train, evaluation(validation_positives, STREAM_VALIDATION), test

@@ -45,13 +45,13 @@ from pyspark.sql import functions as F
 
 from jobs import prepare_fast
 from jobs.filters import select_positives
+from jobs.index import index_ids
 from jobs.lake import layout
 from jobs.lake.cli import configure_logging, lake_root, load_stage_config, stage_parser
 from jobs.lake.config import FORMATS_WITHOUT_TIMESTAMPS, PRESPLIT_FORMAT, PrepareConfig, parse_utc
-from jobs.lake.protocol import STREAM_TEST, STREAM_TRAIN, STREAM_VALIDATION
-from jobs.negatives import N_NEEDED, sample_negatives
+from jobs.negatives import build_pairs
 from jobs.prepare_fast import Tally
-from jobs.spark import conform, get_spark, read_parquet, write_parquet
+from jobs.spark import get_spark, read_parquet, write_parquet
 from jobs.split import (
     split_leave_one_out,
     split_presplit,
@@ -77,99 +77,6 @@ def pairs_order() -> list[Column]:
 
 
 # --- transforms ----------------------------------------------------------------------
-
-def _dense_order(ids: list[str | None]) -> list[str | None]:
-    """Distinct ids in index order: numerically when all are digits, else as text.
-
-    Digit strings sort by length, then as text (numeric order without casting, so ids
-    past the range of a long still sort); text sorts by code point, which is the byte
-    order of UTF-8 that Spark sorts strings by. A null id (never in a lake written by
-    jobs.ingest) comes first, as in an ascending Spark sort.
-    """
-    present = [i for i in ids if i is not None]
-    if all(i.isascii() and i.isdigit() for i in present):
-        present.sort(key=lambda i: (len(i), i))
-    else:
-        present.sort()
-    return ([None] if len(present) < len(ids) else []) + present
-
-
-def index_ids(interactions: DataFrame) -> tuple[DataFrame, DataFrame]:
-    """(users, items): user_id -> user_idx and item_id -> item_idx, int32, dense from 0.
-
-    One pass over the interactions collects the distinct users and items (hundreds of
-    thousands of short strings at MovieLens-20M scale, a few MB); the driver numbers
-    them: two Spark jobs, each a distinct, a single-task window and a second pass over
-    the distinct ids, cost far more than sorting them in Python.
-    """
-    spark = interactions.sparkSession
-    tagged = F.explode(F.array(
-        F.struct(F.lit(0).alias("_kind"), F.col(layout.USER_ID).alias("_id")),
-        F.struct(F.lit(1).alias("_kind"), F.col(layout.ITEM_ID).alias("_id"))))
-    distinct = interactions.select(tagged.alias("_tagged")).select("_tagged.*").distinct()
-    ids: tuple[list[str | None], list[str | None]] = ([], [])
-    for kind, id_ in distinct.collect():
-        ids[kind].append(id_)
-    frames = []
-    for values, schema in zip(ids, (layout.USERS_SCHEMA, layout.ITEMS_SCHEMA), strict=True):
-        ordered = _dense_order(values)
-        frames.append(spark.createDataFrame(list(zip(ordered, range(len(ordered)), strict=True)),
-                                            layout.ddl(schema)))
-    return frames[0], frames[1]
-
-
-def _labelled(positives: DataFrame, negatives: DataFrame) -> DataFrame:
-    return conform(
-        positives.withColumn(layout.LABEL, F.lit(1))
-        .unionByName(negatives.withColumn(layout.LABEL, F.lit(0))),
-        layout.PAIRS_SCHEMA)
-
-
-def build_pairs(
-    train_positives: DataFrame,
-    validation_positives: DataFrame,
-    test_positives: DataFrame,
-    touched: DataFrame,
-    *,
-    n_items: int,
-    cfg: PrepareConfig,
-    presplit_test: DataFrame | None = None,
-    cache: list[DataFrame] | None = None,
-) -> tuple[DataFrame, DataFrame, DataFrame]:
-    """(train, validation, test) in layout.PAIRS_SCHEMA: the split's positives + negatives.
-
-    The positives are the (user_idx, item_idx) frames of a jobs.split protocol; touched
-    holds every pair any user interacted with (more than the positives when binarisation
-    leaves some out). Each split draws from its own random stream.
-    `presplit_test` (user_idx, item_idx, label), a source's own test split, is test/
-    as it is: its negatives are not drawn again. What the sampling persists goes into
-    `cache` (jobs.negatives), for the caller to release once the pairs are written.
-    """
-    def evaluation(positives: DataFrame, stream: int) -> DataFrame:
-        # One demand row per user: time_cutoff and stratified test several positives each.
-        demand = positives.select(layout.USER_IDX).distinct().select(
-            layout.USER_IDX, F.lit(cfg.n_eval_negatives).alias(N_NEEDED))
-        negatives = sample_negatives(demand, touched, n_items=n_items, seed=cfg.seed,
-                                     stream=stream, distinct=True, cache=cache)
-        return _labelled(positives, negatives)
-
-    if cfg.n_negatives == 0:  # the default: the trainer draws its own on the device
-        train = conform(train_positives.withColumn(layout.LABEL, F.lit(1)), layout.PAIRS_SCHEMA)
-    else:
-        # Training negatives exclude only what the model may know: the items the user
-        # touched, less its held-out validation and test positives (excluding those would
-        # tell the model they are not negatives: a leak into the evaluation).
-        held_out = validation_positives.unionByName(test_positives).select(
-            layout.USER_IDX, layout.ITEM_IDX)
-        known = touched.join(held_out, [layout.USER_IDX, layout.ITEM_IDX], "left_anti")
-        train_demand = train_positives.groupBy(layout.USER_IDX).agg(
-            (F.count(F.lit(1)) * cfg.n_negatives).alias(N_NEEDED))
-        train = _labelled(train_positives, sample_negatives(
-            train_demand, known, n_items=n_items, seed=cfg.seed, stream=STREAM_TRAIN,
-            distinct=False, cache=cache))
-    test = (evaluation(test_positives, STREAM_TEST) if presplit_test is None
-            else conform(presplit_test, layout.PAIRS_SCHEMA))
-    return train, evaluation(validation_positives, STREAM_VALIDATION), test
 
 
 # --- the job -------------------------------------------------------------------------

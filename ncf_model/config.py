@@ -10,14 +10,8 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
-from jobs.lake.config import (
-    BASELINES,
-    AlsConfig,
-    PublishConfig,
-    build_section,
-    check_field,
-    read_yaml,
-)
+from jobs.lake.config import BASELINES, AlsConfig, PublishConfig
+from jobs.lake.loader import build_section, check_field, read_yaml
 
 MODEL_KINDS = ("gmf", "mlp", "neumf", "mf", "hybrid")
 NEGATIVE_MODES = ("resample", "lake")

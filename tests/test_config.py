@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from jobs.lake.config import SHA256_TODO, SOURCE_FORMATS, ConfigError, SourceFile, load_data_config
+from jobs.lake.config import SHA256_TODO, SOURCE_FORMATS, SourceFile, load_data_config
+from jobs.lake.loader import ConfigError
 from ncf_model.config import load_ncf_config
 
 REPO = Path(__file__).resolve().parents[1]

@@ -228,7 +228,7 @@ def test_spark_default_connection_points_at_the_standalone_master(
     assert hook._connection["master"] == "spark://spark-master:7077"
     assert env["MLFLOW_TRACKING_URI"] == "http://mlflow:5000"
     # The table, as the publish task reads it: the connection ncf_recommendations.
-    from jobs.serving.table import sqlalchemy_url
+    from jobs.serving.engine import sqlalchemy_url
 
     table = Connection(conn_id="ncf_recommendations",
                        uri=env["AIRFLOW_CONN_NCF_RECOMMENDATIONS"])

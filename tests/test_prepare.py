@@ -21,9 +21,11 @@ from pyspark.testing import assertDataFrameEqual
 
 from jobs import ingest, prepare
 from jobs.filters import binarise
+from jobs.index import index_ids
 from jobs.lake import layout
 from jobs.lake.config import BinariseConfig, PrepareConfig
-from jobs.prepare import PrepareError, build_pairs, default_as_of, index_ids
+from jobs.negatives import build_pairs
+from jobs.prepare import PrepareError, default_as_of
 from jobs.spark import write_parquet
 from jobs.split import split_leave_one_out
 

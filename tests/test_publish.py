@@ -35,6 +35,7 @@ from jobs.lake.layout import (
     LakePaths,
     Schema,
 )
+from jobs.serving.engine import create_db_engine
 from jobs.serving.publish import PublishError, build_rows, main
 from jobs.serving.table import (
     DATASET,
@@ -43,7 +44,6 @@ from jobs.serving.table import (
     SERVING,
     TABLE_COLUMNS,
     Tables,
-    create_db_engine,
     loaded_runs,
 )
 

@@ -22,6 +22,7 @@ import sqlalchemy as sa
 
 from jobs.lake import layout
 from jobs.lake.layout import ITEM_ID, RANK, SCORE, SOURCE, USER_ID
+from jobs.serving.engine import create_db_engine, masked_url, sqlalchemy_url
 from jobs.serving.table import (
     DATASET,
     EXPIRED,
@@ -35,15 +36,12 @@ from jobs.serving.table import (
     RunInfo,
     TableError,
     Tables,
-    create_db_engine,
     ensure_tables,
     expire_old_runs,
     grant_read_only,
     load_run,
     loaded_runs,
-    masked_url,
     rollback,
-    sqlalchemy_url,
     swap_in,
 )
 

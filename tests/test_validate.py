@@ -45,8 +45,8 @@ from jobs.quality.expectations import (
     negative_collisions,
     per_user_labels,
 )
+from jobs.quality.results import DataValidationError
 from jobs.quality.validate import (
-    DataValidationError,
     main,
     validate_interactions,
     validate_recommendations,

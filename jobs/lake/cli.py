@@ -8,7 +8,8 @@ from datetime import date
 from pathlib import Path
 
 from jobs.lake import layout
-from jobs.lake.config import ConfigError, DataConfig, load_data_config
+from jobs.lake.config import DataConfig, load_data_config
+from jobs.lake.loader import ConfigError
 
 
 def logical_date(text: str) -> str:

@@ -87,6 +87,13 @@ from jobs.quality.expectations import (
     topk_seen_suite,
     topk_suite,
 )
+from jobs.quality.results import (
+    SAMPLE_SIZE,
+    DataValidationError,
+    FailedExpectation,
+    SuiteResult,
+    ValidationReport,
+)
 
 logger = logging.getLogger(__name__)
 # GX logs at INFO freely, which drowns the task log; one of its modules sets its own logger
@@ -98,102 +105,6 @@ STAGES = ("interactions", "splits", "recommendations")
 # Split methods whose test/ holds one positive per user (jobs.lake.config.SPLIT_METHODS; presplit:
 # the NCF paper's files). time_cutoff and stratified hold out several.
 ONE_TEST_POSITIVE = ("leave_one_out", "presplit")
-SAMPLE_SIZE = 5  # unexpected values quoted per failed expectation in the error message
-
-
-
-class DataValidationError(Exception):
-    """The data in the lake breaks an expectation (or is missing); the message says what to fix."""
-
-
-@dataclass(frozen=True)
-class FailedExpectation:
-    """One failed expectation, reduced to what a person needs to act on it."""
-
-    expectation: str  # GX type, e.g. expect_column_values_to_not_be_null
-    column: str | None
-    kwargs: Mapping[str, Any]  # the expectation's bounds/sets (column and batch_id removed)
-    unexpected_count: int | None
-    element_count: int | None
-    observed: Any  # table-level expectations: the observed value
-    samples: tuple[str, ...]
-    hint: str
-    error: str | None  # GX could not evaluate the expectation (e.g. a missing column)
-
-    def describe(self) -> str:
-        target = f" on column {self.column}" if self.column else ""
-        args = ", ".join(f"{key}={value!r}" for key, value in self.kwargs.items())
-        text = f"{self.expectation}{target}" + (f" ({args})" if args else "")
-        if self.error is not None:
-            text += f": could not be evaluated: {self.error}"
-        elif self.unexpected_count is not None:
-            of = f" of {self.element_count}" if self.element_count is not None else ""
-            text += f": {self.unexpected_count}{of} rows unexpected"
-            if self.samples:
-                text += f", e.g. {'; '.join(self.samples)}"
-        elif self.observed is not None:
-            text += f": observed {self.observed!r}"
-        return text + (f"\n      fix: {self.hint}" if self.hint else "")
-
-
-@dataclass(frozen=True)
-class SuiteResult:
-    suite: str
-    dataset: str  # what the suite ran on: a lake folder, or a frame derived from folders
-    success: bool
-    evaluated: int
-    rows: int
-    report: Path
-    failures: tuple[FailedExpectation, ...] = ()
-
-
-@dataclass(frozen=True)
-class ValidationReport:
-    """The outcome of one validation stage (all suites run, even after a failure)."""
-
-    stage: str
-    paths: LakePaths
-    suites: tuple[SuiteResult, ...]
-
-    @property
-    def success(self) -> bool:
-        return all(result.success for result in self.suites)
-
-    @property
-    def evaluated(self) -> int:
-        return sum(result.evaluated for result in self.suites)
-
-    @property
-    def failed(self) -> int:
-        return sum(len(result.failures) for result in self.suites)
-
-    def manifest_entry(self) -> dict[str, Any]:
-        return {
-            "success": self.success,
-            "evaluated_expectations": self.evaluated,
-            "failed_expectations": self.failed,
-            "suites": {
-                result.suite: {
-                    "dataset": result.dataset,
-                    "success": result.success,
-                    "evaluated_expectations": result.evaluated,
-                    "failed_expectations": len(result.failures),
-                    "rows": result.rows,
-                    "report": str(result.report.relative_to(self.paths.base)),
-                }
-                for result in self.suites
-            },
-        }
-
-    def describe(self) -> str:
-        lines = [f"data validation failed for {self.paths.dataset} {self.paths.logical_date} "
-                 f"(stage {self.stage}): {self.failed} of {self.evaluated} expectations failed; "
-                 f"full reports in {self.paths.path(REPORTS)}"]
-        for result in self.suites:
-            for failure in result.failures:
-                lines.append(f"  - suite {result.suite} on {result.dataset}: "
-                             f"{failure.describe()}")
-        return "\n".join(lines)
 
 
 # --- running suites -----------------------------------------------------------------

@@ -55,6 +55,7 @@ from jobs.lake.layout import (
     Schema,
 )
 from jobs.serving import table
+from jobs.serving.engine import create_db_engine, masked_url, sqlalchemy_url
 from jobs.serving.table import (
     DATASET,
     GENERATED_AT,
@@ -175,7 +176,7 @@ def read_lake_frame(path: Path, schema: Schema) -> pd.DataFrame:
 
 def db_url(explicit: str | None = None) -> str:
     """--db-url if given, else $NCF_DB_URL, else the local SQLite file (SQLAlchemy form)."""
-    return table.sqlalchemy_url(explicit or os.environ.get(layout.ENV_DB_URL)
+    return sqlalchemy_url(explicit or os.environ.get(layout.ENV_DB_URL)
                                 or layout.DEFAULT_DB_URL)
 
 
@@ -189,7 +190,7 @@ def _prepare_sqlite_folder(url: str) -> None:
 
 def open_engine(url: str) -> sa.Engine:
     _prepare_sqlite_folder(url)
-    return table.create_db_engine(url)
+    return create_db_engine(url)
 
 
 def tables_of(cfg: DataConfig) -> Tables:
@@ -245,14 +246,14 @@ def publish_run(cfg: DataConfig, paths: LakePaths, url: str, *,
         raise PublishError(str(exc)) from exc
     except sa.exc.SQLAlchemyError as exc:  # connecting, creating tables, granting
         cause = exc.orig if isinstance(exc, sa.exc.DBAPIError) else exc
-        raise PublishError(f"database {table.masked_url(url)} failed; nothing was published: "
+        raise PublishError(f"database {masked_url(url)} failed; nothing was published: "
                            f"{type(cause).__name__}: {str(cause).strip()}") from exc
     finally:
         engine.dispose()
     entry = {
         "dataset": cfg.dataset,
         "table": cfg.publish.table,
-        "db_url": table.masked_url(url),
+        "db_url": masked_url(url),
         "rows": count,
         "users": int(rows[USER_ID].nunique()),
         "popularity_users": int(rows.loc[rows[SOURCE] == layout.SOURCE_POPULARITY,
@@ -266,7 +267,7 @@ def publish_run(cfg: DataConfig, paths: LakePaths, url: str, *,
     }
     layout.update_manifest(paths, "publish", entry)
     logger.info("published %d rows of %s %s (model %s version %s) to %s", count, cfg.dataset,
-                paths.logical_date, cfg.model_name, model_version, table.masked_url(url))
+                paths.logical_date, cfg.model_name, model_version, masked_url(url))
     return entry
 
 

@@ -20,6 +20,7 @@ import sqlalchemy as sa
 from jobs.lake import layout
 from jobs.lake.config import load_data_config
 from jobs.serving import publish, table
+from jobs.serving.engine import masked_url
 
 
 def summarise_run(config: str, logical_date: str, lake_root: str | None,
@@ -50,7 +51,7 @@ def summarise_run(config: str, logical_date: str, lake_root: str | None,
         f"  test AUC             {metrics.get('test_auc', float('nan')):.4f}",
         f"  model                {evaluate.get('model_name', '?')} "
         f"version {evaluate.get('model_version', '?')} (MLflow run {evaluate.get('run_id', '?')})",
-        f"  table                {cfg.publish.table} at {table.masked_url(engine.url)}",
+        f"  table                {cfg.publish.table} at {masked_url(engine.url)}",
         f"  rows for {cfg.dataset:<11} {rows} ({users} users)",
         f"  lake                 {paths.base}",
         "  MLflow UI            make ui   (then open http://127.0.0.1:5000)",

@@ -38,6 +38,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
 from jobs.lake.layout import ITEM_ID, RANK, SCORE, SOURCE, USER_ID
+from jobs.serving.engine import masked_url
 
 logger = logging.getLogger(__name__)
 
@@ -54,7 +55,6 @@ TABLE_COLUMNS = (DATASET, USER_ID, RANK, ITEM_ID, SCORE, SOURCE, MODEL_NAME, MOD
 LOADED, SERVING, RETIRED, EXPIRED = "loaded", "serving", "retired", "expired"
 INSERT_CHUNK = 10_000  # rows per executemany call: bounds driver memory, not atomicity
 COPY_CHUNK = 100_000  # rows per CSV block streamed to COPY
-SQLITE_BUSY_SECONDS = 120  # a second writer waits for the first instead of failing at once
 
 
 class TableError(Exception):
@@ -117,45 +117,6 @@ class Tables:
 
 
 # --- engines and URLs ---------------------------------------------------------------
-
-
-def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
-    # WAL: readers keep reading the last committed set while a publish writes the next one
-    # (with the default rollback journal they would get "database is locked").
-    cursor = dbapi_connection.cursor()
-    try:
-        cursor.execute("PRAGMA journal_mode=WAL")
-    finally:
-        cursor.close()
-
-
-def create_db_engine(url: str | sa.URL) -> Engine:
-    """An engine for `url`; SQLite connections use the WAL journal and wait when busy."""
-    parsed = sa.make_url(url)
-    if parsed.get_backend_name() == "sqlite":
-        engine = sa.create_engine(parsed, connect_args={"timeout": SQLITE_BUSY_SECONDS})
-        sa.event.listen(engine, "connect", _sqlite_pragmas)
-        return engine
-    if parsed.get_backend_name() == "postgresql":
-        # A database that is down fails the task in seconds, not after the OS's TCP timeout.
-        return sa.create_engine(parsed, connect_args={"connect_timeout": 10})
-    return sa.create_engine(parsed)
-
-
-def masked_url(url: str | sa.URL) -> str:
-    """The URL as text with any password replaced by ***, fit for logs and the manifest."""
-    return sa.make_url(url).render_as_string(hide_password=True)
-
-
-def sqlalchemy_url(uri: str) -> str:
-    """A database URI as Airflow connections and libpq write it -> a SQLAlchemy URL.
-
-    `postgres://` and `postgresql://` get the psycopg 3 driver; other URLs pass unchanged.
-    """
-    for prefix in ("postgres://", "postgresql://"):
-        if uri.startswith(prefix):
-            return "postgresql+psycopg://" + uri.removeprefix(prefix)
-    return uri
 
 
 # --- schema ---------------------------------------------------------------------------

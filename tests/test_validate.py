@@ -183,16 +183,29 @@ def test_two_test_positives_for_one_user(paths: LakePaths) -> None:
     assert layout.read_manifest(paths)["validate_splits"]["failed_expectations"] == 1
 
 
-def test_negative_equal_to_a_positive_of_the_same_user(paths: LakePaths) -> None:
+@pytest.mark.parametrize(("split", "item"), [(TRAIN, 1), (TEST, 2)],
+                         ids=["train-negative-on-a-train-positive",
+                              "test-negative-on-the-validation-positive"])
+def test_negative_equal_to_a_positive_of_the_same_user(paths: LakePaths, split: str,
+                                                       item: int) -> None:
     splits = good_splits()
-    splits[TRAIN].append(pair(0, 2, 0))  # item 2 is user 0's validation positive
+    splits[split].append(pair(0, item, 0))  # user 0: items 0, 1 train, 2 validation, 3 test
     write_splits(paths, splits)
     with pytest.raises(DataValidationError) as raised:
         validate_splits(paths)
     message = str(raised.value)
     assert f"on column {NEGATIVE_IS_POSITIVE}" in message
-    assert "split='train' user_idx=0 item_idx=2" in message
+    assert f"split='{split}' user_idx=0 item_idx={item}" in message
     assert "1 of 19 rows unexpected" in message
+
+
+def test_a_training_negative_may_be_a_held_out_item(paths: LakePaths) -> None:
+    """The model may not know a user's validation and test items: as training negatives
+    they pass (docs/DESIGN.md, the negative policy)."""
+    splits = good_splits()
+    splits[TRAIN] += [pair(0, 2, 0), pair(0, 3, 0)]  # user 0's validation and test items
+    write_splits(paths, splits)
+    assert validate_splits(paths).success
 
 
 def test_test_positive_left_in_train(paths: LakePaths) -> None:
@@ -230,9 +243,13 @@ def test_derived_frames() -> None:
     assert counts.to_dict("records") == [
         {USER_IDX: 0, N_POSITIVES: 2, "n_negatives": 1},
         {USER_IDX: 1, N_POSITIVES: 0, "n_negatives": 1}]
-    train = pd.DataFrame([pair(0, 3, 1), pair(1, 1, 0)])
+    # (0, 1) is user 0's test positive: as a training negative it is allowed (the model may
+    # not know it); (0, 3), a training positive, as a test negative is not.
+    train = pd.DataFrame([pair(0, 3, 1), pair(1, 1, 0), pair(0, 1, 0)])
     flagged = negative_collisions({TRAIN: train, TEST: test})
-    assert flagged[NEGATIVE_IS_POSITIVE].tolist() == [False, True, False]  # (0, 3) collides
+    assert flagged[NEGATIVE_IS_POSITIVE].tolist() == [False, False, True, False]
+    train = pd.DataFrame([pair(0, 3, 1), pair(0, 3, 0)])  # its own positive: never
+    assert negative_collisions({TRAIN: train})[NEGATIVE_IS_POSITIVE].tolist() == [True]
 
 
 def test_cli(paths: LakePaths) -> None:

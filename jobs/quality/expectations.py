@@ -32,6 +32,7 @@ from jobs.lake.layout import (
     SOURCE,
     TOPK,
     TOPK_SCHEMA,
+    TRAIN,
     TS,
     USER_ID,
     USER_IDX,
@@ -300,12 +301,23 @@ def _flag_rows(frames: Mapping[str, pd.DataFrame], *, label: int, among: np.ndar
 
 
 def negative_collisions(splits: Mapping[str, pd.DataFrame]) -> pd.DataFrame:
-    """Every label-0 row of every split, flagged when that user has the item as a positive."""
+    """Every label-0 row of every split, flagged when it is a positive it must not be: an
+    evaluation negative (validation/, test/) must be no positive of the user in any split;
+    a training negative only no training positive (the model may not know the held-out
+    items, so they may be its negatives: docs/DESIGN.md, the negative policy)."""
     pairs = {name: _valid_pairs(frame) for name, frame in splits.items()}
-    positive_keys = np.concatenate(
-        [_pair_keys(frame[frame[LABEL] == 1]) for frame in pairs.values()]
-        or [np.empty(0, dtype=np.int64)])
-    return _flag_rows(pairs, label=0, among=positive_keys, flag=NEGATIVE_IS_POSITIVE)
+
+    def keys(names: Sequence[str]) -> np.ndarray:
+        return np.concatenate([_pair_keys(pairs[name][pairs[name][LABEL] == 1])
+                               for name in names if name in pairs]
+                              or [np.empty(0, dtype=np.int64)])
+
+    parts = [_flag_rows({name: frame}, label=0,
+                        among=keys([TRAIN] if name == TRAIN else list(pairs)),
+                        flag=NEGATIVE_IS_POSITIVE)
+             for name, frame in pairs.items()]
+    return pd.concat(parts, ignore_index=True) if parts else _flag_rows(
+        {}, label=0, among=keys([]), flag=NEGATIVE_IS_POSITIVE)
 
 
 def eval_positives_in_train(train: pd.DataFrame,

@@ -1,0 +1,240 @@
+"""Candidate model families under one protocol, so that the served model is the best the
+data supports and every family is judged the same way (docs/DESIGN.md, "Serving the best
+model"):
+
+    (a) select  fit on train/ positives, settings (epochs, lambda, ...) chosen on validation/
+    (b) refit   the same settings on train + validation positives: its test/ metrics are
+                the reported ones (no model ever saw a test event)
+    (c) refit   the same settings on every positive up to the as-of cut: the served model
+
+A `Family` implements `select` (a) and `refit` (b, c); `ncf_model.stages.candidates` runs
+the protocol, picks the family with the best validation score and writes the served model.
+Families: ncf (the flagship: model/ and train/ sections; its (a) is the train task's
+model), mf, ease (EASE^R), als (Spark MLlib factors from jobs/als.py) and popularity.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import torch
+from torch import nn
+
+from ncf_model.config import EaseConfig, MFBaselineConfig, ModelConfig, TrainConfig
+from ncf_model.data import FullRanking, Pairs, TrainingData
+from ncf_model.evaluate import evaluate
+from ncf_model.features import SideFeatures
+from ncf_model.models.baselines import popularity_scorer
+from ncf_model.models.ease import (
+    EASE,
+    EaseMemoryError,
+    check_ease_memory,
+    choose_l2,
+    fit_ease,
+)
+from ncf_model.train import fit, refit
+
+log = logging.getLogger(__name__)
+
+# The splits whose positives each protocol step trains on.
+SELECT_ON = ("train",)
+TEST_ON = ("train", "validation")
+SERVE_ON = ("train", "validation", "test")
+
+
+class FamilySkipped(RuntimeError):
+    """A family cannot run on this data (e.g. EASE^R over its memory limit): the reason is
+    logged and recorded, and the other families go on."""
+
+
+@dataclass
+class ProtocolData:
+    """What every family fits and is scored on: the positives of each split (CPU) and the
+    evaluation pairs (validation/ and test/ with their sampled negatives, on the device)."""
+
+    positives: Mapping[str, Pairs]  # "train", "validation", "test": label-1 pairs, CPU
+    validation: Pairs
+    test: Pairs
+    n_users: int
+    n_items: int
+    k: int
+    device: torch.device
+    full_ranking: bool = True
+    chunk_users: int = 256
+
+    def union(self, splits: tuple[str, ...]) -> Pairs:
+        """The positives of `splits`, one Pairs (label 1), on the CPU."""
+        parts = [self.positives[name] for name in splits]
+        return Pairs(torch.cat([p.user for p in parts]), torch.cat([p.item for p in parts]),
+                     torch.cat([p.label for p in parts]))
+
+    def full(self, seen: tuple[str, ...]) -> FullRanking | None:
+        """Full-ranking evaluation with the positives of `seen` as the items never ranked."""
+        if not self.full_ranking:
+            return None
+        pairs = self.union(seen)
+        return FullRanking(self.n_items, pairs.user, pairs.item, chunk_users=self.chunk_users)
+
+
+@dataclass
+class Selected:
+    """The outcome of (a): a scorer fitted on train, and the settings (b) and (c) reuse."""
+
+    scorer: nn.Module
+    settings: dict[str, Any]  # e.g. {"epochs": {"model": 12}}, {"l2": 200.0}
+    metrics: dict[str, float] = field(default_factory=dict)  # e.g. best_epoch, per-lambda
+    history: list[dict[str, float]] = field(default_factory=list)  # per epoch, for plots
+
+
+class Family(Protocol):
+    name: str
+
+    def select(self, data: ProtocolData) -> Selected: ...
+
+    def refit(self, data: ProtocolData, splits: tuple[str, ...],
+              settings: Mapping[str, Any]) -> nn.Module: ...
+
+
+def _training_data(data: ProtocolData, splits: tuple[str, ...]) -> TrainingData:
+    return TrainingData(data.union(splits).to(data.device), n_users=data.n_users,
+                        n_items=data.n_items)
+
+
+@dataclass
+class Popularity:
+    """score(u, i) = the item's positives among the fitted splits; nothing to choose."""
+
+    name: str = "popularity"
+
+    def select(self, data: ProtocolData) -> Selected:
+        return Selected(self.refit(data, SELECT_ON, {}), {})
+
+    def refit(self, data: ProtocolData, splits: tuple[str, ...],
+              settings: Mapping[str, Any]) -> nn.Module:
+        return popularity_scorer(data.union(splits), data.n_items).eval()
+
+
+def _best_epochs(fitted: Any) -> dict[str, int]:
+    """The best validation epoch of each phase of a `train.Fitted` (pre-training too)."""
+    epochs = {"model": fitted.result.best_epoch}
+    epochs |= {phase: result.best_epoch for phase, result in fitted.pretrained.items()}
+    return epochs
+
+
+@dataclass
+class Trained:
+    """A family trained by `ncf_model.train` (MF, or the flagship NCF): (a) early stopping on
+    validation picks each phase's epochs; (b) and (c) train exactly that many epochs.
+
+    `selected` (the train task's model and its best epochs) skips (a) for the flagship,
+    which the train task has already fitted (with resume after a kill)."""
+
+    name: str
+    model_cfg: ModelConfig
+    train_cfg: TrainConfig
+    features: SideFeatures | None = None
+    on_epoch: Callable[[int, dict[str, float]], None] | None = None
+    selected: Selected | None = None
+
+    def select(self, data: ProtocolData) -> Selected:
+        if self.selected is not None:
+            return self.selected
+        fitted = fit(self.model_cfg, self.train_cfg, _training_data(data, SELECT_ON),
+                     data.validation, device=data.device, features=self.features,
+                     on_epoch=self.on_epoch)
+        best = {f"best_{key}": value for key, value in fitted.result.best_metrics.items()
+                if key.startswith("val_")}
+        return Selected(fitted.model.eval(), {"epochs": _best_epochs(fitted)},
+                        {**best, "best_epoch": float(fitted.result.best_epoch)},
+                        fitted.result.history)
+
+    def refit(self, data: ProtocolData, splits: tuple[str, ...],
+              settings: Mapping[str, Any]) -> nn.Module:
+        model = refit(self.model_cfg, self.train_cfg, _training_data(data, splits),
+                      epochs=dict(settings["epochs"]), device=data.device,
+                      features=self.features)
+        return model.eval()
+
+
+def mf_family(cfg: MFBaselineConfig, k: int,
+              on_epoch: Callable[[int, dict[str, float]], None] | None = None) -> Trained:
+    return Trained("mf", cfg.model_config(), cfg.train_config(k), on_epoch=on_epoch)
+
+
+@dataclass
+class Ease:
+    """EASE^R (Steck, WWW 2019): closed form, lambda chosen on validation from a grid; its
+    item-item matrix needs ~3 x n_items^2 floats, checked against `max_memory_gb` first."""
+
+    cfg: EaseConfig
+    metric: str  # the validation metric lambda is chosen on, e.g. "ndcg_10"
+    name: str = "ease"
+
+    def _fit(self, data: ProtocolData, splits: tuple[str, ...], l2: float) -> EASE:
+        positives = data.union(splits)
+        weights = fit_ease(positives.user, positives.item, data.n_users, data.n_items, l2=l2,
+                           device=data.device)
+        return EASE.from_pairs(weights, positives.user.to(data.device),
+                               positives.item.to(data.device), data.n_users).eval()
+
+    def select(self, data: ProtocolData) -> Selected:
+        try:
+            check_ease_memory(data.n_items, int(self.cfg.max_memory_gb * 1e9),
+                              limit_key="candidates.ease.max_memory_gb")
+        except EaseMemoryError as exc:
+            raise FamilySkipped(str(exc)) from exc
+        fitted: dict[float, EASE] = {}
+
+        def score(l2: float) -> float:
+            fitted[l2] = self._fit(data, SELECT_ON, l2)
+            return evaluate(fitted[l2], data.validation, data.k)[self.metric]
+
+        best, scores = choose_l2(self.cfg.l2_grid, score)
+        log.info("ease: validation %s per lambda %s -> lambda %g", self.metric,
+                 {l2: round(value, 4) for l2, value in scores.items()}, best)
+        metrics = {f"val_{self.metric}_l2_{l2:g}": value for l2, value in scores.items()}
+        return Selected(fitted[best], {"l2": best}, {**metrics, "l2": best})
+
+    def refit(self, data: ProtocolData, splits: tuple[str, ...],
+              settings: Mapping[str, Any]) -> nn.Module:
+        return self._fit(data, splits, float(settings["l2"]))
+
+
+# The factors jobs/als.py fitted on a set of splits' positives, as a scorer.
+FactorLoader = Callable[[tuple[str, ...]], nn.Module]
+
+
+@dataclass
+class Als:
+    """Spark MLlib implicit ALS (jobs/als.py fits the factors on train, and on train +
+    validation and all positives when refit is on); settings come from the `als:` section."""
+
+    load: FactorLoader
+    params: Mapping[str, Any]
+    name: str = "als"
+
+    def select(self, data: ProtocolData) -> Selected:
+        return Selected(self.load(SELECT_ON).to(data.device).eval(), {})
+
+    def refit(self, data: ProtocolData, splits: tuple[str, ...],
+              settings: Mapping[str, Any]) -> nn.Module:
+        return self.load(splits).to(data.device).eval()
+
+
+def settings_of(selected: Selected) -> dict[str, Any]:
+    """The settings as plain JSON (the manifest, MLflow params, the registry's tags)."""
+    return json_safe(selected.settings)
+
+
+def json_safe(value: Any) -> Any:
+    if isinstance(value, Mapping):
+        return {str(key): json_safe(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [json_safe(item) for item in value]
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return json_safe(dataclasses.asdict(value))
+    return value

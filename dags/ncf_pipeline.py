@@ -3,31 +3,33 @@
 
 `ncf_<dataset>` for every `configs/<dataset>.yaml` (or `$NCF_CONFIG_DIR`):
 
-    ingest ─▶ validate_interactions ─▶ prepare ─▶ validate_splits ─▶ train ─▶ evaluate
-          ─▶ recommend ─▶ validate_recommendations ─▶ publish
-                                                  validate_splits ─▶ als ─▶ baselines
+    ingest ─▶ validate_interactions ─▶ prepare ─▶ validate_splits ─┬▶ train ─┬▶ candidates
+                                                                   └▶ als ───┘
+          ─▶ evaluate ─▶ recommend ─▶ validate_recommendations ─▶ publish
 
-* **ingest**, **prepare**: PySpark jobs (`jobs/<stage>.py`) through `SparkSubmitOperator`
-  on the `spark_default` connection (`local[*]` on a laptop, a cluster master at scale).
+* **ingest**, **prepare**, **als**: PySpark jobs (`jobs/<stage>.py`) through
+  `SparkSubmitOperator` on the `spark_default` connection (`local[*]` on a laptop, a
+  cluster master at scale).
 * **prepare** uses only the events before the run's `data_interval_end` (`--as-of`), so a
   backfill of an old date rebuilds what was known then (config `prepare.as_of_cutoff`).
 * **validate_***: Great Expectations suites; a broken expectation fails the task and the
   report lands in `lake/<dataset>/<date>/reports/`. `validate_recommendations` checks
   topk/ (k rows per user, ranks, scores, no item the user already has) before publish.
-* **train**, **evaluate**, **recommend**: `ncf_model` (PyTorch, CUDA when present) in a
-  subprocess; metrics and the model go to MLflow, the model is registered.
-* **evaluate** is also the champion gate: it scores the registry's `champion` on the same
-  test split and moves the alias only when the new model is not worse (within
-  `evaluate.tolerance`) and clears `evaluate.min_hr`. When it refuses, it exits 99: the task
-  is *skipped*, recommend and publish are skipped with it, and the table keeps its set.
-* **als**, **baselines**: the comparison NCF must beat, in the same run and the same MLflow
-  experiment: Spark MLlib ALS on implicit feedback (`jobs/als.py`), then popularity, a
-  dot-product MF and ALS scored by the same evaluation as NCF (`ncf_model baselines`), one
-  MLflow run each tagged `ncf.baseline`. They feed nothing downstream: publish does not wait
-  for them, and the champion gate skipping publish does not skip them.
-* **publish**: bulk load, then an atomic swap of the dataset's rows in the SQL table
-  `recommendations` (connection `ncf_recommendations`, else `$NCF_DB_URL`); it emits the
-  asset `ncf://recommendations/<dataset>` that downstream DAGs are scheduled on.
+* **train**: the flagship NCF (`model`/`train` sections), epochs chosen on validation; it
+  opens the DAG run's parent run in MLflow and logs its own child run.
+* **candidates**: every family of `candidates.families` (NCF, MF, Spark ALS, EASE^R,
+  popularity) fitted on train with settings chosen on validation, refitted on train +
+  validation for the reported test metrics; the best on the validation `select_metric`
+  is refitted on every positive and written to `served/`. One MLflow child run per
+  family; the parent run holds the comparison table and plot. Test never chooses.
+* **evaluate** registers the served model and is the champion gate (validation scores
+  only: today's winner against the champion's family refitted today). When it refuses, it
+  exits 99: the task is *skipped*, recommend and publish are skipped with it, and the table
+  keeps its set.
+* **recommend**: the champion's top-k unseen items per user (popularity for users it does
+  not know); **publish**: bulk load, then an atomic swap of the dataset's rows in the SQL
+  table `recommendations` (connection `ncf_recommendations`, else `$NCF_DB_URL`); it emits
+  the asset `ncf://recommendations/<dataset>` that downstream DAGs are scheduled on.
 
 Every task reads and writes only `lake/<dataset>/<logical date>/`, so any task can be
 cleared and re-run alone, and a re-run of the same date rewrites the same outputs.
@@ -93,18 +95,18 @@ def build_dag(config: Path) -> DAG:
         validate_splits = python_task("validate_splits", "jobs.quality.validate",
                                       [*stage_args(config), "--stage", "splits"])
         train = model_task("train", ["train", *stage_args(config)])
+        als = spark_task("als", config, dataset)
+        candidates = model_task("candidates", ["candidates", *stage_args(config)])
         evaluate = model_task("evaluate", ["evaluate", *stage_args(config)])
         recommend = model_task("recommend", ["recommend", *stage_args(config)])
         validate_recommendations = python_task(
             "validate_recommendations", "jobs.quality.validate",
             [*stage_args(config), "--stage", "recommendations"])
         publish = _publish_task(config, dataset)
-        als = spark_task("als", config, dataset)
-        baselines = model_task("baselines", ["baselines", *stage_args(config)])
 
-        (ingest >> validate_interactions >> prepare >> validate_splits >> train >> evaluate
-         >> recommend >> validate_recommendations >> publish)
-        validate_splits >> als >> baselines
+        ingest >> validate_interactions >> prepare >> validate_splits >> [train, als]
+        [train, als] >> candidates >> evaluate >> recommend >> validate_recommendations
+        validate_recommendations >> publish
     return dag
 
 

@@ -259,8 +259,8 @@ def build_pairs(
         # Training negatives exclude only what the model may know: the items the user
         # touched, less its held-out validation and test positives (excluding those would
         # tell the model they are not negatives: a leak into the evaluation).
-        held_out = validation_positives.unionByName(test_positives).select(
-            layout.USER_IDX, layout.ITEM_IDX)
+        keys = (layout.USER_IDX, layout.ITEM_IDX)
+        held_out = validation_positives.select(*keys).unionByName(test_positives.select(*keys))
         known = touched.join(held_out, [layout.USER_IDX, layout.ITEM_IDX], "left_anti")
         train_demand = train_positives.groupBy(layout.USER_IDX).agg(
             (F.count(F.lit(1)) * cfg.n_negatives).alias(N_NEEDED))

@@ -107,17 +107,18 @@ class GateDecision:
 
 
 def champion_gate(value: float, champion_value: float | None, *, metric: str, floor: float,
-                  tolerance: float) -> GateDecision:
+                  tolerance: float,
+                  no_champion: str = "there is no champion yet") -> GateDecision:
     """Promote a new model when `metric` clears the absolute `floor` and is not worse than
-    the current champion's on the same test split by more than `tolerance` (absolute).
+    the champion's on the same split by more than `tolerance` (absolute).
 
-    With no champion yet, only the floor applies.
+    Without a champion score (`no_champion` says why), only the floor applies.
     """
     if value < floor:
         return GateDecision(False, f"{metric}={value:.4f} is below the floor {floor:.4f}")
     if champion_value is None:
         return GateDecision(True, f"{metric}={value:.4f} clears the floor {floor:.4f}; "
-                                  "there is no champion yet")
+                                  f"{no_champion}")
     if value < champion_value - tolerance:
         return GateDecision(False, f"{metric}={value:.4f} is worse than the champion's "
                                    f"{champion_value:.4f} by more than the tolerance "

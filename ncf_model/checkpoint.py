@@ -1,11 +1,12 @@
 """The trained model in the lake: `model/` holds `state_dict.pt`, `model.json` and the id
 vocabulary (`users.parquet`, `items.parquet`: raw id -> index the model was trained with).
 
-`model.json` carries the ModelConfig and the index sizes (and a hybrid model's feature
-vocabulary), so evaluate and recommend rebuild exactly the trained architecture without
-the training config at hand. The id vocabulary lets a later day's data (whose dense
-indices may differ) be scored with this model: the folder is also logged to MLflow, so the
-registry's champion is self-contained.
+`model.json` carries the model's family, the ModelConfig of the neural ones and the index
+sizes (and a hybrid model's feature vocabulary), so evaluate and recommend rebuild exactly
+the trained model without the training config at hand. The buffer-only families (EASE^R,
+ALS factors, popularity) are rebuilt from their tensors alone. The id vocabulary lets a
+later day's data (whose dense indices may differ) be scored with this model: the folder is
+also logged to MLflow, so the registry's champion is self-contained.
 """
 
 from __future__ import annotations
@@ -23,6 +24,8 @@ from jobs.lake.layout import staged_dir
 from ncf_model.config import ModelConfig
 from ncf_model.features import FeatureVocabulary, SideFeatures, pad_bags
 from ncf_model.models import Hybrid, build_model
+from ncf_model.models.baselines import FactorScorer, PopularityScorer
+from ncf_model.models.ease import EASE
 
 STATE_FILE = "state_dict.pt"
 META_FILE = "model.json"
@@ -34,18 +37,31 @@ class CheckpointError(FileNotFoundError):
     """The lake has no usable model folder; the message names the path."""
 
 
-def save_model(model: nn.Module, cfg: ModelConfig, *, n_users: int, n_items: int,
-               folder: Path, vocabulary: tuple[Path, Path],
+# The families whose model is its tensors: rebuilt from the state dict, no config needed.
+_FROM_STATE: dict[str, Any] = {
+    "ease": lambda state: EASE(state["weights"], state["history_items"],
+                               state["history_offsets"]),
+    "als": lambda state: FactorScorer(state["user_factors"], state["item_factors"]),
+    "popularity": lambda state: PopularityScorer(state["item_count"]),
+}
+
+
+def save_model(model: nn.Module, cfg: ModelConfig | None, *, n_users: int, n_items: int,
+               folder: Path, vocabulary: tuple[Path, Path], family: str = "ncf",
                extra: dict[str, Any] | None = None) -> None:
     """Write the model atomically: a reader sees the previous model folder or this one.
 
     `vocabulary` is the (users/, items/) lake folders of the data the model was trained on.
+    `cfg` is the ModelConfig of a neural family (ncf, mf), None for the others.
     """
+    if (cfg is None) != (family in _FROM_STATE):
+        raise ValueError(f"family {family!r}: a ModelConfig is needed exactly for the "
+                         f"families built from one (not {sorted(_FROM_STATE)})")
     import pyarrow.parquet as pq
 
     state = {name: tensor.detach().cpu() for name, tensor in model.state_dict().items()}
-    meta = {"model": dataclasses.asdict(cfg), "n_users": n_users, "n_items": n_items,
-            **(extra or {})}
+    meta = {"family": family, "model": dataclasses.asdict(cfg) if cfg else None,
+            "n_users": n_users, "n_items": n_items, **(extra or {})}
     if isinstance(model, Hybrid):  # today's features are encoded with it at serving time
         meta["features"] = model.vocabulary.to_json()
     users_dir, items_dir = vocabulary
@@ -99,6 +115,10 @@ def load_model(folder: Path,
         raise CheckpointError(f"{folder}: no trained model ({META_FILE} and {STATE_FILE}); "
                               "run the train task for this logical date first")
     meta = json.loads(meta_path.read_text())
+    family = str(meta.get("family", "ncf"))  # folders written before families: NCF kinds
+    if family in _FROM_STATE:
+        state = torch.load(state_path, map_location="cpu", weights_only=True)
+        return _FROM_STATE[family](state).to(device).eval(), meta
     raw = dict(meta["model"])
     raw["mlp_layers"] = tuple(raw["mlp_layers"])
     cfg = ModelConfig(**raw)

@@ -1,9 +1,9 @@
 """Command line of the torch stages: parses, sets threads and the device, dispatches.
 
-    python -m ncf_model train     --config configs/ml-100k.yaml --logical-date 2026-11-23
-    python -m ncf_model evaluate  --config configs/ml-100k.yaml --logical-date 2026-11-23
-    python -m ncf_model recommend --config configs/ml-100k.yaml --logical-date 2026-11-23
-    python -m ncf_model baselines --config configs/ml-100k.yaml --logical-date 2026-11-23
+    python -m ncf_model train      --config configs/ml-100k.yaml --logical-date 2026-11-23
+    python -m ncf_model evaluate   --config configs/ml-100k.yaml --logical-date 2026-11-23
+    python -m ncf_model recommend  --config configs/ml-100k.yaml --logical-date 2026-11-23
+    python -m ncf_model candidates --config configs/ml-100k.yaml --logical-date 2026-11-23
 
 Each stage lives in `ncf_model/stages/<stage>.py` (its `run`); its result is printed as the
 last stdout line (the Airflow task's XCom). evaluate exits SKIP_EXIT_CODE (Airflow: skipped,
@@ -25,7 +25,7 @@ from jobs.lake import layout
 from jobs.lake.cli import configure_logging, lake_root, stage_parser
 from jobs.lake.protocol import SKIP_EXIT_CODE
 from ncf_model.config import NCFConfig, load_ncf_config
-from ncf_model.stages import baselines, evaluate, recommend, train
+from ncf_model.stages import candidates, evaluate, recommend, train
 from ncf_model.stages.common import StageError
 from ncf_model.train import select_device
 
@@ -41,9 +41,9 @@ def _paths(cfg: NCFConfig, args: argparse.Namespace) -> layout.LakePaths:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = stage_parser("NCF torch stages: train, evaluate, recommend, baselines")
+    parser = stage_parser("torch stages: train, candidates, evaluate, recommend")
     parser.prog = "python -m ncf_model"
-    parser.add_argument("stage", choices=("train", "evaluate", "recommend", "baselines"))
+    parser.add_argument("stage", choices=("train", "candidates", "evaluate", "recommend"))
     parser.add_argument("--device", help="cuda, cuda:1, cpu (default: CUDA when available)")
     parser.add_argument("--model-name",
                         help="registered model (default: publish.model_name, else ncf-<dataset>)")
@@ -69,9 +69,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             log.warning("nothing new is published: the table keeps serving the champion's "
                         "set (exit %d: Airflow skips recommend and publish)", SKIP_EXIT_CODE)
             code = SKIP_EXIT_CODE
-    elif args.stage == "baselines":
-        result = ",".join(f"{name}={run}" for name, run in
-                          baselines.run(cfg, paths, device).items())
+    elif args.stage == "candidates":
+        result = candidates.run(cfg, paths, device)
     else:
         result = recommend.run(cfg, paths, device, model_name)
     # The last stdout line is the Airflow task's XCom (BashOperator).

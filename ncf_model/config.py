@@ -1,5 +1,5 @@
-"""Model-side configuration sections (`model`, `train`, `evaluate`, `recommend`,
-`baselines`).
+"""Model-side configuration sections (`model`, `train`, `evaluate`, `recommend`, `mf`,
+`ease`; `candidates` is shared with the data side and owned by jobs.lake.config).
 
 Loaded from the same `configs/<dataset>.yaml` as the data jobs, with the same strict
 loader (`jobs.lake.config`, which imports no pyspark).
@@ -10,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
-from jobs.lake.config import BASELINES, AlsConfig, PublishConfig
+from jobs.lake.config import CandidatesConfig, PublishConfig
 from jobs.lake.loader import build_section, check_field, read_yaml
 
 MODEL_KINDS = ("gmf", "mlp", "neumf", "mf", "hybrid")
@@ -104,16 +104,18 @@ REFUSAL_ACTIONS = ("skip", "serve_champion")
 
 @dataclasses.dataclass(frozen=True)
 class EvaluateConfig:
-    """Test metrics and the champion gate: a new model becomes `champion` when its test HR@k
-    clears `min_hr` and is at most `tolerance` below the current champion's on the same split.
+    """Metrics and the champion gate. The gate compares validation scores only (the
+    candidates' selection metric): a new model becomes `champion` when its score clears
+    `min_score` and is at most `tolerance` below that of the champion's family refitted on
+    today's data (docs/DESIGN.md, "The champion gate").
 
     When it does not: `skip` publishes nothing new (the table keeps its set); with
     `serve_champion` recommend and publish run with the current champion on today's data.
     """
 
     k: int = 10
-    min_hr: float = 0.0  # absolute floor on test HR@k
-    tolerance: float = 0.01  # how much worse than the champion's HR@k is still accepted
+    min_score: float = 0.0  # absolute floor on the validation selection metric
+    tolerance: float = 0.01  # how much worse than the champion's score is still accepted
     on_refusal: str = "skip"
     # Full-ranking metrics (full_hr_k, full_ndcg_k, full_recall_k) beside the sampled ones:
     # every unseen item scored for each test user, chunk_users users at a time.
@@ -122,7 +124,7 @@ class EvaluateConfig:
 
     def __post_init__(self) -> None:
         check_field(self.k >= 1, "k", "must be >= 1")
-        check_field(0.0 <= self.min_hr <= 1.0, "min_hr", "must be in [0, 1]")
+        check_field(0.0 <= self.min_score <= 1.0, "min_score", "must be in [0, 1]")
         check_field(0.0 <= self.tolerance <= 1.0, "tolerance", "must be in [0, 1]")
         check_field(self.on_refusal in REFUSAL_ACTIONS, "on_refusal",
                     f"{self.on_refusal!r} is not one of {REFUSAL_ACTIONS}")
@@ -140,8 +142,8 @@ class RecommendConfig:
 
 
 @dataclasses.dataclass(frozen=True)
-class MFBaselineConfig:
-    """The `baselines.mf` section: a dot-product MF (model kind mf) trained by `train()` with
+class MFConfig:
+    """The `mf` section: a dot-product MF (model kind mf) trained by `train()` with
     resampled negatives, its epoch chosen on validation HR@k like NCF's.
 
     The defaults were tuned on MovieLens-100K's validation split (see configs/ml-100k.yaml).
@@ -172,20 +174,24 @@ class MFBaselineConfig:
                            patience=self.patience, k=k, seed=self.seed)
 
 
-@dataclasses.dataclass(frozen=True)
-class BaselinesConfig:
-    """What the `baselines` stage evaluates beside NCF, with the same metrics on the same
-    test split: popularity, a dot-product MF, and Spark ALS (fitted by jobs/als.py)."""
+# EASE^R's lambda grid: Steck (WWW 2019) reports lambda ~ 500 on ML-20M; small datasets
+# prefer smaller ones, and the grid is cheap (one closed form per value).
+DEFAULT_L2_GRID = (50.0, 100.0, 200.0, 500.0, 1000.0, 2000.0)
 
-    enabled: tuple[str, ...] = BASELINES
-    mf: MFBaselineConfig = dataclasses.field(default_factory=MFBaselineConfig)
-    als: AlsConfig = dataclasses.field(default_factory=AlsConfig)
+
+@dataclasses.dataclass(frozen=True)
+class EaseConfig:
+    """The `ease` section: EASE^R's lambda grid (chosen on validation) and the memory it may
+    take (about 3 x n_items^2 floats: ML-20M's 26,744 items need 8.6 GB). Over the limit,
+    the family is skipped with the reason logged; the other candidates go on."""
+
+    l2_grid: tuple[float, ...] = DEFAULT_L2_GRID
+    max_memory_gb: float = 8.0
 
     def __post_init__(self) -> None:
-        unknown = [name for name in self.enabled if name not in BASELINES]
-        check_field(not unknown, "enabled", f"{unknown} not in {list(BASELINES)}")
-        check_field(len(set(self.enabled)) == len(self.enabled), "enabled",
-                    "names a baseline twice")
+        check_field(bool(self.l2_grid) and all(value > 0 for value in self.l2_grid),
+                    "l2_grid", "must hold at least one lambda, each > 0")
+        check_field(self.max_memory_gb > 0, "max_memory_gb", "must be > 0")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -195,7 +201,9 @@ class NCFConfig:
     train: TrainConfig
     evaluate: EvaluateConfig
     recommend: RecommendConfig
-    baselines: BaselinesConfig = dataclasses.field(default_factory=BaselinesConfig)
+    candidates: CandidatesConfig = dataclasses.field(default_factory=CandidatesConfig)
+    mf: MFConfig = dataclasses.field(default_factory=MFConfig)
+    ease: EaseConfig = dataclasses.field(default_factory=EaseConfig)
     # The registered model: publish.model_name (the one key the table and the registry
     # share, owned by the data side's PublishConfig), else ncf-<dataset>.
     model_name: str = ""
@@ -214,7 +222,10 @@ def load_ncf_config(path: str | Path) -> NCFConfig:
         train=build_section(TrainConfig, raw.get("train"), f"{where}: train"),
         evaluate=build_section(EvaluateConfig, raw.get("evaluate"), f"{where}: evaluate"),
         recommend=build_section(RecommendConfig, raw.get("recommend"), f"{where}: recommend"),
-        baselines=build_section(BaselinesConfig, raw.get("baselines"), f"{where}: baselines"),
+        candidates=build_section(CandidatesConfig, raw.get("candidates"),
+                                 f"{where}: candidates"),
+        mf=build_section(MFConfig, raw.get("mf"), f"{where}: mf"),
+        ease=build_section(EaseConfig, raw.get("ease"), f"{where}: ease"),
         model_name=build_section(PublishConfig, raw.get("publish"),
                                  f"{where}: publish").model_name or "",
     )

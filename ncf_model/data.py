@@ -306,16 +306,21 @@ def _factor_table(folder: Any, schema: layout.Schema, key: str, n_rows: int) -> 
     return out
 
 
-def load_als_scorer(paths: layout.LakePaths, n_users: int, n_items: int) -> FactorScorer:
-    """The factors jobs/als.py wrote for this run, as a dot-product scorer."""
-    folder = paths.path(layout.ALS)
+def load_als_scorer(paths: layout.LakePaths, n_users: int, n_items: int,
+                    splits: tuple[str, ...] = (layout.TRAIN,)) -> FactorScorer:
+    """The factors jobs/als.py fitted on the positives of `splits`, as a dot-product scorer."""
+    folder = paths.path(layout.als_folder(splits))
     if not folder.is_dir():
         raise BaselineError(f"{folder} does not exist: run jobs/als.py (spark-submit) for "
-                            f"{paths.logical_date} before the baselines stage")
-    fitted_on = (layout.read_manifest(paths).get("als") or {}).get("input_sha256")
-    if fitted_on is not None and fitted_on != layout.sha256_dir(paths.path(layout.TRAIN)):
-        raise BaselineError(f"{folder} was fitted on another train/ than the one in the lake "
-                            "(prepare ran again since): re-run jobs/als.py for "
+                            f"{paths.logical_date} before the candidates stage (with "
+                            "candidates.refit it also fits train_validation and "
+                            "train_validation_test)")
+    fitted_on = (layout.read_manifest(paths).get("als") or {}).get("input_sha256") or {}
+    stale = [name for name in splits if name in fitted_on
+             and fitted_on[name] != layout.sha256_dir(paths.path(name))]
+    if stale:
+        raise BaselineError(f"{folder} was fitted on another {', '.join(stale)}/ than the one "
+                            "in the lake (prepare ran again since): re-run jobs/als.py for "
                             f"{paths.logical_date}")
     return FactorScorer(
         _factor_table(folder / layout.USER_FACTORS, layout.USER_FACTORS_SCHEMA,

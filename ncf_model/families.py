@@ -24,7 +24,8 @@ from typing import Any, Protocol
 import torch
 from torch import nn
 
-from ncf_model.config import EaseConfig, MFBaselineConfig, ModelConfig, TrainConfig
+from jobs.lake.loader import build_section
+from ncf_model.config import EaseConfig, MFConfig, ModelConfig, TrainConfig
 from ncf_model.data import FullRanking, Pairs, TrainingData
 from ncf_model.evaluate import evaluate
 from ncf_model.features import SideFeatures
@@ -93,6 +94,11 @@ class Selected:
 class Family(Protocol):
     name: str
 
+    def recipe(self) -> dict[str, Any]:
+        """What, with the settings (a) chose, rebuilds this family's model on other data:
+        the gate refits the champion's recipe on today's train (ncf_model.stages.evaluate)."""
+        ...
+
     def select(self, data: ProtocolData) -> Selected: ...
 
     def refit(self, data: ProtocolData, splits: tuple[str, ...],
@@ -110,19 +116,15 @@ class Popularity:
 
     name: str = "popularity"
 
+    def recipe(self) -> dict[str, Any]:
+        return {"family": self.name}
+
     def select(self, data: ProtocolData) -> Selected:
         return Selected(self.refit(data, SELECT_ON, {}), {})
 
     def refit(self, data: ProtocolData, splits: tuple[str, ...],
               settings: Mapping[str, Any]) -> nn.Module:
         return popularity_scorer(data.union(splits), data.n_items).eval()
-
-
-def _best_epochs(fitted: Any) -> dict[str, int]:
-    """The best validation epoch of each phase of a `train.Fitted` (pre-training too)."""
-    epochs = {"model": fitted.result.best_epoch}
-    epochs |= {phase: result.best_epoch for phase, result in fitted.pretrained.items()}
-    return epochs
 
 
 @dataclass
@@ -140,6 +142,10 @@ class Trained:
     on_epoch: Callable[[int, dict[str, float]], None] | None = None
     selected: Selected | None = None
 
+    def recipe(self) -> dict[str, Any]:
+        return {"family": self.name, "model": json_safe(self.model_cfg),
+                "train": json_safe(self.train_cfg)}
+
     def select(self, data: ProtocolData) -> Selected:
         if self.selected is not None:
             return self.selected
@@ -148,7 +154,7 @@ class Trained:
                      on_epoch=self.on_epoch)
         best = {f"best_{key}": value for key, value in fitted.result.best_metrics.items()
                 if key.startswith("val_")}
-        return Selected(fitted.model.eval(), {"epochs": _best_epochs(fitted)},
+        return Selected(fitted.model.eval(), {"epochs": fitted.best_epochs()},
                         {**best, "best_epoch": float(fitted.result.best_epoch)},
                         fitted.result.history)
 
@@ -160,7 +166,7 @@ class Trained:
         return model.eval()
 
 
-def mf_family(cfg: MFBaselineConfig, k: int,
+def mf_family(cfg: MFConfig, k: int,
               on_epoch: Callable[[int, dict[str, float]], None] | None = None) -> Trained:
     return Trained("mf", cfg.model_config(), cfg.train_config(k), on_epoch=on_epoch)
 
@@ -173,6 +179,9 @@ class Ease:
     cfg: EaseConfig
     metric: str  # the validation metric lambda is chosen on, e.g. "ndcg_10"
     name: str = "ease"
+
+    def recipe(self) -> dict[str, Any]:
+        return {"family": self.name}
 
     def _fit(self, data: ProtocolData, splits: tuple[str, ...], l2: float) -> EASE:
         positives = data.union(splits)
@@ -217,6 +226,9 @@ class Als:
     params: Mapping[str, Any]
     name: str = "als"
 
+    def recipe(self) -> dict[str, Any]:
+        return {"family": self.name, "params": json_safe(self.params)}
+
     def select(self, data: ProtocolData) -> Selected:
         return Selected(self.load(SELECT_ON).to(data.device).eval(), {})
 
@@ -238,3 +250,20 @@ def json_safe(value: Any) -> Any:
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
         return json_safe(dataclasses.asdict(value))
     return value
+
+
+def from_recipe(recipe: Mapping[str, Any], *, ease: EaseConfig, metric: str,
+                features: SideFeatures | None = None) -> Family | None:
+    """The family a recipe describes, ready to `refit` with its settings; None for ALS,
+    whose factors only the Spark job fits (its recipe is compared as a whole instead)."""
+    family = str(recipe["family"])
+    if family in ("ncf", "mf"):
+        where = f"recipe of {family}"
+        return Trained(family, build_section(ModelConfig, recipe["model"], f"{where}: model"),
+                       build_section(TrainConfig, recipe["train"], f"{where}: train"),
+                       features=features if family == "ncf" else None)
+    if family == "ease":
+        return Ease(ease, metric)
+    if family == "popularity":
+        return Popularity()
+    return None

@@ -4,11 +4,13 @@
 
     hr_at_k_figure           sampled HR@K for K = 1..50, one line per model
     training_curves_figure   loss and validation HR/NDCG per epoch
+    candidates_figure        every family's validation and test score, the served one marked
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from typing import Any
 
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
@@ -62,3 +64,27 @@ def training_curves_figure(history: Sequence[Mapping[str, float]], *, title: str
         val_axes.legend(loc="lower right")
     figure.suptitle(title)
     return figure
+
+
+def candidates_figure(rows: Sequence[Mapping[str, Any]], *, metric: str,
+                      served: str) -> Figure:
+    """Validation `metric` (the one that chose) and its test twin per family; the served
+    family's bars are outlined."""
+    fig = _figure(6.0, 3.2)
+    ax = fig.add_subplot()
+    names = [str(row["family"]) for row in rows]
+    test_metric = "test_" + metric.removeprefix("val_")
+    width = 0.4
+    for offset, key, label in ((-width / 2, metric, "validation (chooses)"),
+                               (width / 2, test_metric, "test (reported)")):
+        values = [float(row.get(key) or 0.0) for row in rows]
+        bars = ax.bar([i + offset for i in range(len(rows))], values, width, label=label)
+        for bar, name in zip(bars, names, strict=True):
+            if name == served:
+                bar.set_edgecolor("black")
+                bar.set_linewidth(2)
+    ax.set_xticks(range(len(rows)), names)
+    ax.set_ylabel(metric.removeprefix("val_"))
+    ax.set_title(f"candidates: {served} served")
+    ax.legend(fontsize="small")
+    return fig

@@ -21,7 +21,7 @@ import logging
 import os
 import warnings
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +41,10 @@ HR_AT_K_PLOT = "hr_at_k.png"
 HR_AT_K_DATA = "hr_at_k.json"
 TRAINING_CURVES_PLOT = "training_curves.png"
 TRAINING_HISTORY = "training_history.json"  # the train stage's per-epoch metrics
+CANDIDATES_TABLE = "candidates.json"  # the parent run's comparison of the families
+CANDIDATES_PLOT = "candidates.png"
+EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
+EXPERIMENT_KIND = "custom_model_development"
 
 
 def tracking_uri() -> str:
@@ -80,7 +84,10 @@ def experiment_id(dataset: str) -> str:
         return str(found.experiment_id)
     root = _artifact_root(uri)
     location = f"{root}/{name}" if root else None
-    return str(mlflow.create_experiment(name, artifact_location=location))
+    # Without a kind, MLflow 3's UI guesses GenAI (traces, token usage) for a new
+    # experiment; this is model training.
+    return str(mlflow.create_experiment(name, artifact_location=location,
+                                        tags={EXPERIMENT_KIND_TAG: EXPERIMENT_KIND}))
 
 
 def _flatten(prefix: str, value: Any, out: dict[str, Any]) -> None:
@@ -138,6 +145,21 @@ class RunLogger:
         from ncf_model.plots import training_curves_figure
 
         self.log_figure(training_curves_figure(history, title=title), TRAINING_CURVES_PLOT)
+
+    def log_candidates(self, table: Mapping[str, Mapping[str, Any]], *, select_metric: str,
+                       served: str) -> None:
+        """The families side by side: each one's validation and test metrics as a table
+        (candidates table, one row per family) and a bar plot marking the served one."""
+        import pandas as pd
+
+        from ncf_model.plots import candidates_figure
+
+        rows = [{"family": name, "served": name == served, "skipped": entry.get("skipped"),
+                 **entry.get("validation", {}), **entry.get("test", {})}
+                for name, entry in table.items()]
+        mlflow.log_table(pd.DataFrame(rows), "candidates_table.json")
+        self.log_figure(candidates_figure(rows, metric=select_metric, served=served),
+                        CANDIDATES_PLOT)
 
     def log_lineage(self, *, lake_path: Path, manifest_sha256: str, context: str) -> None:
         """Record which lake folder (and which manifest) the run read, as an MLflow dataset."""
@@ -206,6 +228,7 @@ class ModelVersionRef:
     name: str
     version: str
     run_id: str
+    tags: dict[str, str] = field(default_factory=dict)  # e.g. family, validation scores
 
 
 def find_version(name: str, run_id: str) -> str | None:
@@ -228,7 +251,7 @@ def champion(name: str) -> ModelVersionRef | None:
     if CHAMPION not in aliases:
         return None
     found = client.get_model_version(name, str(aliases[CHAMPION]))
-    return ModelVersionRef(name, str(found.version), str(found.run_id))
+    return ModelVersionRef(name, str(found.version), str(found.run_id), dict(found.tags or {}))
 
 
 def set_champion(name: str, version: str) -> None:
@@ -253,6 +276,19 @@ def load_run_dict(run_id: str, artifact_file: str) -> dict[str, Any] | None:
         log.warning("run %s has no readable %s: %s", run_id, artifact_file, exc)
         return None
     return dict(loaded)
+
+
+def parent_run(dataset: str, logical_date: str, lake_run: str) -> str:
+    """The DAG run's parent run (one per dataset, logical date and prepare run): found again
+    by its tags when a task is retried, else created. Children tag it as their parent, and
+    it holds the candidates' comparison."""
+    tags = {"ncf.dataset": dataset, "ncf.logical_date": logical_date, "ncf.lake_run": lake_run,
+            "ncf.role": "dag_run"}
+    found = find_runs(dataset, tags)
+    if found:
+        return found[0]
+    with start_run(dataset, run_name=f"{dataset}-{logical_date}", tags=tags) as run:
+        return run.run_id
 
 
 def find_runs(dataset: str, tags: Mapping[str, Any]) -> list[str]:

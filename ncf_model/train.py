@@ -15,7 +15,7 @@ import dataclasses
 import logging
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 import torch
@@ -80,7 +80,7 @@ def _batches(data: TrainingData, cfg: TrainConfig,
     return data.epoch(cfg.n_negatives, cfg.batch_size, generator, cfg.negatives)
 
 
-def train(model: nn.Module, data: TrainingData, validation: Pairs, cfg: TrainConfig, *,
+def train(model: nn.Module, data: TrainingData, validation: Pairs | None, cfg: TrainConfig, *,
           device: torch.device, generator: torch.Generator, on_epoch: OnEpoch | None = None,
           state: PhaseState | None = None, name: str = "") -> TrainResult:
     """Train `model` in place and leave it holding the weights of the best validation epoch.
@@ -89,14 +89,15 @@ def train(model: nn.Module, data: TrainingData, validation: Pairs, cfg: TrainCon
     the negatives and the shuffles; it must live on `data`'s device) and, with dropout,
     torch's global seed. With `state`, each epoch's end is saved there, and a saved state
     is continued from (a finished one only restores the best weights). `name` prefixes the
-    log lines (pre-training phases).
+    log lines (pre-training phases). Without `validation` (a refit, whose data may hold the
+    validation positives) it trains exactly `cfg.epochs` epochs and keeps the last weights.
     """
     device = torch.device(device)
     if data.device.type != device.type or generator.device.type != device.type:
         raise ValueError(f"training on {device}, but the data is on {data.device} and the "
                          f"generator on {generator.device}; load both onto the training device")
     model.to(device)
-    validation = validation.to(device)
+    validation = validation.to(device) if validation is not None else None
     cuda = device.type == "cuda"
     optimizer = make_optimizer(model, cfg.optimizer, lr=cfg.lr,
                                weight_decay=cfg.weight_decay, device=device)
@@ -126,18 +127,23 @@ def train(model: nn.Module, data: TrainingData, validation: Pairs, cfg: TrainCon
         mean_loss = float(loss_sum) / max(n_samples, 1)  # float() waits for the device
         seconds = time.perf_counter() - start
 
-        scores = evaluate(model, validation, cfg.k)
-        metrics = {"loss": mean_loss, "samples_per_s": n_samples / seconds,
-                   f"val_{hr_key}": scores[hr_key], f"val_{ndcg_key}": scores[ndcg_key]}
+        metrics = {"loss": mean_loss, "samples_per_s": n_samples / seconds}
+        if validation is not None:
+            scores = evaluate(model, validation, cfg.k)
+            metrics |= {f"val_{hr_key}": scores[hr_key], f"val_{ndcg_key}": scores[ndcg_key]}
         progress.history.append(metrics)
         progress.epoch = epoch
-        improved = scores[hr_key] > progress.best_hr
+        # A refit keeps its last epoch: "best" is the one it was told to stop at.
+        improved = validation is None or metrics[f"val_{hr_key}"] > progress.best_hr
         if improved:
-            progress.best_epoch, progress.best_hr = epoch, scores[hr_key]
+            progress.best_epoch = epoch
+            progress.best_hr = metrics.get(f"val_{hr_key}", progress.best_hr)
             progress.best_state = _cpu_copy(model)
-        log.info("%sepoch %d/%d loss %.4f %.0f samples/s val %s %.4f %s %.4f%s", prefix, epoch,
-                 cfg.epochs, mean_loss, metrics["samples_per_s"], hr_key, scores[hr_key],
-                 ndcg_key, scores[ndcg_key], " (best)" if improved else "")
+        log.info("%sepoch %d/%d loss %.4f %.0f samples/s%s%s", prefix, epoch, cfg.epochs,
+                 mean_loss, metrics["samples_per_s"], "" if validation is None else
+                 f" val {hr_key} {metrics[f'val_{hr_key}']:.4f} {ndcg_key} "
+                 f"{metrics[f'val_{ndcg_key}']:.4f}", " (best)" if improved and validation
+                 is not None else "")
         patience_out = epoch - progress.best_epoch >= cfg.patience
         progress.stopped = patience_out or epoch >= cfg.epochs
         if on_epoch is not None:
@@ -161,6 +167,11 @@ class Fitted:
     model: nn.Module  # holding the best validation epoch's weights
     result: TrainResult  # of the model itself (with pre-training: of the fine-tuning)
     pretrained: dict[str, TrainResult]  # "gmf", "mlp" when model.pretrain, else empty
+
+    def best_epochs(self) -> dict[str, int]:
+        """The epochs validation chose, per phase: what `refit` trains for."""
+        return {"model": self.result.best_epoch,
+                **{phase: result.best_epoch for phase, result in self.pretrained.items()}}
 
 
 def fit(model_cfg: ModelConfig, cfg: TrainConfig, data: TrainingData, validation: Pairs, *,
@@ -204,3 +215,35 @@ def fit(model_cfg: ModelConfig, cfg: TrainConfig, data: TrainingData, validation
              mlp_result.best_epoch, mlp_result.best_metrics[f"val_hr_{cfg.k}"],
              result.best_epoch, result.best_metrics[f"val_hr_{cfg.k}"])
     return Fitted(model, result, {"gmf": gmf_result, "mlp": mlp_result})
+
+
+def refit(model_cfg: ModelConfig, cfg: TrainConfig, data: TrainingData, *,
+          epochs: Mapping[str, int], device: torch.device,
+          features: SideFeatures | None = None) -> nn.Module:
+    """Steps (b) and (c) of the candidates protocol: `model_cfg`'s model trained afresh on
+    `data` for exactly the epochs (a) chose on validation, per phase ("model"; with
+    pre-training also "gmf" and "mlp"), the last weights kept. No validation split: it may
+    be part of `data`."""
+    torch.manual_seed(cfg.seed)
+    n_users, n_items = data.n_users, data.n_items
+
+    def run(model: nn.Module, phase_cfg: TrainConfig, phase: str) -> None:
+        generator = torch.Generator(device=device).manual_seed(cfg.seed)
+        n_epochs = int(epochs[phase])
+        train(model, data, None, dataclasses.replace(phase_cfg, epochs=n_epochs,
+                                                     patience=n_epochs),
+              device=device, generator=generator, name=f"refit {phase}")
+
+    if not model_cfg.pretrain:
+        model = build_model(model_cfg, n_users, n_items, features)
+        run(model, cfg, "model")
+        return model
+    gmf = GMF(n_users, n_items, model_cfg.factors)
+    run(gmf, cfg, "gmf")
+    mlp = MLP(n_users, n_items, model_cfg.mlp_layers, dropout=model_cfg.dropout,
+              batch_norm=model_cfg.batch_norm)
+    run(mlp, cfg, "mlp")
+    model = NeuMF.from_pretrained(gmf, mlp, alpha=model_cfg.pretrain_alpha)
+    run(model, dataclasses.replace(cfg, optimizer=cfg.finetune_optimizer, lr=cfg.finetune_lr),
+        "model")
+    return model

@@ -68,18 +68,23 @@ def _tiny_lake(root: Path, date: str = "2026-11-23", users: list[str] | None = N
     return paths
 
 
-def _config(tmp_path: Path, min_hr: float, name: str = "tiny", train: dict | None = None,
-            **evaluate: object) -> Path:
+def _config(tmp_path: Path, min_score: float, name: str = "tiny", train: dict | None = None,
+            families: tuple[str, ...] = ("ncf", "popularity"), **evaluate: object) -> Path:
     path = tmp_path / f"{name}.yaml"
     path.write_text(yaml.safe_dump({
         "dataset": "tiny",
         "source": {"format": "movielens-100k", "path": "u.data", "sha256": "0" * 64},
         "model": {"kind": "neumf", "factors": 8, "mlp_layers": [16, 8]},
         "train": {"epochs": 4, "batch_size": 64, "lr": 0.01, "seed": 1, **(train or {})},
-        "evaluate": {"k": 5, "min_hr": min_hr, **evaluate},
+        "evaluate": {"k": 5, "min_score": min_score, **evaluate},
         "recommend": {"k": 5, "chunk_users": 7},
+        "candidates": {"families": list(families), "select_metric": "ndcg_5"},
     }))
     return path
+
+
+# The torch stages of a DAG run, in order (train's model is one of the candidates).
+STAGES = ("train", "candidates", "evaluate", "recommend")
 
 
 
@@ -96,7 +101,7 @@ def test_train_evaluate_recommend_log_to_mlflow_and_write_the_lake(
     from mlflow.tracking import MlflowClient
 
     paths = _tiny_lake(tmp_path / "lake")
-    config = _config(tmp_path, min_hr=0.0)
+    config = _config(tmp_path, min_score=0.0)
 
     run_id = _run("train", config, paths.root, capsys)
     client = MlflowClient(tracking_uri=mlflow_store)
@@ -115,6 +120,7 @@ def test_train_evaluate_recommend_log_to_mlflow_and_write_the_lake(
                                                         "users.parquet", "items.parquet")}
     assert layout.read_manifest(paths)["train"]["run_id"] == run_id
 
+    assert _run("candidates", config, paths.root, capsys) == "ncf"  # beats popularity
     version = _run("evaluate", config, paths.root, capsys)
     assert version == "1"
     metrics = client.get_run(run_id).data.metrics
@@ -156,8 +162,9 @@ def test_evaluate_below_the_floor_exits_99_so_airflow_skips_the_publish(
 
     paths = _tiny_lake(tmp_path / "lake")
     # A barely trained model (random: 5 of 11 candidates, HR@5 ~ 0.45) under a 0.95 floor.
-    config = _config(tmp_path, min_hr=0.95, train={"epochs": 1, "lr": 1e-6})
+    config = _config(tmp_path, min_score=0.95, train={"epochs": 1, "lr": 1e-6})
     _run("train", config, paths.root, capsys)
+    _run("candidates", config, paths.root, capsys)
     assert _run("evaluate", config, paths.root, capsys, expect=cli.SKIP_EXIT_CODE) == "1"
     client = MlflowClient(tracking_uri=mlflow_store)
     version = client.get_model_version("ncf-tiny", "1")
@@ -172,32 +179,33 @@ def test_evaluate_below_the_floor_exits_99_so_airflow_skips_the_publish(
 def test_gate_against_the_champion_and_cold_start_users(
         tmp_path: Path, mlflow_store: str, capsys: pytest.CaptureFixture[str]) -> None:
     """Day 1 makes a champion. Day 2 lists ids in another order and adds 3 new users; a
-    barely trained model loses to the champion scored on day 2's test split; with
-    on_refusal: serve_champion the champion recommends for day 2, popularity for new users.
-    """
+    barely trained model loses to the champion's recipe refitted on day 2's train and
+    scored on day 2's validation (never the champion's own weights: they saw these events);
+    with on_refusal: serve_champion the champion recommends for day 2, popularity for new
+    users."""
     from mlflow.tracking import MlflowClient
 
     lake = tmp_path / "lake"
-    config = _config(tmp_path, min_hr=0.0, tolerance=0.0, on_refusal="serve_champion")
+    config = _config(tmp_path, min_score=0.0, tolerance=0.0, on_refusal="serve_champion")
     day1 = _tiny_lake(lake)
-    for stage in ("train", "evaluate", "recommend"):
+    for stage in STAGES:
         _run(stage, config, lake, capsys)
     day1_topk = pq.read_table(day1.path(layout.TOPK)).to_pandas()
 
     new_users = ["new1", "new2", "new3"]
     day2 = _tiny_lake(lake, "2026-11-24", users=[*USER_IDS[::-1], *new_users],
                       items=ITEM_IDS[::-1])
-    weak_config = _config(tmp_path, min_hr=0.0, name="weak", train={"epochs": 1, "lr": 1e-6},
+    weak_config = _config(tmp_path, min_score=0.0, name="weak", train={"epochs": 1, "lr": 1e-6},
                           tolerance=0.0, on_refusal="serve_champion")
     _run("train", weak_config, lake, capsys, date="2026-11-24")
+    _run("candidates", weak_config, lake, capsys, date="2026-11-24")
     assert _run("evaluate", weak_config, lake, capsys, date="2026-11-24") == "2"
     evaluated = layout.read_manifest(day2)["evaluate"]
     assert evaluated["promoted"] is False and evaluated["champion_version"] == "1"
     assert "worse than the champion's" in evaluated["reason"]
-    champion_hr = evaluated["champion_metrics"]["champion_test_hr_5"]
-    # The champion misses exactly the 3 users it never saw (-inf scores count against it).
-    assert champion_hr <= 1.0 - 3 / 27 + 1e-9
-    assert evaluated["metrics"]["test_hr_5"] < champion_hr
+    gate = evaluated["gate"]
+    assert gate["metric"] == "val_ndcg_5" and gate["value"] < gate["champion_value"]
+    assert gate["champion_source"] == "the champion's recipe (ncf) refitted on today's train"
     client = MlflowClient(tracking_uri=mlflow_store)
     assert str(client.get_model_version_by_alias("ncf-tiny", "champion").version) == "1"
 
@@ -222,15 +230,17 @@ def test_gate_against_the_champion_and_cold_start_users(
     assert known[["user_id", "item_id"]].values.tolist() == \
         day1_topk[["user_id", "item_id"]].values.tolist()
 
-    # A model as good as the champion (day 1's settings) passes the gate with tolerance 0.
-    _run("train", config, lake, capsys, date="2026-11-24")
-    assert _run("evaluate", config, lake, capsys, date="2026-11-24") == "3"
+    # A model as good as the champion (day 1's settings, its recipe) passes the gate.
+    again = _config(tmp_path, min_score=0.0, name="again", tolerance=0.02)
+    for stage in ("train", "candidates"):
+        _run(stage, again, lake, capsys, date="2026-11-24")
+    assert _run("evaluate", again, lake, capsys, date="2026-11-24") == "3"
     assert layout.read_manifest(day2)["evaluate"]["promoted"] is True
     assert str(client.get_model_version_by_alias("ncf-tiny", "champion").version) == "3"
 
 
 def test_stage_out_of_order_names_the_missing_stage(tmp_path: Path, mlflow_store: str) -> None:
-    config = _config(tmp_path, min_hr=0.0)
+    config = _config(tmp_path, min_score=0.0)
     with pytest.raises(cli.StageError, match="run the prepare task"):
         cli.main(["train", "--config", str(config), "--logical-date", "2026-11-23",
                   "--lake-root", str(tmp_path / "lake"), "--device", "cpu"])
@@ -255,12 +265,12 @@ def test_a_hybrid_champion_scores_new_users_from_their_features(
         tmp_path: Path, mlflow_store: str, capsys: pytest.CaptureFixture[str]) -> None:
     lake = tmp_path / "lake"
     config = tmp_path / "hybrid.yaml"
-    raw = yaml.safe_load(_config(tmp_path, min_hr=0.0, train={"epochs": 8}).read_text())
+    raw = yaml.safe_load(_config(tmp_path, min_score=0.0, train={"epochs": 8}).read_text())
     raw["model"] |= {"kind": "hybrid", "id_dropout": 0.3}
     config.write_text(yaml.safe_dump(raw))
     day1 = _tiny_lake(lake)
     _write_features(day1, USER_IDS, ITEM_IDS)
-    for stage in ("train", "evaluate", "recommend"):
+    for stage in STAGES:
         _run(stage, config, lake, capsys)
     assert json.loads((day1.path(layout.MODEL) / "model.json").read_text())["features"][
         "user_fields"]["occupation"] == ["even", "odd"]
@@ -307,7 +317,7 @@ def test_a_killed_train_task_resumes_in_the_same_mlflow_run(
             raise Killed("the worker died")
         log_metrics(self, metrics, step=step)
 
-    config = _config(tmp_path, min_hr=0.0)
+    config = _config(tmp_path, min_score=0.0)
     paths = _tiny_lake(tmp_path / "lake")
     monkeypatch.setattr(tracking.RunLogger, "log_metrics", dies_once_at_epoch_2)
     with pytest.raises(Killed):
@@ -323,7 +333,11 @@ def test_a_killed_train_task_resumes_in_the_same_mlflow_run(
     client = MlflowClient(tracking_uri=mlflow_store)
     assert [m.step for m in client.get_metric_history(run_id, "loss")] == [1, 2, 3, 4]
     assert client.get_run(run_id).info.status == "FINISHED"
-    assert len(client.search_runs([client.get_run(run_id).info.experiment_id])) == 1
+    # The DAG run's parent run and NCF's child run, no run of the killed attempt left over.
+    runs = client.search_runs([client.get_run(run_id).info.experiment_id])
+    assert len(runs) == 2
+    assert client.get_run(run_id).data.tags["mlflow.parentRunId"] in {r.info.run_id
+                                                                      for r in runs}
 
     # The same weights as a training that was never interrupted.
     other = _tiny_lake(tmp_path / "lake2")

@@ -33,7 +33,12 @@ def test_every_shipped_config_loads_for_both_sides() -> None:
     for path in sorted((REPO / "configs").glob("*.yaml")):
         data, model = load_data_config(path), load_ncf_config(path)
         assert data.dataset == model.dataset == path.stem
-        assert data.model_name == f"ncf-{path.stem}"
+        assert data.model_name == f"ncf-{path.stem}" == model.model_name
+        # Every shipped config lets NeuMF, MF, ALS, EASE^R and popularity compete, chosen
+        # on validation and refitted on everything known.
+        assert set(model.candidates.families) >= {"ncf", "mf", "als", "ease", "popularity"}
+        assert model.candidates == data.candidates and model.candidates.refit
+        assert model.candidates.select_metric.startswith(("ndcg_", "hr_", "full_"))
 
 
 def test_defaults_fill_missing_sections_and_asdict_is_plain(tmp_path: Path) -> None:
@@ -147,7 +152,13 @@ def test_prepare_sections_defaults_and_asdict(tmp_path: Path) -> None:
     ({"model": {"dropout": 1.5}}, "model.dropout"),
     ({"train": {"negatives": "sometimes"}}, "train.negatives"),
     ({"train": {"lr": 0}}, "train.lr: must be > 0"),
-    ({"evaluate": {"min_hr": 2}}, "evaluate.min_hr"),
+    ({"evaluate": {"min_score": 2}}, "evaluate.min_score"),
+    ({"candidates": {"families": ["ncf", "svd"]}}, r"candidates.families: \['svd'\] not in"),
+    ({"candidates": {"families": []}}, "candidates.families: must name at least one"),
+    ({"candidates": {"select_metric": "test_hr_10"}}, "candidates.select_metric"),
+    ({"ease": {"l2_grid": [0.0]}}, "ease.l2_grid"),
+    ({"ease": {"max_memory_gb": 0}}, "ease.max_memory_gb"),
+    ({"mf": {"factors": 0}}, "mf"),
     ({"recommend": {"k": 0}}, "recommend.k"),
     ({"train": {"epochs": True}}, "train.epochs: expected a whole number"),
 ])

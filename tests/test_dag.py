@@ -15,7 +15,7 @@ from tests.tiny_data import write_tiny_config, write_tiny_u_data
 REPO = Path(__file__).resolve().parents[1]
 DAGS = REPO / "dags"
 STAGES = ["ingest", "validate_interactions", "prepare", "validate_splits", "train",
-          "evaluate", "recommend", "validate_recommendations", "publish", "als", "baselines"]
+          "candidates", "evaluate", "recommend", "validate_recommendations", "publish", "als"]
 
 
 def _dagbag(config_dir: Path, monkeypatch: pytest.MonkeyPatch):  # type: ignore[no-untyped-def]
@@ -40,12 +40,12 @@ def test_dagbag_imports_one_dag_per_config(monkeypatch: pytest.MonkeyPatch) -> N
     dag = bag.dags["ncf_ml-100k"]
     assert dag is not None
     assert sorted(t.task_id for t in dag.tasks) == sorted(STAGES)
-    for upstream, downstream in zip(STAGES[:8], STAGES[1:9], strict=True):  # the main chain
+    for upstream, downstream in zip(STAGES[:9], STAGES[1:10], strict=True):  # the main chain
         assert dag.get_task(upstream).downstream_task_ids == (
             {downstream, "als"} if upstream == "validate_splits" else {downstream}), upstream
-    # The baselines branch: after the splits, in parallel with NCF, feeding nothing.
-    assert dag.get_task("als").downstream_task_ids == {"baselines"}
-    assert dag.get_task("baselines").downstream_task_ids == set()
+    # ALS runs beside NCF's training; the candidates wait for both.
+    assert dag.get_task("als").downstream_task_ids == {"candidates"}
+    assert dag.get_task("candidates").upstream_task_ids == {"train", "als"}
     assert dag.max_active_runs == 1
     assert dag.catchup is False
     assert dag.doc_md and "ingest" in dag.doc_md
@@ -140,34 +140,40 @@ def test_dag_runs_end_to_end_on_tiny_data(tmp_path: Path,
     run_ids = {row[5] for row in table}
     assert len(run_ids) == 1
 
-    # MLflow: params, per-epoch metrics, test metrics, a registered version.
-    from mlflow.tracking import MlflowClient
-
-    client = MlflowClient(tracking_uri=os.environ["MLFLOW_TRACKING_URI"])
-    mlflow_run = client.get_run(run_ids.pop())
-    assert {"test_hr_10", "test_ndcg_10", "test_auc"} <= set(mlflow_run.data.metrics)
-    assert 0.0 <= mlflow_run.data.metrics["test_hr_10"] <= 1.0
-    assert mlflow_run.data.params["model.kind"] == "neumf"
-    assert len(client.get_metric_history(mlflow_run.info.run_id, "loss")) >= 1
-    versions = client.search_model_versions("name = 'ncf-tiny'")
-    assert len(versions) == 1
-    # The baselines ran in the same DAG run, each an MLflow run beside NCF's, same metrics.
-    baseline_runs = client.search_runs([mlflow_run.info.experiment_id],
-                                       "tags.`ncf.baseline` != ''")
-    assert sorted(r.data.tags["ncf.baseline"] for r in baseline_runs) == ["als", "mf",
-                                                                        "popularity"]
-    for baseline in baseline_runs:
-        assert 0.0 <= baseline.data.metrics["test_hr_10"] <= 1.0
-
-    # The lake: rejects kept with a reason, a manifest entry per stage.
+    # MLflow: the served family's run (test metrics, the registered version), NCF's run
+    # (params, per-epoch metrics), one child run per family under the DAG run's parent.
     import json
+
+    from mlflow.tracking import MlflowClient
 
     manifest = json.loads((tmp_path / "lake" / "tiny" / "2026-11-23" / "_manifest.json")
                           .read_text())
+    client = MlflowClient(tracking_uri=os.environ["MLFLOW_TRACKING_URI"])
+    mlflow_run = client.get_run(run_ids.pop())
+    assert mlflow_run.info.run_id == manifest["candidates"]["served_run_id"]
+    assert {"test_hr_10", "test_ndcg_10", "test_auc", "val_ndcg_10"} <= set(
+        mlflow_run.data.metrics)
+    assert 0.0 <= mlflow_run.data.metrics["test_hr_10"] <= 1.0
+    ncf_run = client.get_run(manifest["train"]["run_id"])
+    assert ncf_run.data.params["model.kind"] == "neumf"
+    assert len(client.get_metric_history(ncf_run.info.run_id, "loss")) >= 1
+    versions = client.search_model_versions("name = 'ncf-tiny'")
+    assert len(versions) == 1 and versions[0].tags["family"] == manifest["evaluate"]["family"]
+    parent = manifest["candidates"]["parent_run_id"]
+    children = client.search_runs([mlflow_run.info.experiment_id],
+                                  f"tags.`mlflow.parentRunId` = '{parent}'")
+    assert sorted(r.data.tags["ncf.family"] for r in children) == [
+        "als", "ease", "mf", "ncf", "popularity"]
+    for child in children:
+        assert 0.0 <= child.data.metrics["test_hr_10"] <= 1.0
+    assert client.get_run(parent).data.tags["ncf.served_family"] == manifest["evaluate"][
+        "family"]
+
+    # The lake: rejects kept with a reason, a manifest entry per stage.
     assert manifest["ingest"]["rejected"] == 2
     assert manifest["ingest"]["kept"] == len(rows)
-    for stage in ("ingest", "prepare", "train", "evaluate", "recommend",
-                  "validate_recommendations", "publish", "als", "baselines"):
+    for stage in ("ingest", "prepare", "train", "candidates", "evaluate", "recommend",
+                  "validate_recommendations", "publish", "als"):
         assert stage in manifest, stage
     # prepare got the run's data interval end as its as-of time (rendered by Airflow).
     as_of = datetime.fromisoformat(manifest["prepare"]["as_of"])
@@ -187,23 +193,22 @@ def test_dag_runs_end_to_end_on_tiny_data(tmp_path: Path,
     consumer_run = consumer.test(logical_date=datetime(2026, 11, 23, 6, tzinfo=UTC))
     assert consumer_run.state == "success"
 
-    # The champion gate in the DAG: a worse model is refused, evaluate is skipped and so
-    # are recommend and publish; the table keeps serving the champion's rows.
+    # The champion gate in the DAG: a refused model (under a floor it cannot clear) skips
+    # evaluate, and recommend and publish with it; the table keeps the champion's rows.
     config = config_dir / "tiny.yaml"
     weak = yaml.safe_load(config.read_text())
-    weak["train"].update({"epochs": 1, "lr": 1e-6})
-    weak["evaluate"]["tolerance"] = 0.0
+    weak["evaluate"]["min_score"] = 0.999
+    weak["candidates"]["families"] = ["popularity"]  # another model: a new version
     config.write_text(yaml.safe_dump(weak))
-    retrain = dag.partial_subset(task_ids=["train"], include_downstream=True,
+    retrain = dag.partial_subset(task_ids=["candidates"], include_downstream=True,
                                  include_upstream=False)
     rerun = retrain.test(logical_date=datetime(2026, 11, 23, tzinfo=UTC))
     states = {ti.task_id: ti.state for ti in rerun.get_task_instances()}
-    assert {task: states[task] for task in STAGES[4:9]} == {
-        "train": "success", "evaluate": "skipped", "recommend": "skipped",
+    assert {task: states[task] for task in STAGES[5:10]} == {
+        "candidates": "success", "evaluate": "skipped", "recommend": "skipped",
         "validate_recommendations": "skipped", "publish": "skipped"}, states
     with sqlite3.connect(db_file) as conn:
         assert conn.execute("SELECT user_id, rank, item_id, score, model_version, run_id "
                             "FROM recommendations WHERE dataset = 'tiny'").fetchall() == table
     assert str(client.get_model_version_by_alias("ncf-tiny", "champion").version) == "1"
-    assert "worse than the champion's" in client.get_model_version("ncf-tiny", "2").tags[
-        "ncf.gate"]
+    assert "below the floor" in client.get_model_version("ncf-tiny", "2").tags["ncf.gate"]

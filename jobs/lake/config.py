@@ -18,7 +18,9 @@ loader. No pyspark import here, so the DAG files and `ncf_model` can use it.
     evaluate: ...  (ncf_model.config)
     recommend: ... (ncf_model.config)
     publish:  {table, runs_table, history_table, keep_runs, reader_role, model_name}
-    baselines: {enabled, mf: ..., als: AlsConfig}  (ncf_model.config; als here: a Spark job)
+    candidates: {families, select_metric, refit}  (both sides read it)
+    mf:, ease:      ...  (ncf_model.config)
+    als:      {rank, reg_param, alpha, max_iter, seed}  (jobs/als.py)
 
 `dataclasses.asdict(section)` is exactly what goes to MLflow params and the manifest.
 """
@@ -283,39 +285,42 @@ class PublishConfig:
                     "reader_role", "must be a plain SQL identifier or null")
 
 
+# The model families a run fits and scores on the same validation and test pairs
+# (ncf_model.families): ncf is the flagship of the model/ and train/ sections, als is
+# fitted by the Spark job jobs/als.py.
+FAMILIES = ("ncf", "mf", "als", "ease", "popularity")
+# Validation metrics a run may select on (k is evaluate.k): sampled HR/NDCG, AUC, and the
+# full-ranking ones.
+_SELECT_METRIC = r"(full_)?(hr|ndcg|recall)_\d+|auc"
+
+
 @dataclasses.dataclass(frozen=True)
-class DataConfig:
-    dataset: str
-    source: SourceConfig
-    ingest: IngestConfig
-    prepare: PrepareConfig
-    publish: PublishConfig
+class CandidatesConfig:
+    """The `candidates` section: which families compete, the validation metric that picks
+    the served one, and the refit protocol (docs/DESIGN.md, "Serving the best model").
 
-    @property
-    def model_name(self) -> str:
-        return self.publish.model_name or f"ncf-{self.dataset}"
+    Read by both sides: jobs/als.py fits what the protocol needs, ncf_model runs it.
+    """
 
+    families: tuple[str, ...] = FAMILIES
+    select_metric: str = "ndcg_10"  # on validation, never on test
+    # (b) refit on train + validation for the reported test metrics and (c) on every
+    # positive for the served model; false: both are the train-only fits (fast experiments).
+    refit: bool = True
 
-def load_data_config(path: str | Path) -> DataConfig:
-    raw = read_yaml(path)
-    where = str(path)
-    return DataConfig(
-        dataset=raw["dataset"],
-        source=build_section(SourceConfig, raw.get("source"), f"{where}: source"),
-        ingest=build_section(IngestConfig, raw.get("ingest"), f"{where}: ingest"),
-        prepare=build_section(PrepareConfig, raw.get("prepare"), f"{where}: prepare"),
-        publish=build_section(PublishConfig, raw.get("publish"), f"{where}: publish"),
-    )
-
-
-# The baselines evaluated beside NCF (ncf_model.config.BaselinesConfig.enabled); ALS is
-# fitted by the Spark job jobs/als.py, whose section is the one below.
-BASELINES = ("popularity", "mf", "als")
+    def __post_init__(self) -> None:
+        unknown = [name for name in self.families if name not in FAMILIES]
+        check_field(not unknown, "families", f"{unknown} not in {list(FAMILIES)}")
+        check_field(len(set(self.families)) == len(self.families) and bool(self.families),
+                    "families", "must name at least one family, each once")
+        check_field(bool(re.fullmatch(_SELECT_METRIC, self.select_metric)), "select_metric",
+                    f"{self.select_metric!r} is not a validation metric such as ndcg_10, "
+                    "hr_10 or full_ndcg_10")
 
 
 @dataclasses.dataclass(frozen=True)
 class AlsConfig:
-    """The `baselines.als` section: Spark MLlib ALS on implicit feedback (jobs/als.py).
+    """The `als` section: Spark MLlib ALS on implicit feedback (jobs/als.py).
 
     Each training positive is a rating of 1 with confidence 1 + alpha (Hu, Koren and
     Volinsky, ICDM 2008); the rest of the matrix is 0 with confidence 1. Spark scales
@@ -334,3 +339,33 @@ class AlsConfig:
         check_field(self.reg_param >= 0, "reg_param", "must be >= 0")
         check_field(self.alpha >= 0, "alpha", "must be >= 0")
         check_field(self.max_iter >= 1, "max_iter", "must be >= 1")
+
+
+@dataclasses.dataclass(frozen=True)
+class DataConfig:
+    dataset: str
+    source: SourceConfig
+    ingest: IngestConfig
+    prepare: PrepareConfig
+    publish: PublishConfig
+    als: AlsConfig = dataclasses.field(default_factory=AlsConfig)
+    candidates: CandidatesConfig = dataclasses.field(default_factory=CandidatesConfig)
+
+    @property
+    def model_name(self) -> str:
+        return self.publish.model_name or f"ncf-{self.dataset}"
+
+
+def load_data_config(path: str | Path) -> DataConfig:
+    raw = read_yaml(path)
+    where = str(path)
+    return DataConfig(
+        dataset=raw["dataset"],
+        source=build_section(SourceConfig, raw.get("source"), f"{where}: source"),
+        ingest=build_section(IngestConfig, raw.get("ingest"), f"{where}: ingest"),
+        prepare=build_section(PrepareConfig, raw.get("prepare"), f"{where}: prepare"),
+        publish=build_section(PublishConfig, raw.get("publish"), f"{where}: publish"),
+        als=build_section(AlsConfig, raw.get("als"), f"{where}: als"),
+        candidates=build_section(CandidatesConfig, raw.get("candidates"),
+                                 f"{where}: candidates"),
+    )

@@ -14,8 +14,10 @@ the DAG files can all import it.
         validation/    per user the second-latest positive + m sampled negatives
         test/          per user the latest positive + m sampled negatives
         model/         the trained model (state dict + config) chosen on validation
-        baselines/als/ user_factors/ (user_idx, factors array<float>), item_factors/ (item_idx,
-                       factors): Spark ALS on the train positives (jobs/als.py)
+        als/<splits>/  user_factors/ (user_idx, factors array<float>), item_factors/ (item_idx,
+                       factors): Spark ALS on the positives of <splits> (jobs/als.py):
+                       train, train_validation, train_validation_test (als_folder)
+        served/        the served model (the candidates' winner refitted on every positive)
         topk/          user_idx, rank, item_idx, score, source (model | popularity)
         reports/       validation reports (Great Expectations results)
         _manifest.json row counts, parameters, seed, input checksums of each stage
@@ -74,7 +76,8 @@ VALIDATION = "validation"
 TEST = "test"
 MODEL = "model"
 TOPK = "topk"
-ALS = "baselines/als"  # holds USER_FACTORS/ and ITEM_FACTORS/, swapped in together
+ALS = "als"  # holds <splits>/USER_FACTORS/ and ITEM_FACTORS/ (als_folder), swapped in together
+SERVED = "served"  # the served model: the candidates' winner refitted on all positives
 USER_FACTORS = "user_factors"
 ITEM_FACTORS = "item_factors"
 REPORTS = "reports"
@@ -127,6 +130,11 @@ ENV_DB_URL = "NCF_DB_URL"
 DEFAULT_LAKE_ROOT = "data/lake"
 DEFAULT_CACHE_DIR = "data/raw-cache"
 DEFAULT_DB_URL = "sqlite:///data/recommendations.db"
+
+
+def als_folder(splits: tuple[str, ...]) -> str:
+    """The ALS factors fitted on the positives of `splits`, e.g. als/train_validation."""
+    return f"{ALS}/{'_'.join(splits)}"
 
 
 def ddl(schema: Schema) -> str:

@@ -50,12 +50,9 @@ from ncf_model.families import (
 )
 from ncf_model.models import PairScorer
 from ncf_model.resume import fingerprint
-from ncf_model.stages.common import StageError, manifest_entry
+from ncf_model.stages.common import SERVED_ARTIFACT, StageError, manifest_entry
 
 log = logging.getLogger(__name__)
-
-SERVED_ARTIFACT = "served"  # the served/ folder, logged to the winner's run
-
 
 def _flagship(cfg: NCFConfig, paths: layout.LakePaths, data: ProtocolData) -> Trained:
     """The ncf family, its (a) already done by the train task: model/ and its best epochs."""
@@ -113,8 +110,9 @@ class Outcome:
     skipped: str | None = None
 
     def record(self, run_id: str | None) -> dict[str, Any]:
-        return {"run_id": run_id, "skipped": self.skipped,
-                "settings": json_safe(self.selected.settings) if self.selected else None,
+        settings = json_safe(self.selected.settings) if self.selected else None
+        return {"run_id": run_id, "skipped": self.skipped, "settings": settings,
+                "recipe": {**self.family.recipe(), "settings": settings},
                 "validation": self.validation, "test": self.test,
                 "seconds": {key: round(value, 3) for key, value in self.seconds.items()}}
 
@@ -152,7 +150,7 @@ def choose(outcomes: list[Outcome], cfg: CandidatesConfig) -> Outcome:
     return max(ranked, key=lambda o: (o.validation[key], -outcomes.index(o)))
 
 
-def _protocol_data(cfg: NCFConfig, paths: layout.LakePaths, device: torch.device,
+def protocol_data(cfg: NCFConfig, paths: layout.LakePaths, device: torch.device,
                    prepared: dict[str, Any]) -> ProtocolData:
     return ProtocolData(
         positives=load_positives(paths), n_users=int(prepared["n_users"]),
@@ -162,18 +160,21 @@ def _protocol_data(cfg: NCFConfig, paths: layout.LakePaths, device: torch.device
         chunk_users=cfg.evaluate.chunk_users)
 
 
-def _child_tags(cfg: NCFConfig, paths: layout.LakePaths, parent: str, family: str,
+def _child_tags(cfg: NCFConfig, paths: layout.LakePaths, parent: str, family: Family,
                 lake_run: str) -> dict[str, Any]:
+    """A family's run tags; all but the parent find the run again when the task is retried
+    on the same lake run (a new prepare, or another recipe, gets a run of its own)."""
     return {"ncf.dataset": cfg.dataset, "ncf.logical_date": paths.logical_date,
-            "ncf.stage": "candidates", "ncf.family": family, "mlflow.parentRunId": parent,
-            "ncf.lake_run": lake_run}
+            "ncf.stage": "candidates", "ncf.family": family.name, "mlflow.parentRunId": parent,
+            "ncf.lake_run": lake_run, "ncf.recipe_sha256": fingerprint(json_safe(
+                {"recipe": family.recipe(), "config": getattr(family, "cfg", None)}))}
 
 
 def _log_family(cfg: NCFConfig, paths: layout.LakePaths, outcome: Outcome, *,
                 parent: str, lake_run: str, ncf_run: str | None) -> str | None:
     """The family's child run (the train task's run for ncf): params, metrics, curves."""
     name = outcome.family.name
-    tags = _child_tags(cfg, paths, parent, name, lake_run)
+    tags = _child_tags(cfg, paths, parent, outcome.family, lake_run)
     run_id = ncf_run
     if name != "ncf":  # a retried task logs to the runs of its first attempt
         found = tracking.find_runs(cfg.dataset, {k: v for k, v in tags.items()
@@ -206,7 +207,7 @@ def run(cfg: NCFConfig, paths: layout.LakePaths, device: torch.device) -> str:
     manifest = layout.read_manifest(paths)
     prepared = manifest_entry(paths, "prepare", "candidates")
     trained = manifest_entry(paths, "train", "candidates")
-    data = _protocol_data(cfg, paths, device, prepared)
+    data = protocol_data(cfg, paths, device, prepared)
     families = build_families(cfg, paths, data, manifest)
     outcomes = [run_protocol(family, data, refit=cfg.candidates.refit) for family in families]
     winner = choose(outcomes, cfg.candidates)

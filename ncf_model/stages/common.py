@@ -9,6 +9,7 @@ from jobs.lake import layout
 from ncf_model import tracking
 
 CHECKPOINT_ARTIFACT = "checkpoint"  # the model/ folder, logged to the training run
+SERVED_ARTIFACT = "served"  # the served/ folder, logged to the served family's run
 
 
 class StageError(RuntimeError):
@@ -26,8 +27,11 @@ def manifest_entry(paths: layout.LakePaths, stage: str, needed_by: str) -> dict[
 
 def serving_folder(ref: tracking.ModelVersionRef, paths: layout.LakePaths,
                     scratch: Path) -> Path:
-    """The champion's model folder: this run's lake model/, else downloaded from MLflow."""
-    trained = layout.read_manifest(paths).get("train", {})
-    if trained.get("run_id") == ref.run_id and paths.path(layout.MODEL).is_dir():
-        return paths.path(layout.MODEL)
-    return tracking.download_artifacts(ref.run_id, CHECKPOINT_ARTIFACT, scratch)
+    """The champion's model folder: this run's lake served/, else downloaded from MLflow
+    (served/ of the run that registered it; `checkpoint` for versions registered before
+    the candidates protocol, which served the train task's model/)."""
+    candidates = layout.read_manifest(paths).get("candidates", {})
+    if candidates.get("served_run_id") == ref.run_id and paths.path(layout.SERVED).is_dir():
+        return paths.path(layout.SERVED)
+    artifact = SERVED_ARTIFACT if ref.tags.get("family") else CHECKPOINT_ARTIFACT
+    return tracking.download_artifacts(ref.run_id, artifact, scratch)

@@ -47,9 +47,12 @@ def run(cfg: NCFConfig, paths: layout.LakePaths, device: torch.device) -> str:
         "prepare": prepared, "device": device.type, "torch": torch.__version__}))
     resumed_run = states.run_id()
 
+    # The DAG run's parent run: every candidate (NCF first) is a child of it.
+    parent = tracking.parent_run(cfg.dataset, paths.logical_date, resume.fingerprint(prepared))
     tags = {"ncf.dataset": cfg.dataset, "ncf.logical_date": paths.logical_date,
-            "ncf.stage": "train", "ncf.device": device.type}
-    with tracking.start_run(cfg.dataset, run_name=f"{cfg.dataset}-{paths.logical_date}",
+            "ncf.stage": "train", "ncf.family": "ncf", "ncf.device": device.type,
+            "mlflow.parentRunId": parent}
+    with tracking.start_run(cfg.dataset, run_name=f"{cfg.dataset}-{paths.logical_date}-ncf",
                             tags=tags, run_id=resumed_run) as run:
         if resumed_run is None:  # a resumed run has them already
             run.log_params({"model": dataclasses.asdict(cfg.model),
@@ -93,6 +96,7 @@ def run(cfg: NCFConfig, paths: layout.LakePaths, device: torch.device) -> str:
     layout.update_manifest(paths, "train", {
         "run_id": run_id, "model_uri": model_uri, "best_epoch": result.best_epoch,
         "epochs_run": len(result.history), "resumed": resumed_run is not None,
+        "best_epochs": fitted.best_epochs(), "parent_run_id": parent,
         "best_metrics": result.best_metrics, "seconds": round(seconds, 2),
         "device": device.type, "params": {"model": dataclasses.asdict(cfg.model),
                                           "train": dataclasses.asdict(cfg.train)},

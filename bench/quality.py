@@ -1,18 +1,19 @@
-"""Model quality: HR@10 / NDCG@10 / full-ranking NDCG@10 of every NCF variant and baseline.
+"""Model quality: every candidate family under the serving protocol, over several seeds.
 
-    python bench/quality.py --raw-dir ../shared/data \
-        [--datasets ml-100k ml-latest-small lastfm-2k] [--variants gmf mlp neumf ...]
+    python bench/quality.py --raw-dir ../shared/data --seeds 3 \
+        [--datasets ml-100k ml-latest-small lastfm-2k] [--families ncf mf als ease popularity]
 
 Per dataset the real stages run, each in its own process, exactly as the DAG runs them:
-ingest and prepare (Spark, the dataset's config: leave-one-out by time, or a seeded
-random hold-out without timestamps, 99 sampled negatives), then for each variant
-`python -m ncf_model train` + `evaluate` (epoch chosen on validation, metrics on test),
-and the baselines (`python -m jobs.als`, `python -m ncf_model baselines`: popularity,
-dot-product MF, Spark ALS). A variant is the dataset's config with a few model/train keys
-changed (VARIANTS below); each is registered as its own model (ncf-<dataset>-<variant>)
-with the champion floor off, so that every variant is evaluated. Everything goes to one
-MLflow store (--work/mlflow.db): `MLFLOW_TRACKING_URI=sqlite:///<work>/mlflow.db make ui`
-compares the runs. Prints a Markdown table; asserts nothing.
+ingest and prepare once (Spark, the dataset's config: leave-one-out by time, or a seeded
+random hold-out without timestamps, 99 sampled negatives: the split and the evaluation
+negatives stay fixed), then per seed `jobs.als`, `ncf_model train` and `ncf_model
+candidates` with every training seed (train.seed, mf.seed, als.seed) set to it. The
+candidates stage fits each family on train with its settings chosen on validation, refits
+it on train + validation and reports test; the served family is the best on validation.
+Prints, per dataset and family, mean ± std over the seeds of test HR@10 / NDCG@10
+(sampled, 99 negatives) and full-ranking NDCG@10, the validation score that chooses, and
+how often each family was served. Everything goes to one MLflow store
+(--work/mlflow.db). Asserts nothing.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import subprocess
 import sys
 import time
@@ -30,15 +32,8 @@ import yaml
 
 REPO = Path(__file__).resolve().parents[1]
 DATE = "2026-11-23"
-VARIANTS: dict[str, dict[str, dict[str, Any]]] = {
-    "gmf": {"model": {"kind": "gmf"}},
-    "mlp": {"model": {"kind": "mlp"}},
-    "neumf": {"model": {"kind": "neumf"}},
-    "neumf-pretrain": {"model": {"kind": "neumf", "pretrain": True}},
-    "neumf-bpr": {"model": {"kind": "neumf"}, "train": {"loss": "bpr"}},
-    "hybrid": {"model": {"kind": "hybrid"}},
-}
-BASELINES = ("popularity", "mf", "als")
+FAMILIES = ("ncf", "mf", "als", "ease", "popularity")
+SEEDS = (42, 7, 1234)  # the training seeds, in order; --seeds N takes the first N
 
 
 def _run(argv: list[str], log: Path, env: dict[str, str]) -> float:
@@ -59,7 +54,6 @@ def _config(base: Path, work: Path, name: str, overrides: dict[str, dict[str, An
     cfg = yaml.safe_load(base.read_text())
     for section, values in overrides.items():
         cfg.setdefault(section, {}).update(values)
-    cfg.setdefault("evaluate", {}).update({"min_hr": 0.0, "on_refusal": "skip"})
     path = work / "configs" / f"{cfg['dataset']}-{name}.yaml"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(yaml.safe_dump(cfg, sort_keys=False))
@@ -70,20 +64,9 @@ def _manifest(work: Path, dataset: str) -> dict[str, Any]:
     return json.loads((work / "lake" / dataset / DATE / "_manifest.json").read_text())
 
 
-def _row(name: str, metrics: dict[str, float], seconds: float, epoch: Any = "") -> dict:
-    def get(*keys: str) -> float | None:
-        for key in keys:
-            if key in metrics:
-                return float(metrics[key])
-        return None
-    return {"model": name, "hr": get("test_hr_10", "hr_10"), "ndcg": get("test_ndcg_10", "ndcg_10"),
-            "full_ndcg": get("test_full_ndcg_10", "full_ndcg_10"),
-            "full_hr": get("test_full_hr_10", "full_hr_10"),
-            "epoch": int(epoch) if isinstance(epoch, float) else epoch,  # MF logs a float
-            "seconds": seconds}
-
-
-def bench_dataset(dataset: str, args: argparse.Namespace, env: dict[str, str]) -> list[dict]:
+def bench_dataset(dataset: str, args: argparse.Namespace,
+                  env: dict[str, str]) -> dict[str, list[dict[str, Any]]]:
+    """{family: one record per seed (validation and test metrics, served or not)}."""
     base = REPO / "configs" / f"{dataset}.yaml"
     work, py = args.work, sys.executable
     log = work / f"{dataset}.log"
@@ -96,34 +79,35 @@ def bench_dataset(dataset: str, args: argparse.Namespace, env: dict[str, str]) -
     prepared = _manifest(work, dataset)["prepare"]
     print(f"{dataset}: ingest + prepare {seconds:.0f} s; {prepared['n_users']:,} users, "
           f"{prepared['n_items']:,} items, {prepared['n_positives']:,} positives", flush=True)
-    rows = []
-    for variant in args.variants:
-        cfg = _config(base, work, variant, VARIANTS[variant])
-        model_name = ["--model-name", f"ncf-{dataset}-{variant}"]
-        seconds = _run([py, "-m", "ncf_model", "train", "--config", str(cfg), *common], log, env)
-        seconds += _run([py, "-m", "ncf_model", "evaluate", "--config", str(cfg), *common,
-                         *model_name], log, env)
-        manifest = _manifest(work, dataset)
-        rows.append(_row(variant, manifest["evaluate"]["metrics"], seconds,
-                         manifest["train"]["best_epoch"]))
-        print(f"  {variant}: {rows[-1]}", flush=True)
-    if not args.skip_baselines:
-        seconds = _run([py, "-m", "jobs.als", "--config", str(data_cfg), *common], log, env)
-        seconds += _run([py, "-m", "ncf_model", "baselines", "--config", str(data_cfg),
-                         *common], log, env)
-        entry = _manifest(work, dataset)["baselines"]
-        names = [name for name in BASELINES if name in entry]
-        for name in names:
-            result = entry[name]
-            # ALS is fitted by its own Spark job: its seconds count with the evaluation's.
-            seconds = float(result.get("seconds", 0.0)) + float(result.get("als_job_seconds", 0.0))
-            rows.append(_row(name, result["metrics"], seconds, result.get("best_epoch", "")))
-            print(f"  {name}: {rows[-1]}", flush=True)
-    return rows
+    results: dict[str, list[dict[str, Any]]] = {}
+    for seed in SEEDS[:args.seeds]:
+        cfg = _config(base, work, f"seed{seed}", {
+            "train": {"seed": seed}, "mf": {"seed": seed}, "als": {"seed": seed},
+            "candidates": {"families": list(args.families)}})
+        timings = {stage: _run([py, "-m", module, *stage_args, "--config", str(cfg), *common],
+                               log, env)
+                   for stage, module, stage_args in (
+                       ("als", "jobs.als", []), ("train", "ncf_model", ["train"]),
+                       ("candidates", "ncf_model", ["candidates"]))}
+        entry = _manifest(work, dataset)["candidates"]
+        for family, record in entry["families"].items():
+            results.setdefault(family, []).append({
+                **record.get("validation", {}), **record.get("test", {}),
+                "served": family == entry["served_family"], "skipped": record["skipped"],
+                "seconds": sum(record.get("seconds", {}).values())
+                + (timings["train"] if family == "ncf" else 0.0)
+                + (timings["als"] if family == "als" else 0.0)})
+        print(f"  seed {seed}: served {entry['served_family']}; stages "
+              f"{', '.join(f'{k} {v:.0f} s' for k, v in timings.items())}", flush=True)
+    return results
 
 
-def _fmt(value: float | None) -> str:
-    return "—" if value is None else f"{value:.3f}"
+def _stat(values: list[float]) -> str:
+    if not values:
+        return "—"
+    mean = statistics.fmean(values)
+    std = statistics.stdev(values) if len(values) > 1 else 0.0
+    return f"{mean:.3f} ± {std:.3f}"
 
 
 def main() -> None:
@@ -132,9 +116,8 @@ def main() -> None:
                         required=os.environ.get("NCF_SHARED_DATA") is None)
     parser.add_argument("--datasets", nargs="+",
                         default=["ml-100k", "ml-latest-small", "lastfm-2k"])
-    parser.add_argument("--variants", nargs="+", choices=sorted(VARIANTS),
-                        default=list(VARIANTS))
-    parser.add_argument("--skip-baselines", action="store_true")
+    parser.add_argument("--families", nargs="+", choices=FAMILIES, default=list(FAMILIES))
+    parser.add_argument("--seeds", type=int, default=3, choices=range(1, len(SEEDS) + 1))
     parser.add_argument("--work", type=Path, default=Path("/tmp/ncf-quality"))
     args = parser.parse_args()
     args.work = args.work.resolve()
@@ -146,13 +129,25 @@ def main() -> None:
     env["PATH"] = f"{Path(sys.executable).parent}:{env.get('PATH', '')}"
     print(f"load {os.getloadavg()[0]:.2f}; work folder {args.work}", flush=True)
     table = {dataset: bench_dataset(dataset, args, env) for dataset in args.datasets}
-    print("\n| dataset | model | HR@10 | NDCG@10 | full NDCG@10 | full HR@10 | epoch | s |")
+    print(f"\n{args.seeds} seed(s), mean ± std; test after the refit on train + validation; "
+          "val = the validation NDCG@10 that chooses")
+    print("| dataset | family | test HR@10 | test NDCG@10 | test full NDCG@10 | val NDCG@10 "
+          "| served | s/seed |")
     print("|---|---|---|---|---|---|---|---|")
-    for dataset, rows in table.items():
-        for row in rows:
-            print(f"| {dataset} | {row['model']} | {_fmt(row['hr'])} | {_fmt(row['ndcg'])} | "
-                  f"{_fmt(row['full_ndcg'])} | {_fmt(row['full_hr'])} | {row['epoch']} | "
-                  f"{row['seconds']:.0f} |")
+    for dataset, families in table.items():
+        served = [record for rows in families.values() for record in rows if record["served"]]
+        for family, rows in [*families.items(), ("**served**", served)]:
+            kept = [row for row in rows if not row.get("skipped")]
+            if not kept:
+                print(f"| {dataset} | {family} | skipped: {rows[0]['skipped']} |||||||")
+                continue
+            print(f"| {dataset} | {family} | "
+                  f"{_stat([r['test_hr_10'] for r in kept])} | "
+                  f"{_stat([r['test_ndcg_10'] for r in kept])} | "
+                  f"{_stat([r['test_full_ndcg_10'] for r in kept if 'test_full_ndcg_10' in r])} | "
+                  f"{_stat([r['val_ndcg_10'] for r in kept])} | "
+                  f"{sum(r['served'] for r in kept)}/{len(kept)} | "
+                  f"{statistics.fmean(r['seconds'] for r in kept):.0f} |")
 
 
 if __name__ == "__main__":

@@ -62,3 +62,20 @@ def test_main_requires_a_date_or_a_user(capsys: pytest.CaptureFixture[str]) -> N
     with pytest.raises(SystemExit):
         report.main(["--config", CONFIG])
     assert "--logical-date" in capsys.readouterr().err
+
+
+def test_candidate_lines_list_every_family_best_validation_first_served_marked() -> None:
+    candidates = {"select_metric": "ndcg_10", "served_family": "ease", "families": {
+        "ncf": {"validation": {"val_ndcg_10": 0.41}, "test": {"test_hr_10": 0.64,
+                                                             "test_ndcg_10": 0.36}},
+        "ease": {"validation": {"val_ndcg_10": 0.45},
+                 "test": {"test_hr_10": 0.67, "test_ndcg_10": 0.40,
+                          "test_full_ndcg_10": 0.08}},
+        "big": {"skipped": "over the memory limit", "validation": {}, "test": {}}}}
+    lines = report.candidate_lines(candidates)
+    assert "val ndcg_10" in lines[0]
+    assert lines[1].split()[:3] == ["*", "ease", "0.4500"]
+    assert lines[2].split()[:4] == ["ncf", "0.4100", "0.6400", "0.3600"]
+    assert lines[2].split()[-1] == "—"  # no full-ranking figure
+    assert "skipped: over the memory limit" in lines[3]
+    assert report.candidate_lines({}) == []

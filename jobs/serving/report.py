@@ -42,15 +42,20 @@ def summarise_run(config: str, logical_date: str, lake_root: str | None,
     finally:
         engine.dispose()
     metrics = evaluate.get("metrics", {})
+    candidates = manifest.get("candidates", {})
     lines = [
         "",
         f"ncf-pipeline: {cfg.dataset} for {logical_date}",
         f"  users x items        {prepare.get('n_users', '?')} x {prepare.get('n_items', '?')}",
+        f"  served family        {evaluate.get('family', '?')}: the best validation "
+        f"{candidates.get('select_metric', '?')} of the candidates below",
         f"  test HR@10           {metrics.get('test_hr_10', float('nan')):.4f}",
         f"  test NDCG@10         {metrics.get('test_ndcg_10', float('nan')):.4f}",
         f"  test AUC             {metrics.get('test_auc', float('nan')):.4f}",
         f"  model                {evaluate.get('model_name', '?')} "
         f"version {evaluate.get('model_version', '?')} (MLflow run {evaluate.get('run_id', '?')})",
+        f"  champion gate        {evaluate.get('reason', '?')}",
+        *candidate_lines(candidates),
         f"  table                {cfg.publish.table} at {masked_url(engine.url)}",
         f"  rows for {cfg.dataset:<11} {rows} ({users} users)",
         f"  lake                 {paths.base}",
@@ -60,6 +65,33 @@ def summarise_run(config: str, logical_date: str, lake_root: str | None,
         "",
     ]
     return "\n".join(lines)
+
+
+def candidate_lines(candidates: dict[str, Any]) -> list[str]:
+    """Each candidate's validation (chooses) and test (reported) scores, the served one
+    marked; test is after the refit on train + validation."""
+    if not candidates.get("families"):
+        return []
+    metric = candidates.get("select_metric", "ndcg_10")
+    lines = [f"  candidates           {'val ' + metric:>14} {'test hr_10':>11} "
+             f"{'test ndcg_10':>13} {'test full_ndcg_10':>18}"]
+    families = candidates["families"]
+    for name in sorted(families, key=lambda n: -families[n].get("validation", {}).get(
+            f"val_{metric}", -1.0)):
+        record = families[name]
+        mark = "*" if name == candidates.get("served_family") else " "
+        if record.get("skipped"):
+            lines.append(f"   {mark} {name:<18} skipped: {record['skipped']}")
+            continue
+        val, test = record.get("validation", {}), record.get("test", {})
+
+        def show(value: Any, width: int) -> str:
+            return f"{value:>{width}.4f}" if isinstance(value, int | float) else f"{'—':>{width}}"
+
+        lines.append(f"   {mark} {name:<18} {show(val.get(f'val_{metric}'), 14)} "
+                     f"{show(test.get('test_hr_10'), 11)} {show(test.get('test_ndcg_10'), 13)} "
+                     f"{show(test.get('test_full_ndcg_10'), 18)}")
+    return lines
 
 
 def _titles(lake_path: str | None, item_ids: list[str]) -> dict[str, str]:

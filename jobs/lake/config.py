@@ -245,6 +245,9 @@ class PrepareConfig:
     n_eval_negatives: int = 99  # per evaluated user, for validation and for test
     seed: int = 42
     output_partitions: int = 1
+    # sequences/: each user's training positives in time order, the latest this many kept
+    # (sequence models, e.g. SASRec); 0 writes none.
+    sequence_length: int = 200
 
     def __post_init__(self) -> None:
         check_field(0.0 < self.user_fraction <= 1.0, "user_fraction", "must be in (0, 1]")
@@ -254,6 +257,7 @@ class PrepareConfig:
         check_field(self.n_negatives >= 0, "n_negatives", "must be >= 0")
         check_field(self.n_eval_negatives >= 1, "n_eval_negatives", "must be >= 1")
         check_field(self.output_partitions >= 1, "output_partitions", "must be >= 1")
+        check_field(self.sequence_length >= 0, "sequence_length", "must be >= 0")
 
     @property
     def k_core(self) -> bool:

@@ -11,6 +11,7 @@ the DAG files can all import it.
         presplit_test/ a source's own test split, raw ids (NCF paper's files only)
         users/ items/  user_id -> user_idx int32, item_id -> item_idx int32 (dense from 0)
         train/         user_idx, item_idx, label int8 (positives + sampled negatives)
+        sequences/     user_idx, sequence array<int>: the train positives in time order
         validation/    per user the second-latest positive + m sampled negatives
         test/          per user the latest positive + m sampled negatives
         model/         the trained model (state dict + config) chosen on validation
@@ -62,6 +63,7 @@ TITLE = "title"
 GENRES = "genres"
 SOURCE = "source"  # where a recommendation came from: SOURCE_MODEL or SOURCE_POPULARITY
 FACTORS = "factors"  # a latent factor vector (ALS baseline)
+SEQUENCE = "sequence"  # a user's item_idx values in time order, oldest first
 
 # --- dataset folders ----------------------------------------------------------
 INTERACTIONS = "interactions"
@@ -72,6 +74,7 @@ PRESPLIT_TEST = "presplit_test"
 USERS = "users"
 ITEMS = "items"
 TRAIN = "train"
+SEQUENCES = "sequences"
 VALIDATION = "validation"
 TEST = "test"
 MODEL = "model"
@@ -108,6 +111,9 @@ PRESPLIT_TEST_SCHEMA: Schema = ((USER_ID, "string"), (ITEM_ID, "string"), (LABEL
 AGE_BUCKETS = ("<18", "18-24", "25-34", "35-44", "45-49", "50-55", "56+")
 USER_FACTORS_SCHEMA: Schema = ((USER_IDX, "int"), (FACTORS, "array<float>"))
 ITEM_FACTORS_SCHEMA: Schema = ((ITEM_IDX, "int"), (FACTORS, "array<float>"))
+# Per user the training positives in time order (oldest first; same-second ties in the
+# split's seeded order), the latest prepare.sequence_length of them.
+SEQUENCES_SCHEMA: Schema = ((USER_IDX, "int"), (SEQUENCE, "array<int>"))
 TOPK_SCHEMA: Schema = ((USER_IDX, "int"), (RANK, "int"), (ITEM_IDX, "int"), (SCORE, "float"),
                        (SOURCE, "string"))
 # A topk/ row is the model's score, or a cold-start user's popularity fallback.

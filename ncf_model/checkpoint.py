@@ -26,6 +26,7 @@ from ncf_model.features import FeatureVocabulary, SideFeatures, pad_bags
 from ncf_model.models import Hybrid, build_model
 from ncf_model.models.baselines import FactorScorer, PopularityScorer
 from ncf_model.models.ease import EASE
+from ncf_model.models.sasrec import SASRec
 
 STATE_FILE = "state_dict.pt"
 META_FILE = "model.json"
@@ -37,6 +38,7 @@ class CheckpointError(FileNotFoundError):
     """The lake has no usable model folder; the message names the path."""
 
 
+MODEL_CONFIG_FAMILIES = ("ncf", "mf")  # rebuilt from a ModelConfig (build_model)
 # The families whose model is its tensors: rebuilt from the state dict, no config needed.
 _FROM_STATE: dict[str, Any] = {
     "ease": lambda state: EASE(state["weights"], state["history_items"],
@@ -54,9 +56,14 @@ def save_model(model: nn.Module, cfg: ModelConfig | None, *, n_users: int, n_ite
     `vocabulary` is the (users/, items/) lake folders of the data the model was trained on.
     `cfg` is the ModelConfig of a neural family (ncf, mf), None for the others.
     """
-    if (cfg is None) != (family in _FROM_STATE):
+    if (cfg is not None) != (family in MODEL_CONFIG_FAMILIES):
         raise ValueError(f"family {family!r}: a ModelConfig is needed exactly for the "
-                         f"families built from one (not {sorted(_FROM_STATE)})")
+                         f"families built from one ({MODEL_CONFIG_FAMILIES})")
+    if isinstance(model, SASRec):  # its architecture, to rebuild it
+        extra = {**(extra or {}), "sasrec": {"max_len": model.max_len, "hidden": model.hidden,
+                                             "n_blocks": model.n_blocks,
+                                             "n_heads": model.n_heads,
+                                             "dropout": model.dropout}}
     import pyarrow.parquet as pq
 
     state = {name: tensor.detach().cpu() for name, tensor in model.state_dict().items()}
@@ -119,6 +126,10 @@ def load_model(folder: Path,
     if family in _FROM_STATE:
         state = torch.load(state_path, map_location="cpu", weights_only=True)
         return _FROM_STATE[family](state).to(device).eval(), meta
+    if family == "sasrec":
+        sasrec = SASRec(int(meta["n_users"]), int(meta["n_items"]), **meta["sasrec"])
+        sasrec.load_state_dict(torch.load(state_path, map_location="cpu", weights_only=True))
+        return sasrec.to(device).eval(), meta
     raw = dict(meta["model"])
     raw["mlp_layers"] = tuple(raw["mlp_layers"])
     cfg = ModelConfig(**raw)

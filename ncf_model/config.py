@@ -174,6 +174,72 @@ class MFConfig:
                            patience=self.patience, k=k, seed=self.seed)
 
 
+SASREC_LOSSES = ("bce", "sampled_softmax")
+
+
+@dataclasses.dataclass(frozen=True)
+class SASRecTrainConfig:
+    """How SASRec is trained (the paper's settings where it gives them: Adam at 1e-3,
+    batches of 128 sequences); `ncf_model.train_sasrec`."""
+
+    epochs: int = 200
+    batch_size: int = 128  # sequences
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    patience: int = 20  # epochs without a better `monitor` before stopping
+    loss: str = "bce"  # bce (one negative per position) or sampled_softmax
+    n_negatives: int = 100  # per batch, sampled_softmax only (bce draws one per position)
+    monitor: str = "hr_10"  # validate()'s key that picks the best epoch (higher is better)
+    compile: bool = False  # torch.compile the model on CUDA (ignored on the CPU)
+
+    def __post_init__(self) -> None:
+        for name in ("epochs", "batch_size", "patience", "n_negatives"):
+            check_field(getattr(self, name) >= 1, name, "must be >= 1")
+        check_field(self.lr > 0, "lr", "must be > 0")
+        check_field(self.weight_decay >= 0, "weight_decay", "must be >= 0")
+        check_field(self.loss in SASREC_LOSSES, "loss",
+                    f"{self.loss!r} is not one of {SASREC_LOSSES}")
+
+
+@dataclasses.dataclass(frozen=True)
+class SASRecConfig:
+    """The `sasrec` section: SASRec (Kang & McAuley, ICDM 2018) over each user's training
+    positives in time order (sequences/ of the lake), the epoch chosen on validation."""
+
+    max_len: int = 200  # the latest items of a history the model reads
+    hidden: int = 64
+    n_blocks: int = 2
+    n_heads: int = 1
+    dropout: float = 0.2
+    epochs: int = 200
+    batch_size: int = 128
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    patience: int = 20
+    loss: str = "bce"
+    n_negatives: int = 100
+    compile: bool = False
+    seed: int = 42
+
+    def __post_init__(self) -> None:
+        for name in ("max_len", "hidden", "n_blocks", "n_heads"):
+            check_field(getattr(self, name) >= 1, name, "must be >= 1")
+        check_field(self.hidden % self.n_heads == 0, "n_heads", "must divide hidden")
+        check_field(0.0 <= self.dropout < 1.0, "dropout", "must be in [0, 1)")
+        self.train_config(k=10)  # the training fields' checks, naming them
+
+    def shape(self) -> dict[str, int | float]:
+        """The architecture: SASRec's keyword arguments (checkpoints rebuild it from this)."""
+        return {"max_len": self.max_len, "hidden": self.hidden, "n_blocks": self.n_blocks,
+                "n_heads": self.n_heads, "dropout": self.dropout}
+
+    def train_config(self, k: int) -> SASRecTrainConfig:
+        return SASRecTrainConfig(epochs=self.epochs, batch_size=self.batch_size, lr=self.lr,
+                                 weight_decay=self.weight_decay, patience=self.patience,
+                                 loss=self.loss, n_negatives=self.n_negatives,
+                                 monitor=f"hr_{k}", compile=self.compile)
+
+
 # EASE^R's lambda grid: Steck (WWW 2019) reports lambda ~ 500 on ML-20M; small datasets
 # prefer smaller ones, and the grid is cheap (one closed form per value).
 DEFAULT_L2_GRID = (50.0, 100.0, 200.0, 500.0, 1000.0, 2000.0)
@@ -204,6 +270,7 @@ class NCFConfig:
     candidates: CandidatesConfig = dataclasses.field(default_factory=CandidatesConfig)
     mf: MFConfig = dataclasses.field(default_factory=MFConfig)
     ease: EaseConfig = dataclasses.field(default_factory=EaseConfig)
+    sasrec: SASRecConfig = dataclasses.field(default_factory=SASRecConfig)
     # The registered model: publish.model_name (the one key the table and the registry
     # share, owned by the data side's PublishConfig), else ncf-<dataset>.
     model_name: str = ""
@@ -226,6 +293,7 @@ def load_ncf_config(path: str | Path) -> NCFConfig:
                                  f"{where}: candidates"),
         mf=build_section(MFConfig, raw.get("mf"), f"{where}: mf"),
         ease=build_section(EaseConfig, raw.get("ease"), f"{where}: ease"),
+        sasrec=build_section(SASRecConfig, raw.get("sasrec"), f"{where}: sasrec"),
         model_name=build_section(PublishConfig, raw.get("publish"),
                                  f"{where}: publish").model_name or "",
     )

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import torch
 from torch import Tensor
@@ -327,3 +328,21 @@ def load_als_scorer(paths: layout.LakePaths, n_users: int, n_items: int,
                       layout.USER_IDX, n_users),
         _factor_table(folder / layout.ITEM_FACTORS, layout.ITEM_FACTORS_SCHEMA,
                       layout.ITEM_IDX, n_items))
+
+
+def load_sequences(paths: layout.LakePaths) -> tuple[Tensor, Tensor, Tensor] | None:
+    """sequences/ of a lake run as flat (user_idx, item_idx, position) int64 tensors on the
+    CPU, position 0 the oldest of each user's training positives; None when prepare wrote
+    none (sequence_length 0, or a split other than leave-one-out)."""
+    folder = paths.path(layout.SEQUENCES)
+    if not folder.is_dir():
+        return None
+    table = layout.read_lake_table(folder, layout.SEQUENCES_SCHEMA)
+    sequences = table.column(layout.SEQUENCE).combine_chunks()
+    lengths = torch.from_numpy(
+        pc.list_value_length(sequences).to_numpy(zero_copy_only=False).astype("int64"))
+    users = torch.from_numpy(table.column(layout.USER_IDX).to_numpy().astype("int64"))
+    item = torch.from_numpy(pc.list_flatten(sequences).to_numpy().astype("int64"))
+    first = (torch.cumsum(lengths, 0) - lengths).repeat_interleave(lengths)  # each row's start
+    position = torch.arange(len(item), dtype=torch.int64) - first
+    return users.repeat_interleave(lengths), item, position

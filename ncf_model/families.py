@@ -22,10 +22,10 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import torch
-from torch import nn
+from torch import Tensor, nn
 
 from jobs.lake.loader import build_section
-from ncf_model.config import EaseConfig, MFConfig, ModelConfig, TrainConfig
+from ncf_model.config import EaseConfig, MFConfig, ModelConfig, SASRecConfig, TrainConfig
 from ncf_model.data import FullRanking, Pairs, TrainingData
 from ncf_model.evaluate import evaluate
 from ncf_model.features import SideFeatures
@@ -37,7 +37,9 @@ from ncf_model.models.ease import (
     choose_l2,
     fit_ease,
 )
-from ncf_model.train import fit, refit
+from ncf_model.models.sasrec import SASRec, build_histories
+from ncf_model.train import TrainResult, fit, refit
+from ncf_model.train_sasrec import pairs_validator, train_sasrec
 
 log = logging.getLogger(__name__)
 
@@ -213,6 +215,69 @@ class Ease:
         return self._fit(data, splits, float(settings["l2"]))
 
 
+# Appended items sort after every training position: the validation item, then test.
+_APPENDED_ORDER = float(1 << 40)
+
+
+@dataclass
+class Sequential:
+    """SASRec over each user's training positives in time order (sequences/ of the lake):
+    (a) trained on the train sequences, its epoch chosen on validation (the validation item
+    scored after the train history); (b) and (c) append the user's held-out validation
+    (then test) item to the history, as time ordered them, and train exactly that many
+    epochs."""
+
+    cfg: SASRecConfig
+    sequences: tuple[Tensor, Tensor, Tensor] | None  # (user, item, position), CPU
+    on_epoch: Callable[[int, dict[str, float]], None] | None = None
+    name: str = "sasrec"
+
+    def recipe(self) -> dict[str, Any]:
+        return {"family": self.name, "sasrec": json_safe(self.cfg)}
+
+    def _histories(self, data: ProtocolData, splits: tuple[str, ...], length: int) -> Tensor:
+        assert self.sequences is not None  # checked by select
+        user, item, position = self.sequences
+        users, items, order = [user], [item], [position.double()]
+        for rank, split in enumerate(name for name in splits if name != "train"):
+            pairs = data.positives[split]
+            users.append(pairs.user.long())
+            items.append(pairs.item.long())
+            order.append(torch.full((len(pairs),), _APPENDED_ORDER + rank, dtype=torch.float64))
+        return build_histories(torch.cat(users), torch.cat(items), torch.cat(order),
+                               data.n_users, length).to(data.device)
+
+    def _fit(self, data: ProtocolData, splits: tuple[str, ...], *,
+             epochs: int | None) -> tuple[SASRec, TrainResult]:
+        torch.manual_seed(self.cfg.seed)
+        model = SASRec(data.n_users, data.n_items, **self.cfg.shape())  # type: ignore[arg-type]
+        model.to(data.device).set_histories(self._histories(data, splits, self.cfg.max_len))
+        train_cfg = self.cfg.train_config(data.k)
+        if epochs is not None:  # a refit: exactly the epochs (a) chose, no validation
+            train_cfg = dataclasses.replace(train_cfg, epochs=epochs, patience=epochs)
+        generator = torch.Generator(device=data.device).manual_seed(self.cfg.seed)
+        validate = pairs_validator(data.validation, data.k) if epochs is None else None
+        result = train_sasrec(model, self._histories(data, splits, self.cfg.max_len + 1),
+                              validate, train_cfg, device=data.device, generator=generator,
+                              on_epoch=self.on_epoch if epochs is None else None,
+                              name=f"sasrec {'+'.join(splits)}")
+        return model.eval(), result
+
+    def select(self, data: ProtocolData) -> Selected:
+        if self.sequences is None:
+            raise FamilySkipped("the lake has no sequences/ (prepare.sequence_length 0, or a "
+                                "split other than leave_one_out): sasrec needs time order")
+        model, result = self._fit(data, SELECT_ON, epochs=None)
+        best = {f"best_{key}": value for key, value in result.best_metrics.items()
+                if key.startswith("val_")}
+        return Selected(model, {"epochs": result.best_epoch},
+                        {**best, "best_epoch": float(result.best_epoch)}, result.history)
+
+    def refit(self, data: ProtocolData, splits: tuple[str, ...],
+              settings: Mapping[str, Any]) -> nn.Module:
+        return self._fit(data, splits, epochs=int(settings["epochs"]))[0]
+
+
 # The factors jobs/als.py fitted on a set of splits' positives, as a scorer.
 FactorLoader = Callable[[tuple[str, ...]], nn.Module]
 
@@ -253,9 +318,11 @@ def json_safe(value: Any) -> Any:
 
 
 def from_recipe(recipe: Mapping[str, Any], *, ease: EaseConfig, metric: str,
-                features: SideFeatures | None = None) -> Family | None:
+                features: SideFeatures | None = None,
+                sequences: tuple[Tensor, Tensor, Tensor] | None = None) -> Family | None:
     """The family a recipe describes, ready to `refit` with its settings; None for ALS,
-    whose factors only the Spark job fits (its recipe is compared as a whole instead)."""
+    whose factors only the Spark job fits (its recipe is compared as a whole instead), and
+    for SASRec on a lake without sequences/."""
     family = str(recipe["family"])
     if family in ("ncf", "mf"):
         where = f"recipe of {family}"
@@ -266,4 +333,7 @@ def from_recipe(recipe: Mapping[str, Any], *, ease: EaseConfig, metric: str,
         return Ease(ease, metric)
     if family == "popularity":
         return Popularity()
+    if family == "sasrec" and sequences is not None:
+        return Sequential(build_section(SASRecConfig, recipe["sasrec"], "recipe of sasrec"),
+                          sequences)
     return None

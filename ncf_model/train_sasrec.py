@@ -31,13 +31,13 @@ import logging
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from tqdm import tqdm
 
+from ncf_model.config import SASRecTrainConfig
 from ncf_model.data import Pairs
 from ncf_model.evaluate import evaluate
 from ncf_model.models.sasrec import PAD, SASRec
@@ -48,34 +48,7 @@ log = logging.getLogger(__name__)
 
 Validate = Callable[[nn.Module], dict[str, float]]
 
-LOSSES = ("bce", "sampled_softmax")
 MAX_REDRAWS = 16  # a draw hits a user's sequence with p = |seq| / n_items: 16 rounds suffice
-
-
-@dataclass(frozen=True)
-class SASRecTrainConfig:
-    """How SASRec is trained (the paper's settings where it gives them: Adam at 1e-3,
-    batches of 128 sequences)."""
-
-    epochs: int = 200
-    batch_size: int = 128  # sequences
-    lr: float = 1e-3
-    weight_decay: float = 0.0
-    patience: int = 20  # epochs without a better `monitor` before stopping
-    loss: str = "bce"  # one of LOSSES
-    n_negatives: int = 100  # per batch, sampled_softmax only (bce draws one per position)
-    monitor: str = "hr_10"  # validate()'s key that picks the best epoch (higher is better)
-    compile: bool = False  # torch.compile the model on CUDA (ignored on the CPU)
-
-    def __post_init__(self) -> None:
-        for name in ("epochs", "batch_size", "patience", "n_negatives"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"SASRecTrainConfig.{name}={getattr(self, name)}: must be >= 1")
-        if self.lr <= 0 or self.weight_decay < 0:
-            raise ValueError(f"SASRecTrainConfig.lr={self.lr}, weight_decay="
-                             f"{self.weight_decay}: lr must be > 0, weight_decay >= 0")
-        if self.loss not in LOSSES:
-            raise ValueError(f"SASRecTrainConfig.loss={self.loss!r}: not one of {LOSSES}")
 
 
 def pairs_validator(validation: Pairs, k: int) -> Validate:
@@ -162,7 +135,7 @@ def _cpu_copy(model: nn.Module) -> dict[str, Tensor]:
     return {name: t.detach().to("cpu", copy=True) for name, t in model.state_dict().items()}
 
 
-def train_sasrec(model: SASRec, train_seqs: Tensor, validate: Validate,
+def train_sasrec(model: SASRec, train_seqs: Tensor, validate: Validate | None,
                  cfg: SASRecTrainConfig, *, device: torch.device, generator: torch.Generator,
                  on_epoch: OnEpoch | None = None, state: PhaseState | None = None,
                  name: str = "") -> TrainResult:
@@ -174,7 +147,9 @@ def train_sasrec(model: SASRec, train_seqs: Tensor, validate: Validate,
     (dropout). With `state`, each epoch's end is saved there and a saved state is continued
     from; whether it is finished is decided by this `cfg` (a run saved after its last
     epoch continues when given more epochs). `validate` is called in eval mode without
-    gradients; its keys reach the history prefixed with "val_".
+    gradients; its keys reach the history prefixed with "val_". Without `validate` (a
+    refit, whose sequences may hold the validation items) it trains exactly `cfg.epochs`
+    epochs and keeps the last weights.
     """
     device = torch.device(device)
     if train_seqs.device.type != device.type or generator.device.type != device.type:
@@ -237,17 +212,19 @@ def train_sasrec(model: SASRec, train_seqs: Tensor, validate: Validate,
 
         model.eval()
         with torch.no_grad():
-            scores = validate(model)
-        if cfg.monitor not in scores:
+            scores = validate(model) if validate is not None else {}
+        if validate is not None and cfg.monitor not in scores:
             raise ValueError(f"validate() returned {sorted(scores)}, without the monitored "
                              f"{cfg.monitor!r} (SASRecTrainConfig.monitor)")
         metrics = {"loss": mean_loss, "sequences_per_s": active.numel() / seconds,
                    **{f"val_{key}": float(value) for key, value in scores.items()}}
         progress.history.append(metrics)
         progress.epoch = epoch
-        improved = scores[cfg.monitor] > progress.best_hr
+        # A refit keeps its last epoch: "best" is the one it was told to stop at.
+        improved = validate is None or scores[cfg.monitor] > progress.best_hr
         if improved:
-            progress.best_epoch, progress.best_hr = epoch, float(scores[cfg.monitor])
+            progress.best_epoch = epoch
+            progress.best_hr = float(scores.get(cfg.monitor, progress.best_hr))
             progress.best_state = _cpu_copy(model)
         log.info("%sepoch %d/%d loss %.4f %.0f sequences/s val %s%s", prefix, epoch,
                  cfg.epochs, mean_loss, metrics["sequences_per_s"],

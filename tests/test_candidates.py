@@ -195,6 +195,57 @@ def test_every_family_is_scored_alike_and_the_best_on_validation_is_served(
         n: r["run_id"] for n, r in families.items()}
 
 
+def _sequential_lake(root: Path) -> layout.LakePaths:
+    """Each user walks the items in order from its own start: 6 training steps, then the
+    next item is validation and the one after test. Only order tells what comes next."""
+    paths = layout.LakePaths(root, "tiny", DATE)
+    splits: dict[str, list[tuple[int, int, int]]] = {"train": [], "validation": [], "test": []}
+    sequences = []
+    for user in range(N_USERS):
+        rng = random.Random(user)
+        walk = [(user * 5 + step) % N_ITEMS for step in range(8)]
+        splits["train"] += [(user, item, 1) for item in walk[:6]]
+        sequences.append(walk[:6])
+        untouched = [i for i in range(N_ITEMS) if i not in walk]
+        for name, positive in (("validation", walk[6]), ("test", walk[7])):
+            splits[name] += [(user, positive, 1)]
+            splits[name] += [(user, i, 0) for i in rng.sample(untouched, N_EVAL_NEG)]
+    for name, rows in splits.items():
+        _write(paths.path(name), layout.PAIRS_SCHEMA, [list(c) for c in zip(*rows, strict=True)])
+    _write(paths.path(layout.SEQUENCES), layout.SEQUENCES_SCHEMA,
+           [list(range(N_USERS)), sequences])
+    _write(paths.path(layout.USERS), layout.USERS_SCHEMA,
+           [[f"u{n}" for n in range(N_USERS)], list(range(N_USERS))])
+    _write(paths.path(layout.ITEMS), layout.ITEMS_SCHEMA,
+           [[f"i{n}" for n in range(N_ITEMS)], list(range(N_ITEMS))])
+    layout.update_manifest(paths, "prepare", {"n_users": N_USERS, "n_items": N_ITEMS})
+    return paths
+
+
+def test_sasrec_reads_the_order_and_its_served_history_ends_with_the_held_out_items(
+        tmp_path: Path, mlflow_store: str) -> None:
+    torch.set_num_threads(1)
+    paths = _sequential_lake(tmp_path / "lake")
+    sasrec = {"max_len": 8, "hidden": 16, "n_blocks": 1, "dropout": 0.1, "epochs": 30,
+              "batch_size": 8, "lr": 0.01, "patience": 30, "seed": 3}
+    config = _config(tmp_path, families=("sasrec", "popularity"), sasrec=sasrec)
+    assert _main("train", config, paths) == 0
+    assert _main("candidates", config, paths) == 0
+    entry = layout.read_manifest(paths)["candidates"]
+    families = entry["families"]
+    # Popularity cannot tell what comes next; the walk's next step is all SASRec needs.
+    assert families["sasrec"]["validation"][f"val_hr_{K}"] > 0.9
+    assert families["popularity"]["validation"][f"val_hr_{K}"] < 0.8
+    assert entry["served_family"] == "sasrec"
+    assert families["sasrec"]["settings"]["epochs"] >= 1
+    model, meta = checkpoint.load_model(paths.path(layout.SERVED))
+    assert meta["family"] == "sasrec" and meta["sasrec"]["max_len"] == 8
+    for user in range(N_USERS):
+        walk = [(user * 5 + step) % N_ITEMS for step in range(8)]
+        # (c): the whole walk, validation and test appended in time order (tokens = item + 1).
+        assert model.histories[user].tolist() == [item + 1 for item in walk]
+
+
 def _outcome(name: str, val: float, test: float) -> stage.Outcome:
     return stage.Outcome(Popularity(name=name), Selected(torch.nn.Identity(), {}),
                          {"val_ndcg_10": val}, {"test_ndcg_10": test})

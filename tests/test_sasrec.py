@@ -11,13 +11,13 @@ from pathlib import Path
 import pytest
 import torch
 
+from ncf_model.config import SASRecTrainConfig
 from ncf_model.data import Pairs
 from ncf_model.evaluate import evaluate
 from ncf_model.models.common import PairScorer
 from ncf_model.models.sasrec import SASRec, build_histories
 from ncf_model.resume import PhaseState, fingerprint
 from ncf_model.train_sasrec import (
-    SASRecTrainConfig,
     pairs_validator,
     sample_negatives,
     sequence_keys,

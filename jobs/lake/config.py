@@ -292,7 +292,7 @@ class PublishConfig:
 # The model families a run fits and scores on the same validation and test pairs
 # (ncf_model.families): ncf is the flagship of the model/ and train/ sections, als is
 # fitted by the Spark job jobs/als.py.
-FAMILIES = ("ncf", "mf", "als", "ease", "popularity")
+FAMILIES = ("ncf", "mf", "als", "ease", "sasrec", "popularity")
 # Validation metrics a run may select on (k is evaluate.k): sampled HR/NDCG, AUC, and the
 # full-ranking ones.
 _SELECT_METRIC = r"(full_)?(hr|ndcg|recall)_\d+|auc"

@@ -31,7 +31,14 @@ from jobs.lake import layout
 from jobs.lake.config import CandidatesConfig
 from ncf_model import checkpoint, tracking
 from ncf_model.config import NCFConfig
-from ncf_model.data import lake_ids, load_als_scorer, load_pairs, load_positives, load_side_features
+from ncf_model.data import (
+    lake_ids,
+    load_als_scorer,
+    load_pairs,
+    load_positives,
+    load_sequences,
+    load_side_features,
+)
 from ncf_model.evaluate import evaluate_report
 from ncf_model.families import (
     SELECT_ON,
@@ -44,6 +51,7 @@ from ncf_model.families import (
     Popularity,
     ProtocolData,
     Selected,
+    Sequential,
     Trained,
     json_safe,
     mf_family,
@@ -82,6 +90,8 @@ def build_families(cfg: NCFConfig, paths: layout.LakePaths, data: ProtocolData,
         elif name == "ease":
             families.append(Ease(cfg.ease, metric if metric.startswith(("hr_", "ndcg_"))
                                  else f"ndcg_{cfg.evaluate.k}"))
+        elif name == "sasrec":
+            families.append(Sequential(cfg.sasrec, load_sequences(paths)))
         elif name == "als":
             params = (manifest.get("als") or {}).get("params") or {}
             families.append(Als(lambda splits: load_als_scorer(
@@ -222,8 +232,7 @@ def run(cfg: NCFConfig, paths: layout.LakePaths, device: torch.device) -> str:
     served = (winner.family.refit(data, SERVE_ON, winner.selected.settings)
               if cfg.candidates.refit else winner.selected.scorer)
     winner.seconds["refit_serve"] = time.perf_counter() - started
-    ncf_cfg = cfg.model if winner.family.name == "ncf" else (
-        cfg.mf.model_config() if winner.family.name == "mf" else None)
+    ncf_cfg = {"ncf": cfg.model, "mf": cfg.mf.model_config()}.get(winner.family.name)
     checkpoint.save_model(served.to("cpu"), ncf_cfg, family=winner.family.name,
                           n_users=data.n_users, n_items=data.n_items,
                           folder=paths.path(layout.SERVED),

@@ -32,7 +32,7 @@ from jobs.lake import layout
 from ncf_model import tracking
 from ncf_model.champion import GateDecision, champion_gate
 from ncf_model.config import NCFConfig
-from ncf_model.data import lake_ids, load_side_features
+from ncf_model.data import lake_ids, load_sequences, load_side_features
 from ncf_model.evaluate import evaluate
 from ncf_model.families import SELECT_ON, from_recipe
 from ncf_model.stages.candidates import protocol_data
@@ -79,7 +79,7 @@ def champion_score(cfg: NCFConfig, paths: layout.LakePaths, device: torch.device
     if family == "ncf" and recipe.get("model", {}).get("kind") == "hybrid":
         features = load_side_features(paths, *lake_ids(paths))
     rebuilt = from_recipe(recipe, ease=cfg.ease, metric=metric.removeprefix("full_"),
-                          features=features)
+                          features=features, sequences=load_sequences(paths))
     if rebuilt is None:
         return None, (f"the champion's recipe ({family}, other settings than today's) is "
                       "fitted by Spark only")

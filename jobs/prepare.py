@@ -6,6 +6,8 @@ Writes  <lake>/<dataset>/<logical_date>/users/ items/     user_id -> user_idx, i
         <lake>/<dataset>/<logical_date>/validation/       per user 1 positive + m negatives
         <lake>/<dataset>/<logical_date>/test/             per user its test positive(s) + m
                                                           negatives
+        <lake>/<dataset>/<logical_date>/sequences/        per user its train positives in time
+                                                          order (leave_one_out; jobs/sequences.py)
         and the manifest entry "prepare" (each step's counts, params, input checksum).
 
 Run:
@@ -35,6 +37,7 @@ import contextlib
 import dataclasses
 import functools
 import logging
+import shutil
 from collections.abc import Callable
 from datetime import UTC, date, datetime, time, timedelta
 from pathlib import Path
@@ -43,8 +46,8 @@ from typing import Any
 from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F
 
-from jobs import prepare_fast
-from jobs.filters import select_positives
+from jobs import prepare_fast, sequences
+from jobs.filters import binarise, select_positives
 from jobs.index import index_ids
 from jobs.lake import layout
 from jobs.lake.cli import configure_logging, lake_root, load_stage_config, stage_parser
@@ -207,19 +210,23 @@ def _write_general(positives: DataFrame, presplit_test: DataFrame | None, events
 def write_outputs(events: DataFrame, positives: DataFrame, paths: layout.LakePaths,
                   cfg: PrepareConfig, *, presplit_test: DataFrame | None = None,
                   ) -> dict[str, Any]:
-    """Write users/, items/, train/, validation/, test/ together; return the counts.
+    """Write users/, items/, train/, validation/, test/ (and sequences/) together; return
+    the counts.
 
     `events` are the interactions prepare may use (known at as-of): every pair in them is
     touched, never a negative. `positives` (user_id, item_id, ts) are what
     jobs.filters.select_positives kept (on the fast path, with pairs_later, the events
     themselves: jobs.prepare_fast collapses repeated pairs). All five folders are staged and
     swapped in only when every one was written, so a failure leaves the previous run's
-    outputs untouched. `presplit_test` (raw ids, layout.PRESPLIT_TEST_SCHEMA) is a source's own
+    outputs untouched (sequences/ too; a run that skips it removes the previous one's after
+    the swap). `presplit_test` (raw ids, layout.PRESPLIT_TEST_SCHEMA) is a source's own
     test split, taken as test/ as it is (its items are indexed too); validation is then
     each user's latest other positive.
     """
     spark = positives.sparkSession
-    names = (layout.USERS, layout.ITEMS, layout.TRAIN, layout.VALIDATION, layout.TEST)
+    skipped = sequences.skip_reason(cfg)
+    names = (layout.USERS, layout.ITEMS, layout.TRAIN, layout.VALIDATION, layout.TEST,
+             *(() if skipped else (layout.SEQUENCES,)))
     with contextlib.ExitStack() as stack:
         staged = {name: stack.enter_context(layout.staged_dir(paths.path(name)))
                   for name in names}
@@ -252,6 +259,8 @@ def write_outputs(events: DataFrame, positives: DataFrame, paths: layout.LakePat
             tally = prepare_fast.write_splits(positives.transform(indexed), staged, params,
                                               files=cfg.output_partitions)
             split_info: dict[str, Any] = {"method": cfg.split.method}
+            # The events may repeat a pair: one positive per pair, as the general path has.
+            trained = positives.transform(binarise, rule="any", threshold=None).transform(indexed)
         else:
             # Read again by each sampling round and each write: cached once.
             cache.append(positives.transform(indexed).persist())
@@ -259,6 +268,11 @@ def write_outputs(events: DataFrame, positives: DataFrame, paths: layout.LakePat
                                                     staged, n_items=n_items, cfg=cfg,
                                                     cache=cache)
             tally = _tally_written(spark, staged, cfg.n_eval_negatives)
+            trained = cache[0]
+        if skipped:
+            log.info("prepare: no %s/: %s", layout.SEQUENCES, skipped)
+        sequence_info = ({"skipped": skipped} if skipped
+                         else sequences.write_sequences(trained, staged, cfg))
         split_info.update(tally.test_users)
         unscorable_users = 0
         if unscorable is not None:  # time_cutoff: test users without a training positive
@@ -273,7 +287,10 @@ def write_outputs(events: DataFrame, positives: DataFrame, paths: layout.LakePat
             "users_train_only": n_users - split_info["test_users"] - unscorable_users,
             "users_short_of_eval_negatives": tally.users_short,
             "split": split_info,
+            "sequences": sequence_info,
         }
+    if skipped:  # a previous run's sequences/ would not match these splits
+        shutil.rmtree(paths.path(layout.SEQUENCES), ignore_errors=True)
     return counts
 
 

@@ -210,8 +210,7 @@ def _write_general(positives: DataFrame, presplit_test: DataFrame | None, events
 def write_outputs(events: DataFrame, positives: DataFrame, paths: layout.LakePaths,
                   cfg: PrepareConfig, *, presplit_test: DataFrame | None = None,
                   ) -> dict[str, Any]:
-    """Write users/, items/, train/, validation/, test/ (and sequences/) together; return
-    the counts.
+    """Write users/, items/, train/, validation/, test/, sequences/ together; the counts.
 
     `events` are the interactions prepare may use (known at as-of): every pair in them is
     touched, never a negative. `positives` (user_id, item_id, ts) are what
@@ -269,8 +268,6 @@ def write_outputs(events: DataFrame, positives: DataFrame, paths: layout.LakePat
                                                     cache=cache)
             tally = _tally_written(spark, staged, cfg.n_eval_negatives)
             trained = cache[0]
-        if skipped:
-            log.info("prepare: no %s/: %s", layout.SEQUENCES, skipped)
         sequence_info = ({"skipped": skipped} if skipped
                          else sequences.write_sequences(trained, staged, cfg))
         split_info.update(tally.test_users)
@@ -290,6 +287,7 @@ def write_outputs(events: DataFrame, positives: DataFrame, paths: layout.LakePat
             "sequences": sequence_info,
         }
     if skipped:  # a previous run's sequences/ would not match these splits
+        log.info("prepare: no %s/: %s", layout.SEQUENCES, skipped)
         shutil.rmtree(paths.path(layout.SEQUENCES), ignore_errors=True)
     return counts
 

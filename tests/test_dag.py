@@ -163,7 +163,9 @@ def test_dag_runs_end_to_end_on_tiny_data(tmp_path: Path,
     children = client.search_runs([mlflow_run.info.experiment_id],
                                   f"tags.`mlflow.parentRunId` = '{parent}'")
     assert sorted(r.data.tags["ncf.family"] for r in children) == [
-        "als", "ease", "mf", "ncf", "popularity"]
+        "als", "ease", "mf", "ncf", "popularity", "sasrec"]
+    assert all(record["skipped"] is None for record in manifest["candidates"]["families"]
+               .values()), manifest["candidates"]["families"]
     for child in children:
         assert 0.0 <= child.data.metrics["test_hr_10"] <= 1.0
     assert client.get_run(parent).data.tags["ncf.served_family"] == manifest["evaluate"][

@@ -215,7 +215,7 @@ def write_outputs(events: DataFrame, positives: DataFrame, paths: layout.LakePat
     `events` are the interactions prepare may use (known at as-of): every pair in them is
     touched, never a negative. `positives` (user_id, item_id, ts) are what
     jobs.filters.select_positives kept (on the fast path, with pairs_later, the events
-    themselves: jobs.prepare_fast collapses repeated pairs). All five folders are staged and
+    themselves: jobs.prepare_fast collapses repeated pairs). All the folders are staged and
     swapped in only when every one was written, so a failure leaves the previous run's
     outputs untouched (sequences/ too; a run that skips it removes the previous one's after
     the swap). `presplit_test` (raw ids, layout.PRESPLIT_TEST_SCHEMA) is a source's own
@@ -259,7 +259,7 @@ def write_outputs(events: DataFrame, positives: DataFrame, paths: layout.LakePat
                                               files=cfg.output_partitions)
             split_info: dict[str, Any] = {"method": cfg.split.method}
             # The events may repeat a pair: one positive per pair, as the general path has.
-            trained = positives.transform(binarise, rule="any", threshold=None).transform(indexed)
+            timed = positives.transform(binarise, rule="any", threshold=None).transform(indexed)
         else:
             # Read again by each sampling round and each write: cached once.
             cache.append(positives.transform(indexed).persist())
@@ -267,9 +267,9 @@ def write_outputs(events: DataFrame, positives: DataFrame, paths: layout.LakePat
                                                     staged, n_items=n_items, cfg=cfg,
                                                     cache=cache)
             tally = _tally_written(spark, staged, cfg.n_eval_negatives)
-            trained = cache[0]
+            timed = cache[0]  # the indexed positives, with ts
         sequence_info = ({"skipped": skipped} if skipped
-                         else sequences.write_sequences(trained, staged, cfg))
+                         else sequences.write_sequences(timed, staged, cfg))
         split_info.update(tally.test_users)
         unscorable_users = 0
         if unscorable is not None:  # time_cutoff: test users without a training positive

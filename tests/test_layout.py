@@ -103,3 +103,30 @@ def test_read_lake_table_missing_empty_and_written(tmp_path: Path) -> None:
     (folder / "part-00001.parquet").write_bytes(b"not parquet")
     with pytest.raises(layout.LakeReadError, match="not a readable Parquet folder"):
         layout.read_lake_table(folder, layout.USERS_SCHEMA)
+
+
+def _write_entries(root: str, stage: str, n: int) -> None:
+    paths = layout.LakePaths(Path(root), "ml-100k", "2026-11-23")
+    for i in range(n):
+        layout.update_manifest(paths, f"{stage}-{i}", {"i": i, "pad": "x" * 2000})
+
+
+def test_parallel_stages_never_drop_each_others_manifest_entries(tmp_path: Path) -> None:
+    """Four processes (as parallel Airflow tasks) each write 25 entries at once: all 100
+    are there. Without the lock, read-modify-write races drop entries."""
+    import multiprocessing
+
+    context = multiprocessing.get_context("spawn")
+    workers = [context.Process(target=_write_entries, args=(str(tmp_path), f"s{w}", 25))
+               for w in range(4)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join(timeout=60)
+        assert worker.exitcode == 0
+    manifest = layout.read_manifest(layout.LakePaths(tmp_path, "ml-100k", "2026-11-23"))
+    assert {key for key in manifest if key.startswith("s")} == {
+        f"s{w}-{i}" for w in range(4) for i in range(25)}
+    # No lock file, no leftovers: the folder holds the manifest alone.
+    assert [p.name for p in (tmp_path / "ml-100k" / "2026-11-23").iterdir()] == [
+        layout.MANIFEST]

@@ -31,6 +31,7 @@ logical date replaces the previous result.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import hashlib
 import json
 import os
@@ -264,13 +265,30 @@ def read_manifest(paths: LakePaths) -> dict[str, Any]:
     return loaded
 
 
+@contextlib.contextmanager
+def _locked(folder: Path) -> Iterator[None]:
+    """An exclusive lock on `folder` (flock on the directory itself: no lock file in the
+    lake), held across a read-modify-write of its manifest. Tasks of one DAG run run in
+    parallel under a real scheduler (train beside als): without it, two finishing
+    together could each write the manifest they read, dropping the other's entry."""
+    folder.mkdir(parents=True, exist_ok=True)
+    handle = os.open(folder, os.O_RDONLY)
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(handle)  # releases the lock
+
+
 def update_manifest(paths: LakePaths, stage: str, entry: Mapping[str, Any]) -> dict[str, Any]:
-    """Record one stage's counts/params/checksums under `stage` (replacing a previous entry)."""
-    manifest = read_manifest(paths)
-    manifest.setdefault("dataset", paths.dataset)
-    manifest.setdefault("logical_date", paths.logical_date)
-    manifest[stage] = {**entry, "written_at": datetime.now(UTC).isoformat(timespec="seconds")}
-    write_json_atomic(paths.manifest, manifest)
+    """Record one stage's counts/params/checksums under `stage` (replacing a previous entry),
+    atomically and under the run folder's lock: concurrent stages never lose an entry."""
+    with _locked(paths.base):
+        manifest = read_manifest(paths)
+        manifest.setdefault("dataset", paths.dataset)
+        manifest.setdefault("logical_date", paths.logical_date)
+        manifest[stage] = {**entry, "written_at": datetime.now(UTC).isoformat(timespec="seconds")}
+        write_json_atomic(paths.manifest, manifest)
     return manifest
 
 

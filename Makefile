@@ -60,6 +60,21 @@ lint: venv ## ruff
 typecheck: venv ## mypy
 	$(VENV)/bin/mypy jobs ncf_model dags
 
+# Production mode on this machine: scheduler, dag-processor, api-server (LocalExecutor) and
+# an MLflow server in the background, 127.0.0.1 only; PID files and logs in .airflow/stack/.
+.PHONY: up down status trigger
+up: venv $(AIRFLOW_HOME)/.migrated ## start Airflow (scheduler, UI :8080) and MLflow (:5000); SCHEDULE=on unpauses the DAGs
+	$(PY) -m jobs.ops.stack up $(if $(filter on,$(SCHEDULE)),--schedule)
+
+down: venv ## stop exactly what `make up` started
+	$(PY) -m jobs.ops.stack down
+
+status: venv ## which of `make up`'s processes run, and whether both UIs answer
+	$(PY) -m jobs.ops.stack status
+
+trigger: venv ## run DATASET for DATE through the scheduler (REST API) and follow it
+	$(PY) -m jobs.ops.trigger --dataset $(DATASET) --date $(DATE)
+
 ui: venv ## open the MLflow UI on http://127.0.0.1:5000 over the local tracking store
 	$(VENV)/bin/mlflow ui --backend-store-uri $(MLFLOW_TRACKING_URI) --host 127.0.0.1 --port 5000
 

@@ -36,6 +36,8 @@ serialized DAG):
     NCF_SPARK_PY_FILES   spark-submit --py-files: the zip of `jobs`   (default none)
     NCF_SPARK_PROPERTIES_FILE  spark-submit --properties-file         (default none)
     NCF_SPARK_SHUFFLE_PARTITIONS, NCF_SPARK_DRIVER_MEMORY             (default 8, 4g)
+    NCF_TORCH_POOL       Airflow pool of the local runner's torch tasks (make up: ncf_torch,
+                         one slot)                                      (default none)
 
 The container runners pass `MLFLOW_TRACKING_URI`, `NCF_LAKE_ROOT` and `NCF_TORCH_THREADS`
 through when they are set; the lake must be mounted at the same path inside the container
@@ -225,8 +227,13 @@ def model_task(task_id: str, argv: Sequence[str], *,
     env = _env(environ)
     runner = model_runner(env)
     if runner == "local":
-        return _subprocess_task(task_id, ["-m", "ncf_model", *argv],
+        task = _subprocess_task(task_id, ["-m", "ncf_model", *argv],
                                 skip_on_exit_code=skip_on_exit_code, env=env)
+        # Torch tasks in parallel on one small node fight for its cores (train beside a
+        # second torch task ran 5x slower): a one-slot pool runs them one at a time.
+        if env.get("NCF_TORCH_POOL"):
+            task.pool = env["NCF_TORCH_POOL"]
+        return task
     image = env.get("NCF_TRAINER_IMAGE") or DEFAULT_TRAINER_IMAGE
     args = container_argv(argv, env.get("NCF_TRAINER_WORKDIR") or DEFAULT_TRAINER_WORKDIR)
     mounts = parse_mounts(env.get("NCF_TRAINER_MOUNTS", ""))

@@ -128,12 +128,19 @@ def running(s: Settings) -> dict[str, int]:
         if not path.is_file():
             continue
         pid = int(path.read_text().strip())
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            continue
-        alive[name] = pid
+        if _alive(pid):
+            alive[name] = pid
     return alive
+
+
+def _alive(pid: int) -> bool:
+    """Whether `pid` runs (an exited process its parent has not reaped yet does not)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    stat = Path(f"/proc/{pid}/stat")
+    return not (stat.is_file() and stat.read_text().rsplit(")", 1)[-1].split()[0] == "Z")
 
 
 def _healthy(url: str) -> bool:

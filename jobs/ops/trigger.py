@@ -77,9 +77,10 @@ def trigger(api: Api, dag_id: str, logical_date: str) -> str:
     return str(body["dag_run_id"])
 
 
-def follow(api: Api, dag_id: str, run_id: str, *, out: Any = sys.stdout,
+def follow(api: Api, dag_id: str, run_id: str, *, out: Any = None,
            timeout: float = 6 * 3600.0) -> str:
     """Print each task's state as it changes until the run ends; returns its state."""
+    out = sys.stdout if out is None else out
     states: dict[str, str] = {}
     deadline = time.monotonic() + timeout
     started = time.monotonic()

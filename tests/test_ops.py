@@ -1,0 +1,186 @@
+"""jobs.ops: the local production stack's settings and process handling, and the REST
+trigger against a loopback server speaking Airflow's API (no Airflow started here)."""
+
+from __future__ import annotations
+
+import io
+import json
+import subprocess
+import threading
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from jobs.ops import stack, trigger
+
+
+def _settings(tmp_path: Path, port: int = 8793) -> stack.Settings:
+    return stack.Settings(airflow_home=tmp_path / "airflow", airflow_port=port,
+                          mlflow_port=5099, parallelism=2,
+                          tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}",
+                          bin_dir=tmp_path / "bin")
+
+
+def test_the_api_port_and_the_execution_api_url_are_set_together(tmp_path: Path) -> None:
+    env = stack.airflow_env(_settings(tmp_path, port=8793), schedule=False, environ={})
+    assert env["AIRFLOW__API__PORT"] == "8793"
+    assert env["AIRFLOW__CORE__EXECUTION_API_SERVER_URL"] == "http://127.0.0.1:8793/execution/"
+    assert env["AIRFLOW__API__HOST"] == "127.0.0.1"
+    assert env["AIRFLOW__CORE__EXECUTOR"] == "LocalExecutor"
+    assert int(env["AIRFLOW__CORE__PARALLELISM"]) >= 2
+    assert env["AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION"] == "True"
+    assert env["NCF_TORCH_POOL"] == stack.TORCH_POOL and int(env["NCF_TORCH_THREADS"]) >= 1
+    scheduled = stack.airflow_env(_settings(tmp_path), schedule=True, environ={})
+    assert scheduled["AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION"] == "False"
+    # Every component listens on loopback only.
+    for name, argv in stack.commands(_settings(tmp_path)).items():
+        if "--host" in argv:
+            assert argv[argv.index("--host") + 1] == "127.0.0.1", name
+
+
+def test_down_stops_exactly_the_processes_up_started(tmp_path: Path) -> None:
+    s = _settings(tmp_path)
+    s.folder.mkdir(parents=True)
+    started = {}
+    for name in ("scheduler", "mlflow"):
+        process = subprocess.Popen(["sleep", "60"], start_new_session=True)
+        (s.folder / f"{name}.pid").write_text(f"{process.pid}\n")
+        started[name] = process
+    bystander = subprocess.Popen(["sleep", "60"], start_new_session=True)
+    try:
+        assert stack.running(s) == {name: p.pid for name, p in started.items()}
+        assert sorted(stack.down(s, timeout=10)) == ["mlflow", "scheduler"]
+        for process in started.values():
+            assert process.wait(timeout=10) != 0  # terminated by a signal
+        assert bystander.poll() is None  # not ours: untouched
+        assert stack.running(s) == {} and not list(s.folder.glob("*.pid"))
+        assert stack.down(s) == []
+    finally:
+        bystander.kill()
+        bystander.wait()
+
+
+def test_the_admin_password_comes_from_airflows_generated_file(tmp_path: Path) -> None:
+    s = _settings(tmp_path)
+    assert stack.admin_password(s) is None
+    s.airflow_home.mkdir(parents=True)
+    (s.airflow_home / "simple_auth_manager_passwords.json.generated").write_text(
+        json.dumps({"admin": "s3cret"}))
+    assert stack.admin_password(s) == "s3cret"
+
+
+class _FakeAirflow(BaseHTTPRequestHandler):
+    """Airflow's token endpoint and the few API v2 routes the trigger calls; the run's
+    tasks move one state per poll."""
+
+    script: list[dict[str, str]] = []
+    current: dict[str, str] = {}
+    calls: list[tuple[str, str, Any]] = []
+    paused = True
+
+    def _reply(self, status: int, body: Any) -> None:
+        data = json.dumps(body).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def _body(self) -> Any:
+        length = int(self.headers.get("Content-Length") or 0)
+        return json.loads(self.rfile.read(length) or b"{}")
+
+    def do_POST(self) -> None:  # noqa: N802 (http.server's names)
+        body = self._body()
+        self.calls.append(("POST", self.path, body))
+        if self.path == "/auth/token":
+            if body.get("password") != "s3cret":
+                self._reply(401, {"detail": "bad credentials"})
+                return
+            self._reply(201, {"access_token": "tok"})
+        else:
+            assert self.headers["Authorization"] == "Bearer tok"
+            self._reply(200, {"dag_run_id": body["dag_run_id"]})
+
+    def do_PATCH(self) -> None:  # noqa: N802
+        body = self._body()
+        self.calls.append(("PATCH", self.path, body))
+        type(self).paused = bool(body["is_paused"])
+        self._reply(200, {"is_paused": self.paused})
+
+    def do_GET(self) -> None:  # noqa: N802
+        self.calls.append(("GET", self.path, None))
+        if self.path.endswith("/taskInstances"):
+            step = self.script[0] if len(self.script) == 1 else self.script.pop(0)
+            type(self).current = step
+            self._reply(200, {"task_instances": [
+                {"task_id": task, "state": state} for task, state in step.items()
+                if task != "_run"]})
+        elif "/dagRuns/" in self.path:
+            self._reply(200, {"state": self.current.get("_run", "running")})
+        else:
+            self._reply(200, {"is_paused": self.paused})
+
+    def log_message(self, *args: Any) -> None:  # quiet
+        pass
+
+
+@pytest.fixture
+def fake_airflow(tmp_path: Path) -> Iterator[stack.Settings]:
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _FakeAirflow)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    s = _settings(tmp_path, port=server.server_address[1])
+    s.airflow_home.mkdir(parents=True)
+    (s.airflow_home / "simple_auth_manager_passwords.json.generated").write_text(
+        json.dumps({"admin": "s3cret"}))
+    _FakeAirflow.calls, _FakeAirflow.paused = [], True
+    try:
+        yield s
+    finally:
+        server.shutdown()
+
+
+def test_trigger_follows_the_run_printing_each_change(fake_airflow: stack.Settings,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(trigger, "POLL_S", 0.01)
+    _FakeAirflow.script = [{"train": "queued"}, {"train": "running"},
+                           {"train": "success", "publish": "running"},
+                           {"train": "success", "publish": "success", "_run": "success"}]
+    api = trigger.Api.login(fake_airflow)
+    run_id = trigger.trigger(api, "ncf_tiny", "2026-11-23")
+    assert run_id.startswith("manual__2026-11-23T00:00:00+00:00")
+    posted = [body for method, path, body in _FakeAirflow.calls
+              if method == "POST" and path == "/api/v2/dags/ncf_tiny/dagRuns"]
+    assert posted[0]["logical_date"] == "2026-11-23T00:00:00+00:00"
+    out = io.StringIO()
+    assert trigger.follow(api, "ncf_tiny", run_id, out=out) == "success"
+    lines = [line.split()[2:] for line in out.getvalue().splitlines()]
+    assert lines == [["train", "queued"], ["train", "running"], ["train", "success"],
+                     ["publish", "running"], ["publish", "success"],
+                     ["run", run_id + ":", "success"]]
+
+
+def test_trigger_main_unpauses_for_the_run_then_pauses_again_and_fails_with_the_run(
+        fake_airflow: stack.Settings, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.setattr(trigger, "POLL_S", 0.01)
+    monkeypatch.setattr(trigger, "settings_from_env", lambda: fake_airflow)
+    _FakeAirflow.script = [{"train": "failed", "_run": "failed"}]
+    assert trigger.main(["--dataset", "tiny", "--date", "2026-11-23"]) == 1
+    patches = [body["is_paused"] for method, _path, body in _FakeAirflow.calls
+               if method == "PATCH"]
+    assert patches == [False, True]
+    assert "train" in capsys.readouterr().out
+
+
+def test_trigger_names_the_problem_when_it_cannot_log_in(tmp_path: Path,
+                                                         capsys: pytest.CaptureFixture[str],
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    s = _settings(tmp_path, port=1)  # nothing listens there, and no password yet
+    monkeypatch.setattr(trigger, "settings_from_env", lambda: s)
+    assert trigger.main(["--dataset", "tiny"]) == 2
+    assert "make up" in capsys.readouterr().err

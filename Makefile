@@ -96,6 +96,12 @@ bench: venv ## training throughput vs a per-sample DataLoader (prints figures, a
 bench-prep: venv ## ingest + prepare of a synthetic ML-20M, Spark vs pandas (ARGS="--baseline-users 0.25")
 	$(PY) bench/prep.py $(ARGS)
 
+# Needs a lake that already holds DATE (make run DATE=... writes it); prints YAML to paste.
+TRIALS ?= 20
+.PHONY: tune
+tune: venv ## tune each family on validation (Optuna): make tune [DATASET=..] [DATE=..] [TRIALS=20] [FAMILIES="mf ease"]; the lake must hold DATE (make run)
+	$(PY) -m ncf_model.tune --config configs/$(DATASET).yaml --logical-date $(DATE) --trials $(TRIALS) $(if $(FAMILIES),--families $(FAMILIES))
+
 clean: ## remove the local lake, MLflow store, table and Airflow home (keeps .venv)
 	rm -rf data/lake data/mlflow data/recommendations.db $(AIRFLOW_HOME)
 

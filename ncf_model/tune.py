@@ -65,7 +65,8 @@ log = logging.getLogger(__name__)
 TUNABLE = ("ncf", "mf", "ease", "sasrec")  # popularity has nothing to tune; als lives in Spark
 ENV_TORCH_THREADS = "NCF_TORCH_THREADS"  # as in ncf_model.cli
 # Judge no trial before PRUNE_STARTUP_TRIALS have finished (a median of one or two trials is
-# noise), nor before epoch PRUNE_WARMUP_EPOCHS + 1: a small learning rate starts slowly.
+# noise), nor at an epoch below PRUNE_WARMUP_EPOCHS (epochs count from 1): a small learning
+# rate starts slowly, so epoch 1 alone says little.
 PRUNE_STARTUP_TRIALS = 3
 PRUNE_WARMUP_EPOCHS = 2
 # Optuna's categorical choices must be scalars: the MLP towers are named by their sizes.

@@ -128,6 +128,8 @@ REASON_OUT_OF_RANGE = "out_of_range"
 REASON_BAD_TIMESTAMP = "bad_timestamp"
 REASON_EMPTY_ID = "empty_id"
 REASON_BAD_ENCODING = "bad_encoding"  # not UTF-8; the line is kept as latin-1 (byte for byte)
+REASON_BAD_ID = "bad_id"  # not a positive integer id, in a format whose ids are
+REASON_FUTURE_TS = "future_ts"  # later than the end of the run's logical date
 
 # Deployment settings read from the environment by entry points (never by transforms).
 ENV_LAKE_ROOT = "NCF_LAKE_ROOT"

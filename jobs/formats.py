@@ -16,6 +16,10 @@ The formats:
     ncf-presplit    the NCF paper's <name>.train.rating / .test.rating
                     `user \\t item \\t rating \\t unix s` and .test.negative
                     `(user,item) \\t neg1 \\t ... \\t neg99`
+
+Ids: MovieLens, HetRec 2K and the NCF files number their users and items (from 1, the
+NCF files from 0): `first_id` says so, and a line whose id is no such number is rejected
+(`bad_id`). last.fm 360K/1K ids are text (sha1 hashes, `user_000001`, MBIDs).
 """
 
 from __future__ import annotations
@@ -48,6 +52,12 @@ class InteractionsFormat:
     ts: int | None  # None: the source has no time, ts is null
     iso_ts: bool = False  # ISO-8601 text, else unix seconds
     item_name: int | None = None  # the artist name: the item when the MBID is empty
+    # Ids are whole numbers from first_id up, at most MAX_ID_DIGITS digits, written plainly
+    # (no sign, no leading zero: "007" and "7" would be two users); None: ids are text.
+    first_id: int | None = None
+
+
+MAX_ID_DIGITS = 18  # every such id fits a bigint (19 digits would not all fit)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -91,12 +101,13 @@ _ML_MOVIES_DAT = ItemsFormat(LineFormat("::", 3, "3 '::'-separated fields: movie
                                                  "'|'-separated genres"), 0, 1, genres=2)
 _LASTFM_PROFILE = "user id, gender, age, country, signup date"
 _PRESPLIT_RATINGS = InteractionsFormat(
-    _tsv(4, f"4 tab-separated fields: {_ML_RATINGS} (ids from 0)"), 0, 1, 2, 3)
+    _tsv(4, f"4 tab-separated fields: {_ML_RATINGS} (ids from 0)"), 0, 1, 2, 3, first_id=0)
 
 FORMATS: dict[str, SourceFormat] = {
     "movielens-100k": SourceFormat(
         interactions={"ratings": InteractionsFormat(
-            _tsv(4, f"4 tab-separated fields per line, no header: {_ML_RATINGS}"), 0, 1, 2, 3)},
+            _tsv(4, f"4 tab-separated fields per line, no header: {_ML_RATINGS}"), 0, 1, 2, 3,
+            first_id=1)},
         combine="max",
         users=UsersFormat(LineFormat("|", 5, "5 '|'-separated fields: user id, age, gender, "
                                              "occupation, zip code"),
@@ -107,7 +118,7 @@ FORMATS: dict[str, SourceFormat] = {
                           0, 1, genre_flags=5),
     ),
     "movielens-dat": SourceFormat(
-        interactions={"ratings": InteractionsFormat(_ML_DAT, 0, 1, 2, 3)},
+        interactions={"ratings": InteractionsFormat(_ML_DAT, 0, 1, 2, 3, first_id=1)},
         combine="max",
         users=UsersFormat(LineFormat("::", 5, "5 '::'-separated fields: user id, gender, "
                                               "age code, occupation code, zip code"),
@@ -118,7 +129,7 @@ FORMATS: dict[str, SourceFormat] = {
     "movielens-csv": SourceFormat(
         interactions={"ratings": InteractionsFormat(
             LineFormat(",", 4, f"a header and 4 comma-separated fields: {_ML_RATINGS}",
-                       header="userId,movieId,rating,timestamp"), 0, 1, 2, 3)},
+                       header="userId,movieId,rating,timestamp"), 0, 1, 2, 3, first_id=1)},
         combine="max",
         items=ItemsFormat(LineFormat(",", 3, "a header and 3 comma-separated fields (titles "
                                              "quoted): movie id, title, '|'-separated genres",
@@ -145,7 +156,7 @@ FORMATS: dict[str, SourceFormat] = {
     "lastfm-2k": SourceFormat(
         interactions={"ratings": InteractionsFormat(
             _tsv(3, "a header and 3 tab-separated fields: user id, artist id, listening count",
-                 header="userID\tartistID\tweight"), 0, 1, 2, None)},
+                 header="userID\tartistID\tweight"), 0, 1, 2, None, first_id=1)},
         combine="sum",
         items=ItemsFormat(_tsv(4, "a header and 4 tab-separated fields: artist id, name, url, "
                                   "picture url", header="id\tname\turl\tpictureURL"), 0, 1),

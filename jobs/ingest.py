@@ -17,7 +17,12 @@ and the manifest reconciles input_rows == kept + rejected + duplicates_collapsed
 (header lines are not input rows), per output folder; ingest fails when that does
 not hold. An empty file, or one of which no line parses (a wrong separator), fails
 naming the file and the expected format, and publishes nothing: every folder is
-staged and swapped in only when all were written.
+staged and swapped in only when all were written. So does a truncated or corrupt
+compressed file (CorruptFileError, one line naming it): .gz/.bz2 files are read to
+their end before Spark reads them, and Spark's own read failure is caught as well.
+
+Events from the future, at or after 00:00 UTC of the day after --logical-date, are
+rejected (`future_ts`): a clock error upstream must not become a test item downstream.
 """
 
 from __future__ import annotations
@@ -28,7 +33,9 @@ import dataclasses
 import functools
 import logging
 import os
+import re
 from collections.abc import Mapping
+from datetime import UTC, date, datetime, time, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -40,7 +47,7 @@ from jobs import formats, readers
 from jobs.lake import layout
 from jobs.lake.cli import configure_logging, lake_root, load_stage_config, stage_parser
 from jobs.lake.config import IngestConfig, SourceConfig
-from jobs.sources import resolve_raw_files
+from jobs.sources import CorruptFileError, check_decompresses, resolve_raw_files
 from jobs.spark import (
     KEY_HASH,
     conform,
@@ -53,7 +60,9 @@ from jobs.spark import (
 log = logging.getLogger(__name__)
 
 REASONS = (layout.REASON_FIELD_COUNT, layout.REASON_BAD_ENCODING, layout.REASON_EMPTY_ID,
-           layout.REASON_NOT_NUMERIC, layout.REASON_BAD_TIMESTAMP, layout.REASON_OUT_OF_RANGE)
+           layout.REASON_BAD_ID, layout.REASON_NOT_NUMERIC, layout.REASON_BAD_TIMESTAMP,
+           layout.REASON_FUTURE_TS, layout.REASON_OUT_OF_RANGE)
+FAILED_READ = "FAILED_READ_FILE"  # Spark's error class for a file it could not read
 
 
 class IngestError(RuntimeError):
@@ -113,15 +122,15 @@ class _Reading:
         return [frame for role, frame in self.rejects if role not in clean]
 
 
-def _parse_source(reading: _Reading,
-                  cfg: IngestConfig) -> dict[str, tuple[DataFrame, tuple[str, ...]]]:
+def _parse_source(reading: _Reading, cfg: IngestConfig, *,
+                  ts_before: datetime) -> dict[str, tuple[DataFrame, tuple[str, ...]]]:
     """The output folders (before writing), each with the file roles its rows come from."""
     fmt = formats.FORMATS[reading.source.format]
     files = reading.files
     events = functools.reduce(DataFrame.unionByName, [
         reading.kept(role, readers.parse_interactions(
             reading.lines(role, spec.line), spec, min_value=cfg.min_value,
-            max_value=cfg.max_value), observe=True)
+            max_value=cfg.max_value, ts_before=ts_before), observe=True)
         for role, spec in fmt.interactions.items()])
     # Placed by user_id where write_outputs writes them, and collapsed there: one shuffle.
     by_user = partition_by_key(events, cfg.output_partitions, layout.USER_ID)
@@ -168,18 +177,52 @@ _SCHEMAS = {layout.INTERACTIONS: layout.INTERACTIONS_SCHEMA,
             layout.PRESPLIT_TEST: layout.PRESPLIT_TEST_SCHEMA}
 
 
+def end_of_day(logical_date: str) -> datetime:
+    """00:00 UTC of the day after `logical_date`: an event at or after it is from the future."""
+    return datetime.combine(date.fromisoformat(logical_date) + timedelta(days=1), time(),
+                            tzinfo=UTC)
+
+
 def write_outputs(spark: SparkSession, files: Mapping[str, Path], source: SourceConfig,
-                  paths: layout.LakePaths, cfg: IngestConfig) -> dict[str, Any]:
+                  paths: layout.LakePaths, cfg: IngestConfig, *,
+                  ts_before: datetime) -> dict[str, Any]:
     """Parse every file, write all output folders atomically, return the manifest counts.
 
     The folders are staged and published together only when at least one line of each
     file was kept and every line is accounted for; otherwise IngestError and nothing moves.
     The output folders are written first: the interactions files' parsed lines are
     counted meanwhile, and a file whose every line parsed is not parsed again for the
-    rejects folder.
+    rejects folder. ts_before: events at or after it are rejected (`future_ts`).
+    A truncated or corrupt compressed file raises CorruptFileError before anything moves.
     """
+    for path in files.values():
+        check_decompresses(path)
+    try:
+        return _write_outputs(spark, files, source, paths, cfg, ts_before=ts_before)
+    except Py4JJavaError as exc:
+        if FAILED_READ not in str(exc):
+            raise
+        raise _unreadable(exc, files) from None  # one line, not the JVM's stack trace
+
+
+def _unreadable(error: Py4JJavaError, files: Mapping[str, Path]) -> CorruptFileError:
+    """Spark's FAILED_READ_FILE as one line naming the file (the trace is logged at debug)."""
+    message = str(error)
+    named = ([str(path) for path in files.values() if str(Path(path).resolve()) in message]
+             or [str(path) for path in files.values()])
+    causes = re.findall(r"^Caused by: (.*)$", message, flags=re.MULTILINE)
+    log.debug("Spark failed reading %s: %s", named, message)
+    return CorruptFileError(
+        f"{' or '.join(named)}: Spark could not read it to its end "
+        f"({causes[-1] if causes else 'no cause given'}); the file is truncated or corrupt: "
+        "fetch it again; nothing published")
+
+
+def _write_outputs(spark: SparkSession, files: Mapping[str, Path], source: SourceConfig,
+                   paths: layout.LakePaths, cfg: IngestConfig, *,
+                   ts_before: datetime) -> dict[str, Any]:
     reading = _Reading(spark, files, source)
-    tables = _parse_source(reading, cfg)
+    tables = _parse_source(reading, cfg, ts_before=ts_before)
     with contextlib.ExitStack() as stack:
         staged = {name: stack.enter_context(layout.staged_dir(paths.path(name)))
                   for name in (*tables, layout.REJECTS)}
@@ -301,7 +344,8 @@ def main(argv: list[str] | None = None) -> int:
     paths = layout.LakePaths(args.lake_root, cfg.dataset, args.logical_date)
     files = resolve_raw_files(cfg.source, raw_dir=args.raw_dir, cache_dir=args.cache_dir)
     spark = get_spark(f"ingest-{cfg.dataset}")
-    counts = write_outputs(spark, files, cfg.source, paths, cfg.ingest)
+    counts = write_outputs(spark, files, cfg.source, paths, cfg.ingest,
+                           ts_before=end_of_day(args.logical_date))
     layout.update_manifest(paths, "ingest", {**counts, "params": dataclasses.asdict(cfg.ingest)})
     log.info("ingest %s %s: %s rows read, %s kept, %s rejected, %s duplicates collapsed -> %s",
              cfg.dataset, args.logical_date, counts["input_rows"], counts["kept"],

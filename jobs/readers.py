@@ -3,9 +3,10 @@
 Pure transforms (no session, no I/O). A parser takes a frame of raw lines, columns
 `source_file` and `line`, and returns (rows, rejects): every line lands in exactly
 one of the two, a reject as layout.REJECTS_SCHEMA with the first layout.REASON_*
-that applies, in the order: wrong field count, empty id, not numeric, bad
-timestamp, out of range. `decode_lines` comes first: it drops the header line and
-sends lines that are not valid UTF-8 to rejects (`bad_encoding`).
+that applies, in the order: wrong field count, empty id, bad id (not a number, where
+formats.py gives a `first_id`), not numeric, bad timestamp, future timestamp, out of
+range. `decode_lines` comes first: it drops the header line and sends lines that are
+not valid UTF-8 to rejects (`bad_encoding`).
 
 The formats themselves (which fields mean what, per file role) are jobs/formats.py.
 
@@ -18,11 +19,13 @@ counts and listens are summed (null ts counts as one time, so 360K/2K pairs sum)
 from __future__ import annotations
 
 from collections.abc import Sequence
+from datetime import datetime
 
 from pyspark.sql import Column, DataFrame, Window
 from pyspark.sql import functions as F
 
 from jobs.formats import (
+    MAX_ID_DIGITS,
     TAG_ASSIGNMENTS_LINE,
     TAGS_LINE,
     TEST_NEGATIVES_LINE,
@@ -37,6 +40,7 @@ from jobs.spark import conform
 # The largest timestamp Spark can hold is in year 294247; keep to four-digit years.
 MAX_UNIX_SECONDS = 253_402_300_799  # 9999-12-31T23:59:59Z
 ISO_SECONDS = "yyyy-MM-dd'T'HH:mm:ssX"  # last.fm 1K: 2009-05-04T23:08:57Z
+MAX_ID = 10**MAX_ID_DIGITS - 1
 MIN_AGE, MAX_AGE = 1, 120
 TOP_TAGS = 10  # HetRec 2K: an artist's most assigned tags become its genres
 NAME_PREFIX = "name:"  # item id of a last.fm artist without an MBID
@@ -60,6 +64,7 @@ _FIELDS = "_fields"
 # parse_interactions' working columns (see `_parse`): a field's text, then what it parses to.
 _USER, _ITEM, _VALUE, _TITLE = "_user", "_item", "_value", "_title"
 _TS, _SECONDS = "_ts", "_seconds"
+_USER_NUMBER, _ITEM_NUMBER = "_user_number", "_item_number"
 
 
 # --- lines -----------------------------------------------------------------------------
@@ -177,9 +182,13 @@ def parse_interactions(
     *,
     min_value: float | None,
     max_value: float | None,
+    ts_before: datetime | None,
 ) -> tuple[DataFrame, DataFrame]:
     """(interactions, rejects): layout.INTERACTIONS_SCHEMA plus `title` (the artist name
-    of last.fm lines, else null), and the rejected lines with their reason."""
+    of last.fm lines, else null), and the rejected lines with their reason. An event at
+    or after `ts_before` (aware; ingest's: the end of the logical date) is `future_ts`."""
+    if ts_before is not None and ts_before.tzinfo is None:  # Spark would read it as local
+        raise ValueError(f"ts_before={ts_before!r}: give a time zone (UTC)")
     # Each field is trimmed once, and each text parsed once: working columns (see `_parse`).
     text = {_USER: _field(fmt.user), _ITEM: _field(fmt.item),
             _VALUE: F.lit("1") if fmt.value is None else _field(fmt.value)}
@@ -191,34 +200,52 @@ def parse_interactions(
         title = F.col(_TITLE)
         typed[_ITEM] = F.when(item_id != "", item_id).otherwise(
             F.when(title.isNotNull(), F.concat(F.lit(NAME_PREFIX), title)).otherwise(F.lit("")))
+    checks = [(_blank(user_id) | _blank(item_id), layout.REASON_EMPTY_ID)]
+    if fmt.first_id is not None:
+        typed |= {_USER_NUMBER: user_id.try_cast("bigint"),
+                  _ITEM_NUMBER: item_id.try_cast("bigint")}
+        checks.append((_not_an_id(user_id, F.col(_USER_NUMBER), fmt.first_id)
+                       | _not_an_id(item_id, F.col(_ITEM_NUMBER), fmt.first_id),
+                       layout.REASON_BAD_ID))
+    ts, time_checks = _time(fmt, value, text, typed)
+    checks += time_checks
+    if fmt.ts is not None and ts_before is not None:
+        checks.append((ts >= F.lit(ts_before), layout.REASON_FUTURE_TS))
     below = F.lit(False) if min_value is None else value < F.lit(float(min_value))
     above = F.lit(False) if max_value is None else value > F.lit(float(max_value))
-    checks = [(_blank(user_id) | _blank(item_id), layout.REASON_EMPTY_ID)]
-    if fmt.ts is None:
-        ts = F.lit(None).cast("timestamp")
-        checks.append((~_is_finite(value), layout.REASON_NOT_NUMERIC))
-    elif fmt.iso_ts:
-        text[_TS] = _field(fmt.ts)
-        typed[_TS] = F.try_to_timestamp(F.col(_TS), F.lit(ISO_SECONDS))
-        ts = F.col(_TS)
-        checks += [(~_is_finite(value), layout.REASON_NOT_NUMERIC),
-                   (ts.isNull(), layout.REASON_BAD_TIMESTAMP)]
-    else:
-        text[_TS] = _field(fmt.ts)
-        ts_text = F.col(_TS)
-        typed[_SECONDS] = F.when(ts_text.rlike(r"^[0-9]{1,12}$"), ts_text.try_cast("bigint"))
-        seconds = F.col(_SECONDS)
-        ts = F.timestamp_seconds(seconds)
-        # Whole seconds are finite numbers: only other texts are parsed as doubles.
-        checks += [(~_is_finite(value)
-                    | (seconds.isNull() & ~_is_finite(ts_text.try_cast("double"))),
-                    layout.REASON_NOT_NUMERIC),
-                   (seconds.isNull() | (seconds > MAX_UNIX_SECONDS),
-                    layout.REASON_BAD_TIMESTAMP)]
     checks.append((below | above, layout.REASON_OUT_OF_RANGE))
     return _parse(lines, fmt.line, checks, {
         layout.USER_ID: user_id, layout.ITEM_ID: item_id, layout.TS: ts,
         layout.VALUE: value, layout.TITLE: title}, working=[text, typed])
+
+
+def _not_an_id(text: Column, number: Column, first_id: int) -> Column:
+    """True unless `text` is a whole number from first_id up, of at most MAX_ID_DIGITS
+    digits, written plainly: read as a bigint and back, the same text ("1.5", "+7",
+    "007" and "99999999999999999999", a null bigint, are not)."""
+    return number.isNull() | (number.cast("string") != text) | ~number.between(first_id, MAX_ID)
+
+
+def _time(fmt: InteractionsFormat, value: Column, text: dict[str, Column],
+          typed: dict[str, Column]) -> tuple[Column, list[tuple[Column, str]]]:
+    """The ts column, and the not_numeric and bad_timestamp checks of a line; adds the
+    working columns they read to `text` and `typed`."""
+    if fmt.ts is None:
+        return F.lit(None).cast("timestamp"), [(~_is_finite(value), layout.REASON_NOT_NUMERIC)]
+    text[_TS] = _field(fmt.ts)
+    if fmt.iso_ts:
+        typed[_TS] = F.try_to_timestamp(F.col(_TS), F.lit(ISO_SECONDS))
+        ts = F.col(_TS)
+        return ts, [(~_is_finite(value), layout.REASON_NOT_NUMERIC),
+                    (ts.isNull(), layout.REASON_BAD_TIMESTAMP)]
+    ts_text = F.col(_TS)
+    typed[_SECONDS] = F.when(ts_text.rlike(r"^[0-9]{1,12}$"), ts_text.try_cast("bigint"))
+    seconds = F.col(_SECONDS)
+    # Whole seconds are finite numbers: only other texts are parsed as doubles.
+    return F.timestamp_seconds(seconds), [
+        (~_is_finite(value) | (seconds.isNull() & ~_is_finite(ts_text.try_cast("double"))),
+         layout.REASON_NOT_NUMERIC),
+        (seconds.isNull() | (seconds > MAX_UNIX_SECONDS), layout.REASON_BAD_TIMESTAMP)]
 
 
 def collapse_duplicates(interactions: DataFrame, *, combine: str,

@@ -15,12 +15,18 @@ missing are fetched, one download per URL (an archive holding several of them is
 fetched once). Downloads go to a temporary file inside the cache folder and each
 member is moved into place (`os.replace`) only once unpacked and verified, so a
 killed download leaves nothing that a later run could mistake for a raw file.
+
+`check_decompresses` reads a .gz or .bz2 raw file to its end, so that a truncated copy
+fails naming the file before Spark reads it (Spark's own error is a Java stack trace).
 """
 
 from __future__ import annotations
 
+import bz2
 import contextlib
+import gzip
 import http.client
+import io
 import logging
 import os
 import shutil
@@ -29,6 +35,7 @@ import tempfile
 import urllib.error
 import urllib.request
 import zipfile
+import zlib
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import IO
@@ -41,6 +48,10 @@ log = logging.getLogger(__name__)
 
 class RawDataError(RuntimeError):
     """A raw file is missing, cannot be downloaded, or does not match its checksum."""
+
+
+class CorruptFileError(RawDataError):
+    """A compressed raw file is truncated or corrupt; the message starts with its path."""
 
 
 def resolve_raw_files(
@@ -159,3 +170,35 @@ def _member(download: Path, url: str, file: SourceFile) -> Iterator[tuple[IO[byt
     else:
         with open(download, "rb") as data:
             yield data, f"{url} (downloaded)"
+
+
+def _open_compressed(path: Path) -> io.BufferedIOBase | None:
+    """A decompressing reader of `path`, for the extensions Spark (Hadoop) decompresses
+    and Python can too; None for any other file."""
+    if path.suffix == ".gz":
+        return gzip.open(path, "rb")
+    if path.suffix == ".bz2":
+        return bz2.open(path, "rb")
+    return None
+
+
+def check_decompresses(path: Path, *, chunk: int = 1 << 20) -> None:
+    """Read a .gz/.bz2 file to the end of its compressed stream (other files: no-op).
+
+    Raises CorruptFileError, its message starting with the path, when the stream ends
+    early (a cut download) or does not decompress.
+    """
+    path = Path(path)
+    stream = _open_compressed(path)
+    if stream is None:
+        return
+    try:
+        with stream:
+            while stream.read(chunk):
+                pass
+    except EOFError as exc:
+        raise CorruptFileError(f"{path} is truncated: its {path.suffix} stream ends before "
+                               f"its end marker ({exc}); fetch the file again") from exc
+    except (OSError, zlib.error) as exc:
+        raise CorruptFileError(f"{path} is corrupt: not a readable {path.suffix} stream "
+                               f"({exc}); fetch the file again") from exc

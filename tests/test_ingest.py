@@ -1,11 +1,15 @@
 """jobs.ingest: main() into a tmp lake for one- and multi-file sources, the reconciliation
-input_rows == kept + rejected + duplicates_collapsed, unusable files, and prepare on what
-ingest wrote for the NCF paper's pre-split files and for a source without timestamps."""
+input_rows == kept + rejected + duplicates_collapsed, unusable files (a truncated .gz),
+ids that are no numbers, events from the future, and prepare on what ingest wrote for the
+NCF paper's pre-split files and for a source without timestamps."""
 
 from __future__ import annotations
 
+import gzip
 import hashlib
 import json
+import re
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +22,7 @@ from pyspark.testing import assertDataFrameEqual
 from jobs import ingest, prepare, split
 from jobs.ingest import IngestError, main
 from jobs.lake import layout
-from jobs.sources import RawDataError
+from jobs.sources import CorruptFileError, RawDataError
 from tests.tiny_data import write_tiny_config, write_tiny_u_data
 
 pytestmark = pytest.mark.spark
@@ -38,15 +42,18 @@ def _run(config: Path, lake: Path, raw_dir: Path, tmp_path: Path) -> int:
 
 
 def _write_source(tmp_path: Path, dataset: str, fmt: str, files: dict[str, bytes],
-                  encodings: dict[str, str] | None = None, **ingest_cfg: Any) -> Path:
-    """Raw files under tmp_path/raw/<dataset>/ and configs/<dataset>.yaml naming them."""
+                  encodings: dict[str, str] | None = None, *,
+                  names: dict[str, str] | None = None, **ingest_cfg: Any) -> Path:
+    """Raw files under tmp_path/raw/<dataset>/ (named by role, or `names`) and
+    configs/<dataset>.yaml naming them."""
     raw = tmp_path / "raw" / dataset
     raw.mkdir(parents=True, exist_ok=True)
     entries = {}
     encodings = encodings or {}
     for role, data in files.items():
-        (raw / role).write_bytes(data)
-        entries[role] = {"path": f"{dataset}/{role}", "sha256": hashlib.sha256(data).hexdigest(),
+        name = (names or {}).get(role, role)
+        (raw / name).write_bytes(data)
+        entries[role] = {"path": f"{dataset}/{name}", "sha256": hashlib.sha256(data).hexdigest(),
                          **({"encoding": encodings[role]} if role in encodings else {})}
     config = tmp_path / "configs" / f"{dataset}.yaml"
     config.parent.mkdir(parents=True, exist_ok=True)
@@ -278,6 +285,76 @@ def test_side_file_errors_name_the_file_and_the_format(spark: SparkSession,
     (tmp_path / "raw" / "gone" / "users").unlink()
     with pytest.raises(RawDataError, match=r"'gone/users' \(users\) not found"):
         _run(config, tmp_path / "lake", tmp_path / "raw", tmp_path)
+
+
+def _unix(when: str) -> int:
+    """Unix seconds of an ISO date/time in UTC."""
+    return int(datetime.fromisoformat(when).replace(tzinfo=UTC).timestamp())
+
+
+def test_bad_ids_and_future_events_are_rejected_and_counted(spark: SparkSession,
+                                                            tmp_path: Path) -> None:
+    bad_ids = ["-3\t10\t4\t100", "99999999999999999999\t10\t4\t100", "1\tx\t4\t100"]
+    future = [f"1\t12\t4\t{_unix('2286-11-20')}",
+              f"1\t13\t4\t{_unix('2026-11-24')}"]  # the cut: 00:00 UTC the next day
+    on_the_day = f"2\t10\t4\t{_unix('2026-11-23T23:59:59')}"
+    config = _write_source(tmp_path, "bad", "movielens-100k", {"ratings": "\n".join(
+        ["1\t10\t4\t100", on_the_day, *bad_ids, *future, ""]).encode()})
+    lake = tmp_path / "lake"
+    assert _run(config, lake, tmp_path / "raw", tmp_path) == 0
+
+    base = layout.LakePaths(lake, "bad", DATE).base
+    rejects = spark.read.parquet(str(base / layout.REJECTS))
+    assert sorted((r[layout.LINE], r[layout.REASON]) for r in rejects.collect()) == sorted(
+        [(line, layout.REASON_BAD_ID) for line in bad_ids]
+        + [(line, layout.REASON_FUTURE_TS) for line in future])
+    entry = _manifest(lake, "bad")
+    assert entry["rejected_by_reason"] == {**NO_BAD_LINES, layout.REASON_BAD_ID: 3,
+                                           layout.REASON_FUTURE_TS: 2}
+    assert (entry["input_rows"], entry["kept"], entry["rejected"]) == (7, 2, 5)
+    interactions = _seconds(spark.read.parquet(str(base / layout.INTERACTIONS)))
+    assert sorted((r[0], r[2]) for r in interactions.collect()) == [
+        ("1", 100), ("2", _unix("2026-11-23T23:59:59"))]
+
+
+def test_last_fm_1k_text_ids_stay_valid(spark: SparkSession, tmp_path: Path) -> None:
+    ids = ["-3", "99999999999999999999", "x"]
+    listens = "".join(f"{user}\t2009-05-04T23:08:57Z\tmbid-{n}\tArtist {n}\t\tTrack\n"
+                      for n, user in enumerate(ids))
+    config = _write_source(tmp_path, "lfm", "lastfm-1k", {"ratings": listens.encode()})
+    lake = tmp_path / "lake"
+    assert _run(config, lake, tmp_path / "raw", tmp_path) == 0
+    entry = _manifest(lake, "lfm")
+    assert (entry["kept"], entry["rejected"]) == (3, 0)
+    interactions = spark.read.parquet(str(layout.LakePaths(lake, "lfm", DATE).base
+                                          / layout.INTERACTIONS))
+    assert sorted(r[layout.USER_ID] for r in interactions.collect()) == sorted(ids)
+
+
+def test_truncated_gzip_fails_naming_the_file_and_publishes_nothing(
+        spark: SparkSession, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    u_data = tmp_path / "u.data"
+    write_tiny_u_data(u_data, n_users=6)
+    whole = gzip.compress(u_data.read_bytes())
+    config = _write_source(tmp_path, "cut", "movielens-100k",
+                           {"ratings": whole[: len(whole) // 2]}, names={"ratings": "u.data.gz"})
+    raw_file = tmp_path / "raw" / "cut" / "u.data.gz"
+    lake = tmp_path / "lake"
+    base = layout.LakePaths(lake, "cut", DATE).base
+
+    with pytest.raises(CorruptFileError) as error:  # found before Spark reads the file
+        _run(config, lake, tmp_path / "raw", tmp_path)
+    assert str(error.value).startswith(f"{raw_file} is truncated")
+    assert "\n" not in str(error.value)
+    assert not base.exists()
+
+    # Spark's own read error, should a file get past that check: the same one clear line.
+    monkeypatch.setattr(ingest, "check_decompresses", lambda path: None)
+    with pytest.raises(CorruptFileError, match="^" + re.escape(
+            f"{raw_file}: Spark could not read it to its end (java.io.EOFException")) as error:
+        _run(config, lake, tmp_path / "raw", tmp_path)
+    assert "\n" not in str(error.value) and "truncated or corrupt" in str(error.value)
+    assert not base.exists()  # no interactions/, no staged leftovers
 
 
 def test_logical_date_must_be_yyyy_mm_dd(tmp_path: Path) -> None:

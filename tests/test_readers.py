@@ -47,10 +47,11 @@ def _reasons(rejects: DataFrame) -> list[tuple[str, str]]:
 
 
 def _parse(spark: SparkSession, fmt: str, lines: list[str], *, role: str = "ratings",
-           min_value: float | None = None,
-           max_value: float | None = None) -> tuple[DataFrame, DataFrame]:
+           min_value: float | None = None, max_value: float | None = None,
+           ts_before: datetime | None = None) -> tuple[DataFrame, DataFrame]:
     return readers.parse_interactions(_lines(spark, lines), FORMATS[fmt].interactions[role],
-                                      min_value=min_value, max_value=max_value)
+                                      min_value=min_value, max_value=max_value,
+                                      ts_before=ts_before)
 
 
 def test_every_config_format_has_a_reader() -> None:
@@ -69,6 +70,7 @@ GOOD = [
     ("196\t242\t3\t881250949", ("196", "242", 881250949, 3.0)),
     ("1\t2\t5\t0\r", ("1", "2", 0, 5.0)),  # Windows line end, the epoch itself
     (" 7 \t 8 \t1.5\t100", ("7", "8", 100, 1.5)),  # fields are trimmed
+    ("999999999999999999\t1\t4\t100", ("999999999999999999", "1", 100, 4.0)),  # 18 digits
 ]
 BAD = [
     ("1\t2\t3", layout.REASON_FIELD_COUNT),
@@ -77,6 +79,14 @@ BAD = [
     ("1,2,3,881250949", layout.REASON_FIELD_COUNT),
     ("\t2\t3\t881250949", layout.REASON_EMPTY_ID),
     ("1\t \t3\t881250949", layout.REASON_EMPTY_ID),
+    ("-3\t2\t3\t881250949", layout.REASON_BAD_ID),
+    ("99999999999999999999\t2\t3\t881250949", layout.REASON_BAD_ID),  # 20 digits
+    ("1\tx\t3\t881250949", layout.REASON_BAD_ID),
+    ("0\t2\t3\t881250949", layout.REASON_BAD_ID),  # MovieLens ids start at 1
+    ("1.5\t2\t3\t881250949", layout.REASON_BAD_ID),
+    ("007\t2\t3\t881250949", layout.REASON_BAD_ID),  # would be a second user 7
+    ("1\t+2\t3\t881250949", layout.REASON_BAD_ID),
+    ("abc\t2\tthree\t881250949", layout.REASON_BAD_ID),  # before not_numeric
     ("1\t2\tthree\t881250949", layout.REASON_NOT_NUMERIC),
     ("1\t2\tNaN\t881250949", layout.REASON_NOT_NUMERIC),
     ("1\t2\t\t881250949", layout.REASON_NOT_NUMERIC),
@@ -100,6 +110,58 @@ def test_ml_100k_keeps_good_lines_and_rejects_each_bad_one_with_its_reason(
                          spark.createDataFrame([row for _, row in GOOD], RATINGS))
     assertDataFrameEqual(rejects, spark.createDataFrame(
         [("f", line, reason) for line, reason in BAD], layout.ddl(layout.REJECTS_SCHEMA)))
+
+
+def test_formats_number_their_ids_except_last_fm_360k_and_1k() -> None:
+    first_ids = {name: {spec.first_id for spec in fmt.interactions.values()}
+                 for name, fmt in FORMATS.items()}
+    assert first_ids == {"movielens-100k": {1}, "movielens-dat": {1}, "movielens-csv": {1},
+                         "lastfm-2k": {1}, "ncf-presplit": {0},
+                         "lastfm-360k": {None}, "lastfm-1k": {None}}
+
+
+@pytest.mark.parametrize(("fmt", "good", "bad"), [
+    ("movielens-dat", "1::1193::5::978300760", "1::x::5::978300760"),
+    ("movielens-csv", "1,1,4.0,964982703", "-3,1,4.0,964982703"),
+    ("lastfm-2k", "2\t51\t13883", "99999999999999999999\t51\t13883"),
+    ("ncf-presplit", "0\t0\t5\t100", "-1\t0\t5\t100"),  # the NCF files count from 0
+])
+def test_numbered_ids_reject_bad_ids(spark: SparkSession, fmt: str, good: str,
+                                     bad: str) -> None:
+    role = "train" if fmt == "ncf-presplit" else "ratings"
+    interactions, rejects = _parse(spark, fmt, [good, bad], role=role)
+    assert interactions.count() == 1
+    assert _reasons(rejects) == [(bad, layout.REASON_BAD_ID)]
+
+
+def test_last_fm_text_ids_are_not_numbers(spark: SparkSession) -> None:
+    ids = ["-3", "99999999999999999999", "x", "user_000001"]
+    interactions, rejects = _parse(spark, "lastfm-1k", [
+        f"{user}\t2009-05-04T23:08:57Z\t{item}\tDeep Dish\t\tTrack"
+        for user, item in zip(ids, reversed(ids), strict=True)])
+    assert rejects.count() == 0
+    assert sorted(r[layout.USER_ID] for r in interactions.collect()) == sorted(ids)
+    assert sorted(r[layout.ITEM_ID] for r in interactions.collect()) == sorted(ids)
+
+
+def test_events_from_the_future_are_rejected_at_the_cut(spark: SparkSession) -> None:
+    cut = datetime(2026, 11, 24, tzinfo=UTC)  # the end of logical date 2026-11-23
+    last_second = int(cut.timestamp()) - 1
+    interactions, rejects = _parse(spark, "movielens-100k", [
+        f"1\t2\t3\t{last_second}", f"1\t3\t3\t{int(cut.timestamp())}",
+        "1\t4\t3\t10000000000",  # 2286-11-20
+        "1\t5\t9\t10000000000"], max_value=5, ts_before=cut)  # future before out of range
+    assert [r["ts_seconds"] for r in _ratings(interactions).collect()] == [last_second]
+    assert [reason for _, reason in _reasons(rejects)] == [layout.REASON_FUTURE_TS] * 3
+    interactions, rejects = _parse(spark, "lastfm-1k", [
+        "u\t2026-11-23T23:59:59Z\ta\tA\t\tt", "u\t2286-11-20T17:46:40Z\ta\tA\t\tt"],
+        ts_before=cut)
+    assert interactions.count() == 1
+    assert [reason for _, reason in _reasons(rejects)] == [layout.REASON_FUTURE_TS]
+    interactions, rejects = _parse(spark, "lastfm-2k", ["2\t51\t3"], ts_before=cut)
+    assert (interactions.count(), rejects.count()) == (1, 0)  # no time, nothing to cut
+    with pytest.raises(ValueError, match="time zone"):
+        _parse(spark, "movielens-100k", ["1\t2\t3\t4"], ts_before=datetime(2026, 11, 24))
 
 
 def test_no_range_check_without_bounds(spark: SparkSession) -> None:

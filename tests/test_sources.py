@@ -1,8 +1,11 @@
-"""jobs.sources: raw folder, download cache, or a zip / tar.gz served over HTTP on 127.0.0.1."""
+"""jobs.sources: raw folder, download cache, or a zip / tar.gz served over HTTP on 127.0.0.1;
+compressed raw files read to their end."""
 
 from __future__ import annotations
 
+import bz2
 import functools
+import gzip
 import hashlib
 import http.server
 import io
@@ -10,14 +13,14 @@ import socket
 import tarfile
 import threading
 import zipfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
 from jobs.lake.config import SHA256_TODO, SourceConfig, SourceFile
 from jobs.lake.layout import ENV_RAW_DIR
-from jobs.sources import RawDataError, resolve_raw_files
+from jobs.sources import CorruptFileError, RawDataError, check_decompresses, resolve_raw_files
 
 RAW = b"1\t10\t4\t881250949\n2\t20\t3\t891717742\n"
 MEMBER = "ml-100k/u.data"
@@ -209,3 +212,28 @@ def test_unknown_checksum_fails_and_tells_the_one_found(server: _Server, tmp_pat
     assert f"{USERS_MEMBER} in {server.url('ml-100k.zip')}" in message
     assert "source.files.users.sha256" in message and _sha(USERS) in message
     assert not (tmp_path / "cache" / "users" / "u.user").exists()  # never verified: not cached
+
+
+def test_whole_compressed_files_and_plain_files_pass(tmp_path: Path) -> None:
+    many = RAW * 500
+    for name, data in (("u.data.gz", gzip.compress(many) + gzip.compress(RAW)),  # 2 members
+                       ("u.data.bz2", bz2.compress(many)), ("u.data", RAW[:7])):
+        (tmp_path / name).write_bytes(data)
+        check_decompresses(tmp_path / name)  # no error
+
+
+@pytest.mark.parametrize(("name", "compress"), [("u.data.gz", gzip.compress),
+                                                ("u.data.bz2", bz2.compress)])
+def test_truncated_or_corrupt_compressed_files_name_the_file(
+        tmp_path: Path, name: str, compress: Callable[[bytes], bytes]) -> None:
+    data = compress(RAW * 500)
+    path = tmp_path / name
+    path.write_bytes(data[: len(data) // 2])
+    with pytest.raises(CorruptFileError) as error:
+        check_decompresses(path)
+    assert str(error.value).startswith(f"{path} is truncated")
+    assert "\n" not in str(error.value)
+    path.write_bytes(data[:20] + bytes(b ^ 0xFF for b in data[20:40]) + data[40:])
+    with pytest.raises(CorruptFileError, match="corrupt") as error:
+        check_decompresses(path)
+    assert str(error.value).startswith(f"{path} is corrupt")

@@ -65,7 +65,7 @@ def training_sequences(positives: DataFrame, held_out: DataFrame, *, seed: int,
     train = positives.join(held_out.select(*pairs), pairs, "left_anti")
     # The split's ranking, latest first; the latest max_length are kept, then reversed.
     latest_first = Window.partitionBy(layout.USER_IDX).orderBy(
-        F.col(layout.TS).desc(), tie_break(seed + 1).desc(), F.col(layout.ITEM_IDX).desc())
+        F.col(layout.TS).desc(), tie_break(seed).desc(), F.col(layout.ITEM_IDX).desc())
     kept = (train.select(*pairs, F.row_number().over(latest_first).alias(_RANK))
             .where(F.col(_RANK) <= max_length))
     # sort_array over (rank, item) structs: the order does not depend on collect_list's.

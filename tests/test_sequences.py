@@ -187,8 +187,11 @@ def _events(spark: SparkSession, seed: int) -> DataFrame:
 
 def _write(events: DataFrame, root: Path, cfg: PrepareConfig, *, fast_path: bool,
            monkeypatch: pytest.MonkeyPatch) -> tuple[dict, layout.LakePaths]:
-    """prepare.write_outputs on one path (tests/test_prepare_fast.py's helper)."""
-    positives = binarise(events, rule="any", threshold=None).persist()
+    """prepare.write_outputs on one path (tests/test_prepare_fast.py's helper), given the
+    positives as jobs.filters.select_positives hands them over: on the fast path the
+    events themselves, repeated pairs included (pairs_later)."""
+    positives = (events.select(layout.USER_ID, layout.ITEM_ID, layout.TS) if fast_path
+                 else binarise(events, rule="any", threshold=None)).persist()
     paths = layout.LakePaths(root, "t", DATE)
     with monkeypatch.context() as patch:
         patch.setattr(prepare, "FUSED_PATH", fast_path)
@@ -225,6 +228,9 @@ def test_both_prepare_paths_write_the_same_sequences(spark: SparkSession, tmp_pa
     for user, sequence in zip(lake[layout.USER_IDX], lake[layout.SEQUENCE], strict=True):
         assert len(sequence) == min(max_length, len(train[user]))
         assert set(sequence) <= train[user] and len(set(sequence)) == len(sequence)
+    from jobs.quality.validate import validate_splits  # Great Expectations: ~10 s to import
+
+    assert validate_splits(fast[1], max_sequence_length=max_length).success
     skipped = _write(events, tmp_path / "fast", PrepareConfig(sequence_length=0, seed=3),
                      fast_path=True, monkeypatch=monkeypatch)
     assert skipped[0]["sequences"] == {"skipped": "prepare.sequence_length is 0"}

@@ -24,6 +24,9 @@ from jobs.lake.layout import (
     PAIRS_SCHEMA,
     RANK,
     SCORE,
+    SEQUENCE,
+    SEQUENCES,
+    SEQUENCES_SCHEMA,
     SOURCE,
     TEST,
     TOPK,
@@ -40,10 +43,15 @@ from jobs.lake.layout import (
     Schema,
 )
 from jobs.quality.expectations import (
+    HELD_OUT,
+    IN_TRAIN_POSITIVES,
     N_POSITIVES,
     NEGATIVE_IS_POSITIVE,
+    SEQUENCE_LENGTH,
     negative_collisions,
     per_user_labels,
+    per_user_sequences,
+    sequence_items,
 )
 from jobs.quality.results import DataValidationError
 from jobs.quality.validate import (
@@ -275,6 +283,92 @@ def test_several_test_positives_per_user_pass_outside_leave_one_out(paths: LakeP
     with pytest.raises(DataValidationError, match="suite validation_per_user.*user_idx=1 "
                                                   "n_positives=2"):
         validate_splits(paths, one_test_positive=False)
+
+
+# --- sequences -------------------------------------------------------------------------
+
+def good_sequences() -> list[dict[str, Any]]:
+    """Each user's two train positives (good_splits), oldest first."""
+    return [{USER_IDX: user, SEQUENCE: [user, user + 1]} for user in range(N_USERS)]
+
+
+def write_sequences(paths: LakePaths, rows: list[dict[str, Any]],
+                    splits: dict[str, list[dict[str, int]]] | None = None) -> None:
+    write_splits(paths, good_splits() if splits is None else splits)
+    write_folder(paths.path(SEQUENCES), SEQUENCES_SCHEMA, rows)
+
+
+def test_splits_with_sequences_pass(paths: LakePaths) -> None:
+    write_sequences(paths, good_sequences())
+    report = validate_splits(paths, max_sequence_length=2)
+    assert report.success
+    assert [s.suite for s in report.suites][-3:] == ["leakage", "sequences", "sequences_items"]
+    entry = layout.read_manifest(paths)["validate_splits"]["suites"]
+    assert (entry["sequences"]["rows"], entry["sequences_items"]["rows"]) == (3, 6)
+
+
+def test_sequence_holding_the_users_test_item_fails(paths: LakePaths) -> None:
+    rows = good_sequences()
+    rows[1][SEQUENCE] = [1, 2, 4]  # user 1: items 1, 2 train, 3 validation, 4 test
+    write_sequences(paths, rows)
+    with pytest.raises(DataValidationError) as raised:
+        validate_splits(paths, max_sequence_length=200)
+    message = str(raised.value)
+    assert f"suite sequences_items on items of {SEQUENCES}/" in message
+    assert f"on column {HELD_OUT}" in message and "user_idx=1 item_idx=4 held_out=True" in message
+    assert "lets a sequence model see the answer" in message
+    # Not a train positive either: the second expectation names the same pair.
+    assert f"user_idx=1 item_idx=4 {IN_TRAIN_POSITIVES}=False" in message
+    assert "2 of " in message and "expectations failed" in message
+
+
+def test_too_long_sequence_fails(paths: LakePaths) -> None:
+    splits = good_splits()
+    splits[TRAIN].append(pair(0, 6, 1))  # user 0 now has three train positives
+    rows = good_sequences()
+    rows[0][SEQUENCE] = [0, 1, 6]
+    write_sequences(paths, rows, splits)
+    assert validate_splits(paths).success  # no maximum given: unchecked
+    with pytest.raises(DataValidationError) as raised:
+        validate_splits(paths, max_sequence_length=2)
+    message = str(raised.value)
+    assert "1 of " in message and "expectations failed" in message
+    assert (f"suite sequences on {SEQUENCES}/ counted per user: expect_column_values_to_be_"
+            f"between on column {SEQUENCE_LENGTH} (min_value=1.0, max_value=2.0): 1 of 3 rows "
+            f"unexpected, e.g. user_idx=0 {SEQUENCE_LENGTH}=3") in message
+
+
+def test_repeated_or_empty_sequence_fails(paths: LakePaths) -> None:
+    rows = [*good_sequences(), {USER_IDX: 2, SEQUENCE: []}]
+    write_sequences(paths, rows)
+    with pytest.raises(DataValidationError) as raised:
+        validate_splits(paths)
+    message = str(raised.value)
+    assert "expect_column_values_to_be_unique on column user_idx" in message
+    assert f"user_idx=2 {SEQUENCE_LENGTH}=0" in message
+
+
+def test_cli_checks_sequences_against_prepares_length(paths: LakePaths) -> None:
+    write_sequences(paths, good_sequences())
+    args = ["--config", str(REPO / "configs" / "ml-100k.yaml"), "--logical-date", DATE,
+            "--lake-root", str(paths.root), "--stage", "splits"]
+    layout.update_manifest(paths, "prepare", {"split": {"method": "leave_one_out"},
+                                              "sequences": {"rows": 3, "max_length": 1}})
+    assert main(args) == 1
+    layout.update_manifest(paths, "prepare", {"split": {"method": "leave_one_out"},
+                                              "sequences": {"rows": 3, "max_length": 2}})
+    assert main(args) == 0
+
+
+def test_sequence_derived_frames() -> None:
+    sequences = pd.DataFrame({USER_IDX: [0, 1], SEQUENCE: [[5, 6], []]})
+    assert per_user_sequences(sequences)[SEQUENCE_LENGTH].tolist() == [2, 0]
+    splits = {TRAIN: pd.DataFrame([pair(0, 5, 1), pair(0, 6, 0)]),
+              TEST: pd.DataFrame([pair(0, 6, 1)])}
+    items = sequence_items(sequences, splits)
+    assert items.to_dict("records") == [
+        {USER_IDX: 0, ITEM_IDX: 5, HELD_OUT: False, IN_TRAIN_POSITIVES: True},
+        {USER_IDX: 0, ITEM_IDX: 6, HELD_OUT: True, IN_TRAIN_POSITIVES: False}]
 
 
 # --- recommendations -------------------------------------------------------------------

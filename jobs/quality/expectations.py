@@ -2,10 +2,10 @@
 
 The suites say what the lake must hold after ingest (``interactions``), after prepare
 (``users``, ``items``, the splits, the held-out positives per evaluated user, no negative
-that is a positive, no held-out positive left in train) and after recommend (``topk``:
-types, ranges, k ranked rows for every user, scores falling with rank, no item the user
-already has). `jobs.quality.validate` runs them and reports. Importing this module imports
-Great Expectations (~10 s).
+that is a positive, no held-out positive left in train, ``sequences`` of train positives
+only) and after recommend (``topk``: types, ranges, k ranked rows for every user, scores
+falling with rank, no item the user already has). `jobs.quality.validate` runs them and
+reports. Importing this module imports Great Expectations (~10 s).
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ from great_expectations.core import ExpectationSuite
 
 from jobs.lake import layout
 from jobs.lake.layout import (
+    EVAL_SPLITS,
     INTERACTIONS,
     INTERACTIONS_SCHEMA,
     ITEM_ID,
@@ -29,6 +30,8 @@ from jobs.lake.layout import (
     PAIRS_SCHEMA,
     RANK,
     SCORE,
+    SEQUENCE,
+    SEQUENCES,
     SOURCE,
     TOPK,
     TOPK_SCHEMA,
@@ -51,6 +54,8 @@ IN_TRAIN_POSITIVES = "in_train_positives"
 N_ROWS = "n_rows"
 SCORES_NON_INCREASING = "scores_non_increasing"
 RECOMMENDED_SEEN = "recommended_seen"
+SEQUENCE_LENGTH = "sequence_length"
+HELD_OUT = "held_out"
 
 RERUN_PREPARE = "re-run prepare for this date"
 
@@ -178,6 +183,31 @@ def leakage_suite() -> ExpectationSuite:
                       f"evaluation measures memorisation; {RERUN_PREPARE}"})])
 
 
+def sequences_suite(*, max_length: int | None = None) -> ExpectationSuite:
+    """On `per_user_sequences(sequences/)`: one per user, 1..max_length items (None: any)."""
+    hint = {"hint": "prepare writes one sequence per user with training positives, at most "
+                    f"prepare.sequence_length ({max_length or 'not given'}) items; {RERUN_PREPARE}"}
+    return _suite(SEQUENCES, [
+        gxe.ExpectTableRowCountToBeBetween(min_value=1, meta=hint),
+        *(expectation(column=USER_IDX, meta=hint) for expectation in (
+            gxe.ExpectColumnValuesToNotBeNull, gxe.ExpectColumnValuesToBeUnique)),
+        gxe.ExpectColumnValuesToBeBetween(column=SEQUENCE_LENGTH, min_value=1,
+                                          max_value=max_length, meta=hint)])
+
+
+def sequence_items_suite() -> ExpectationSuite:
+    """On `sequence_items(...)`: a sequence holds its user's training positives only."""
+    return _suite(f"{SEQUENCES}_items", [
+        gxe.ExpectColumnValuesToBeInSet(
+            column=HELD_OUT, value_set=[False],
+            meta={"hint": "a validation/test positive inside the user's training sequence "
+                          f"lets a sequence model see the answer; {RERUN_PREPARE}"}),
+        gxe.ExpectColumnValuesToBeInSet(
+            column=IN_TRAIN_POSITIVES, value_set=[True],
+            meta={"hint": "every item of a sequence must be a train/ positive of the user: "
+                          f"sequences/ and train/ come from different runs; {RERUN_PREPARE}"})])
+
+
 RERUN_RECOMMEND = "re-run recommend for this date (after prepare, if prepare was re-run)"
 # Pandas dtypes of the lake's Spark types, as written (before any widening for GX).
 _PANDAS_TYPES = {"int": "int32", "float": "float32", "string": "str"}
@@ -277,6 +307,12 @@ def _isin(keys: np.ndarray, among: np.ndarray) -> np.ndarray:
     return flags
 
 
+def _positive_keys(pairs: Mapping[str, pd.DataFrame], names: Sequence[str]) -> np.ndarray:
+    """The pair keys of the label-1 rows of the frames `names` (those present) of `pairs`."""
+    return np.concatenate([_pair_keys(pairs[name][pairs[name][LABEL] == 1])
+                           for name in names if name in pairs] or [np.empty(0, dtype=np.int64)])
+
+
 def per_user_labels(split: pd.DataFrame) -> pd.DataFrame:
     """One row per user of an evaluation split: user_idx, n_positives, n_negatives."""
     pairs = _valid_pairs(split)
@@ -306,27 +342,37 @@ def negative_collisions(splits: Mapping[str, pd.DataFrame]) -> pd.DataFrame:
     a training negative only no training positive (the model may not know the held-out
     items, so they may be its negatives: docs/DESIGN.md, the negative policy)."""
     pairs = {name: _valid_pairs(frame) for name, frame in splits.items()}
-
-    def keys(names: Sequence[str]) -> np.ndarray:
-        return np.concatenate([_pair_keys(pairs[name][pairs[name][LABEL] == 1])
-                               for name in names if name in pairs]
-                              or [np.empty(0, dtype=np.int64)])
-
     parts = [_flag_rows({name: frame}, label=0,
-                        among=keys([TRAIN] if name == TRAIN else list(pairs)),
+                        among=_positive_keys(pairs, [TRAIN] if name == TRAIN else list(pairs)),
                         flag=NEGATIVE_IS_POSITIVE)
              for name, frame in pairs.items()]
     return pd.concat(parts, ignore_index=True) if parts else _flag_rows(
-        {}, label=0, among=keys([]), flag=NEGATIVE_IS_POSITIVE)
+        {}, label=0, among=_positive_keys(pairs, []), flag=NEGATIVE_IS_POSITIVE)
 
 
 def eval_positives_in_train(train: pd.DataFrame,
                             evaluation: Mapping[str, pd.DataFrame]) -> pd.DataFrame:
     """Every positive of the evaluation splits, flagged when it is also a train positive."""
-    train_pairs = _valid_pairs(train)
-    train_keys = _pair_keys(train_pairs[train_pairs[LABEL] == 1])
     pairs = {name: _valid_pairs(frame) for name, frame in evaluation.items()}
+    train_keys = _positive_keys({TRAIN: _valid_pairs(train)}, [TRAIN])
     return _flag_rows(pairs, label=1, among=train_keys, flag=IN_TRAIN_POSITIVES)
+
+
+def per_user_sequences(sequences: pd.DataFrame) -> pd.DataFrame:
+    """One row per sequences/ row: user_idx, sequence_length (0 for a null sequence)."""
+    return sequences[[USER_IDX]].assign(**{SEQUENCE_LENGTH: sequences[SEQUENCE].map(
+        lambda items: 0 if items is None else len(items)).astype("int64")})
+
+
+def sequence_items(sequences: pd.DataFrame, splits: Mapping[str, pd.DataFrame]) -> pd.DataFrame:
+    """Every item of every sequence as (user_idx, item_idx, held_out, in_train_positives),
+    flagged where the pair is a validation/ or test/ positive, and a train/ positive."""
+    items = (sequences[[USER_IDX, SEQUENCE]].explode(SEQUENCE).dropna()
+             .rename(columns={SEQUENCE: ITEM_IDX}).astype("int64").reset_index(drop=True))
+    pairs = {name: _valid_pairs(frame) for name, frame in splits.items()}
+    keys = _pair_keys(items)
+    return items.assign(**{HELD_OUT: _isin(keys, _positive_keys(pairs, EVAL_SPLITS)),
+                           IN_TRAIN_POSITIVES: _isin(keys, _positive_keys(pairs, [TRAIN]))})
 
 
 def per_user_topk(topk: pd.DataFrame, users: np.ndarray) -> pd.DataFrame:

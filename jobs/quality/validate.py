@@ -8,7 +8,9 @@ Three stages, each a gate in the DAG:
   ``test/``: dense unique indices, every index of the splits in range, labels in {0, 1},
   one positive per user in validation/ and, under leave-one-out, in test/ (time_cutoff
   and stratified test several), at least one negative per evaluated user, no sampled
-  negative that is a positive of the same user anywhere, no held-out positive in train.
+  negative that is a positive of the same user anywhere, no held-out positive in train;
+  and, when prepare wrote ``sequences/``, one sequence per user of 1 to
+  prepare.sequence_length items, each a train/ positive of the user, none held out.
 * ``recommendations`` (after recommend) reads ``topk/`` against ``users/``, the splits'
   positives and the manifest (n_users, n_items, k): the columns and dtypes of the
   contract, k rows ranked 1..k for every user, indices in range, no repeated item in a
@@ -58,6 +60,8 @@ from jobs.lake.layout import (
     PAIRS_SCHEMA,
     RANK,
     REPORTS,
+    SEQUENCES,
+    SEQUENCES_SCHEMA,
     SPLITS,
     TEST,
     TOPK,
@@ -79,9 +83,13 @@ from jobs.quality.expectations import (
     negatives_suite,
     pairs_suite,
     per_user_labels,
+    per_user_sequences,
     per_user_suite,
     per_user_topk,
     seen_recommendations,
+    sequence_items,
+    sequence_items_suite,
+    sequences_suite,
     topk_per_user_suite,
     topk_schema_suite,
     topk_seen_suite,
@@ -246,11 +254,14 @@ def validate_interactions(paths: LakePaths, *, timestamps: bool = True) -> Valid
                    [_Check(interactions_suite(timestamps=timestamps), frame, f"{INTERACTIONS}/")])
 
 
-def validate_splits(paths: LakePaths, *, one_test_positive: bool = True) -> ValidationReport:
-    """Gate after prepare: the id mappings, the three splits and how they relate.
+def validate_splits(paths: LakePaths, *, one_test_positive: bool = True,
+                    max_sequence_length: int | None = None) -> ValidationReport:
+    """Gate after prepare: the id mappings, the three splits and how they relate, and
+    sequences/ against them when prepare wrote it.
 
     one_test_positive=False: test/ may hold several positives per user (time_cutoff,
-    stratified); validation/ always holds one.
+    stratified); validation/ always holds one. max_sequence_length: the most items a
+    sequence may hold (prepare.sequence_length); None leaves the length unchecked.
     """
     _require(paths, [USERS, ITEMS, *SPLITS])
     users = read_lake_folder(paths.path(USERS), USERS_SCHEMA)
@@ -273,7 +284,23 @@ def validate_splits(paths: LakePaths, *, one_test_positive: bool = True) -> Vali
                f"positives of {', '.join(f'{s}/' for s in EVAL_SPLITS)}",
                (SPLIT, USER_IDX, ITEM_IDX)),
     ]
+    if paths.path(SEQUENCES).is_dir():
+        checks += _sequence_checks(paths, splits, max_sequence_length)
     return _finish("splits", paths, checks)
+
+
+def _sequence_checks(paths: LakePaths, splits: Mapping[str, pd.DataFrame],
+                     max_length: int | None) -> list[_Check]:
+    """sequences/ per user (one row, 1..max_length items) and item by item against the
+    splits' positives (train/ positives only, never a held-out one)."""
+    sequences = read_lake_folder(paths.path(SEQUENCES), SEQUENCES_SCHEMA)
+    return [
+        _Check(sequences_suite(max_length=max_length), per_user_sequences(sequences),
+               f"{SEQUENCES}/ counted per user", (USER_IDX,)),
+        _Check(sequence_items_suite(), sequence_items(sequences, splits),
+               f"items of {SEQUENCES}/ against the positives of "
+               f"{', '.join(f'{s}/' for s in SPLITS)}", (USER_IDX, ITEM_IDX)),
+    ]
 
 
 def _manifest_counts(paths: LakePaths, stage: str, keys: Sequence[str]) -> list[int]:
@@ -319,11 +346,19 @@ def _split_method(paths: LakePaths, cfg: DataConfig) -> str:
     return str((entry.get("split") or {}).get("method") or cfg.prepare.split.method)
 
 
+def _sequence_length(paths: LakePaths, cfg: DataConfig) -> int | None:
+    """The sequence cap prepare wrote with (its manifest entry), else the config's."""
+    entry = (layout.read_manifest(paths).get("prepare") or {}).get("sequences") or {}
+    length = entry.get("max_length", cfg.prepare.sequence_length)
+    return int(length) if length else None
+
+
 _STAGE_RUNNERS: dict[str, Callable[[LakePaths, DataConfig], ValidationReport]] = {
     "interactions": lambda paths, cfg: validate_interactions(
         paths, timestamps=cfg.source.format not in FORMATS_WITHOUT_TIMESTAMPS),
     "splits": lambda paths, cfg: validate_splits(
-        paths, one_test_positive=_split_method(paths, cfg) in ONE_TEST_POSITIVE),
+        paths, one_test_positive=_split_method(paths, cfg) in ONE_TEST_POSITIVE,
+        max_sequence_length=_sequence_length(paths, cfg)),
     "recommendations": lambda paths, _cfg: validate_recommendations(paths),
 }
 

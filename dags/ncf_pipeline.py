@@ -52,6 +52,9 @@ REPO = Path(__file__).resolve().parents[1]
 # prepare's --as-of: the end of the run's data interval, so a backfill sees what was known.
 AS_OF = "{{ data_interval_end | ts }}"
 CONFIG_DIR = Path(os.environ.get("NCF_CONFIG_DIR", REPO / "configs"))
+# A cron expression or preset; "none": runs only when triggered (a test, a manual deployment).
+SCHEDULE = None if os.environ.get("NCF_SCHEDULE", "@daily").lower() == "none" else \
+    os.environ.get("NCF_SCHEDULE", "@daily")
 
 DEFAULT_ARGS = {
     "owner": "ncf",
@@ -81,7 +84,7 @@ def build_dag(config: Path) -> DAG:
         dag_id=f"ncf_{dataset}",
         description=f"NCF recommendations for {dataset}: Spark prep, torch training, SQL table",
         doc_md=__doc__,
-        schedule="@daily",
+        schedule=SCHEDULE,
         start_date=datetime(2026, 1, 1, tzinfo=UTC),
         catchup=False,
         max_active_runs=1,

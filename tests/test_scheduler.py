@@ -37,6 +37,8 @@ def test_the_scheduler_runs_the_dag_with_als_beside_train(
         "AIRFLOW__CORE__DAGS_FOLDER": str(Path(__file__).resolve().parents[1] / "dags"),
         "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
         "NCF_CONFIG_DIR": str(config_dir),
+        # Manual runs only: unpaused, an @daily DAG would also run today's interval first.
+        "NCF_SCHEDULE": "none",
         "NCF_RAW_DIR": str(tmp_path / "raw"),
         "NCF_LAKE_ROOT": str(tmp_path / "lake"),
         "NCF_CACHE_DIR": str(tmp_path / "cache"),

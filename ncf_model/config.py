@@ -11,7 +11,7 @@ import dataclasses
 from pathlib import Path
 
 from jobs.lake.config import CandidatesConfig, PublishConfig
-from jobs.lake.loader import build_section, check_field, read_yaml
+from jobs.lake.loader import build_section, check_field, load_sections, read_yaml
 
 MODEL_KINDS = ("gmf", "mlp", "neumf", "mf", "hybrid")
 NEGATIVE_MODES = ("resample", "lake")
@@ -281,19 +281,5 @@ class NCFConfig:
 
 
 def load_ncf_config(path: str | Path) -> NCFConfig:
-    raw = read_yaml(path)
-    where = str(path)
-    return NCFConfig(
-        dataset=raw["dataset"],
-        model=build_section(ModelConfig, raw.get("model"), f"{where}: model"),
-        train=build_section(TrainConfig, raw.get("train"), f"{where}: train"),
-        evaluate=build_section(EvaluateConfig, raw.get("evaluate"), f"{where}: evaluate"),
-        recommend=build_section(RecommendConfig, raw.get("recommend"), f"{where}: recommend"),
-        candidates=build_section(CandidatesConfig, raw.get("candidates"),
-                                 f"{where}: candidates"),
-        mf=build_section(MFConfig, raw.get("mf"), f"{where}: mf"),
-        ease=build_section(EaseConfig, raw.get("ease"), f"{where}: ease"),
-        sasrec=build_section(SASRecConfig, raw.get("sasrec"), f"{where}: sasrec"),
-        model_name=build_section(PublishConfig, raw.get("publish"),
-                                 f"{where}: publish").model_name or "",
-    )
+    publish = build_section(PublishConfig, read_yaml(path).get("publish"), f"{path}: publish")
+    return load_sections(NCFConfig, path, model_name=publish.model_name or "")

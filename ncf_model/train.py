@@ -80,6 +80,26 @@ def _batches(data: TrainingData, cfg: TrainConfig,
     return data.epoch(cfg.n_negatives, cfg.batch_size, generator, cfg.negatives)
 
 
+def close_epoch(progress: Progress, metrics: dict[str, float], *, patience: int, epochs: int,
+                on_epoch: OnEpoch | None, state: PhaseState | None,
+                saved: tuple[nn.Module, torch.optim.Optimizer, torch.Generator], prefix: str,
+                monitor: str) -> None:
+    """The end of an epoch whose metrics are in `progress` (every epoch loop's): the stop
+    rule, the `on_epoch` hook, then the saved state."""
+    epoch = progress.epoch
+    patience_out = epoch - progress.best_epoch >= patience
+    progress.stopped = patience_out or epoch >= epochs
+    if on_epoch is not None:
+        on_epoch(epoch, dict(metrics))
+    # After on_epoch: a kill in between re-runs this epoch (and logs it again, with the
+    # same numbers on CPU) rather than leaving it out of the MLflow run.
+    if state is not None:
+        state.save(progress, *saved)
+    if patience_out:
+        log.info("%searly stop: validation %s has not improved for %d epochs since "
+                 "epoch %d", prefix, monitor, patience, progress.best_epoch)
+
+
 def train(model: nn.Module, data: TrainingData, validation: Pairs | None, cfg: TrainConfig, *,
           device: torch.device, generator: torch.Generator, on_epoch: OnEpoch | None = None,
           state: PhaseState | None = None, name: str = "") -> TrainResult:
@@ -144,17 +164,9 @@ def train(model: nn.Module, data: TrainingData, validation: Pairs | None, cfg: T
                  f" val {hr_key} {metrics[f'val_{hr_key}']:.4f} {ndcg_key} "
                  f"{metrics[f'val_{ndcg_key}']:.4f}", " (best)" if improved and validation
                  is not None else "")
-        patience_out = epoch - progress.best_epoch >= cfg.patience
-        progress.stopped = patience_out or epoch >= cfg.epochs
-        if on_epoch is not None:
-            on_epoch(epoch, dict(metrics))
-        # After on_epoch: a kill in between re-runs this epoch (and logs it again, with the
-        # same numbers on CPU) rather than leaving it out of the MLflow run.
-        if state is not None:
-            state.save(progress, model, optimizer, generator)
-        if patience_out:
-            log.info("%searly stop: validation %s has not improved for %d epochs since "
-                     "epoch %d", prefix, hr_key, cfg.patience, progress.best_epoch)
+        close_epoch(progress, metrics, patience=cfg.patience, epochs=cfg.epochs,
+                    on_epoch=on_epoch, state=state, saved=(model, optimizer, generator),
+                    prefix=prefix, monitor=hr_key)
 
     model.load_state_dict(progress.best_state)
     return TrainResult(best_epoch=progress.best_epoch,

@@ -42,7 +42,7 @@ from ncf_model.data import Pairs
 from ncf_model.evaluate import evaluate
 from ncf_model.models.sasrec import PAD, SASRec
 from ncf_model.resume import PhaseState, Progress
-from ncf_model.train import OnEpoch, TrainResult
+from ncf_model.train import OnEpoch, TrainResult, close_epoch
 
 log = logging.getLogger(__name__)
 
@@ -230,16 +230,9 @@ def train_sasrec(model: SASRec, train_seqs: Tensor, validate: Validate | None,
                  cfg.epochs, mean_loss, metrics["sequences_per_s"],
                  " ".join(f"{key} {value:.4f}" for key, value in scores.items()),
                  " (best)" if improved else "")
-        patience_out = epoch - progress.best_epoch >= cfg.patience
-        progress.stopped = patience_out or epoch >= cfg.epochs
-        if on_epoch is not None:
-            on_epoch(epoch, dict(metrics))
-        # After on_epoch, as in ncf_model.train: a kill in between re-runs this epoch.
-        if state is not None:
-            state.save(progress, model, optimizer, generator)
-        if patience_out:
-            log.info("%searly stop: validation %s has not improved for %d epochs since "
-                     "epoch %d", prefix, cfg.monitor, cfg.patience, progress.best_epoch)
+        close_epoch(progress, metrics, patience=cfg.patience, epochs=cfg.epochs,
+                    on_epoch=on_epoch, state=state, saved=(model, optimizer, generator),
+                    prefix=prefix, monitor=cfg.monitor)
 
     model.load_state_dict(progress.best_state)
     return TrainResult(best_epoch=progress.best_epoch,

@@ -32,7 +32,7 @@ import re
 from datetime import UTC, datetime
 from pathlib import Path
 
-from jobs.lake.loader import build_section, check_field, read_yaml
+from jobs.lake.loader import check_field, load_sections
 
 PRESPLIT_FORMAT = "ncf-presplit"  # test split given by the source; prepare keeps it as-is
 # The raw formats jobs/readers.py reads: per format the file roles it needs, then the
@@ -361,15 +361,4 @@ class DataConfig:
 
 
 def load_data_config(path: str | Path) -> DataConfig:
-    raw = read_yaml(path)
-    where = str(path)
-    return DataConfig(
-        dataset=raw["dataset"],
-        source=build_section(SourceConfig, raw.get("source"), f"{where}: source"),
-        ingest=build_section(IngestConfig, raw.get("ingest"), f"{where}: ingest"),
-        prepare=build_section(PrepareConfig, raw.get("prepare"), f"{where}: prepare"),
-        publish=build_section(PublishConfig, raw.get("publish"), f"{where}: publish"),
-        als=build_section(AlsConfig, raw.get("als"), f"{where}: als"),
-        candidates=build_section(CandidatesConfig, raw.get("candidates"),
-                                 f"{where}: candidates"),
-    )
+    return load_sections(DataConfig, path)

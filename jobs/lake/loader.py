@@ -121,3 +121,15 @@ def check_field(condition: bool, field: str, message: str) -> None:
     """Raise ConfigError naming `field` unless `condition` (the sections' __post_init__)."""
     if not condition:
         raise ConfigError(f"{field}: {message}")
+
+
+def load_sections(cls: type[T], path: str | Path, **fields: Any) -> T:
+    """`cls` (DataConfig, NCFConfig) from the YAML at `path`: `dataset`, and each field whose
+    type is a section dataclass built from the section of that name; `fields` fill the rest."""
+    raw = read_yaml(path)
+    hints = typing.get_type_hints(cls)
+    sections = {field.name: build_section(hints[field.name], raw.get(field.name),
+                                          f"{path}: {field.name}")
+                for field in dataclasses.fields(cls)  # type: ignore[arg-type]
+                if dataclasses.is_dataclass(hints[field.name])}
+    return cls(dataset=raw["dataset"], **sections, **fields)  # type: ignore[call-arg]

@@ -99,6 +99,11 @@ def bench_dataset(dataset: str, args: argparse.Namespace,
                 + (timings["als"] if family == "als" else 0.0)})
         print(f"  seed {seed}: served {entry['served_family']}; stages "
               f"{', '.join(f'{k} {v:.0f} s' for k, v in timings.items())}", flush=True)
+        # One JSON line per seed: a cut-short run still leaves its figures.
+        with (work / "results.jsonl").open("a") as out:
+            out.write(json.dumps({"dataset": dataset, "seed": seed,
+                                  "served": entry["served_family"],
+                                  "families": entry["families"]}) + "\n")
     return results
 
 

@@ -84,3 +84,19 @@ def test_impossible_shapes_are_refused(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="events >= users"):
         synthetic.write_ratings_csv(tmp_path / "y.csv", n_users=10, n_items=5, n_events=5)
     assert not list(tmp_path.iterdir())
+
+
+def test_sasrec_training_bench_runs_on_a_tiny_slice() -> None:
+    """bench/train_sasrec.py on the CPU, two batches: it prints its table (it must not rot)."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[1]
+    done = subprocess.run([sys.executable, str(repo / "bench" / "train_sasrec.py"),
+                           "--max-batches", "1", "--batch-size", "8", "--device", "cpu"],
+                          capture_output=True, text=True, timeout=300, check=False)
+    assert done.returncode == 0, done.stderr[-2000:]
+    rows = [line for line in done.stdout.splitlines() if line.startswith("| bce")
+            or line.startswith("| sampled_softmax")]
+    assert len(rows) == 2 and all(float(r.split("|")[4].replace(",", "")) > 0 for r in rows)

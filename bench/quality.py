@@ -7,7 +7,8 @@ Per dataset the real stages run, each in its own process, exactly as the DAG run
 ingest and prepare once (Spark, the dataset's config: leave-one-out by time, or a seeded
 random hold-out without timestamps, 99 sampled negatives: the split and the evaluation
 negatives stay fixed), then per seed `jobs.als`, `ncf_model train` and `ncf_model
-candidates` with every training seed (train.seed, mf.seed, als.seed) set to it. The
+candidates` with every training seed (train.seed, mf.seed, als.seed, sasrec.seed) set to
+it, over the families the dataset's config lists (or --families). The
 candidates stage fits each family on train with its settings chosen on validation, refits
 it on train + validation and reports test; the served family is the best on validation.
 Prints, per dataset and family, mean ± std over the seeds of test HR@10 / NDCG@10
@@ -32,7 +33,7 @@ import yaml
 
 REPO = Path(__file__).resolve().parents[1]
 DATE = "2026-11-23"
-FAMILIES = ("ncf", "mf", "als", "ease", "popularity")
+FAMILIES = ("ncf", "mf", "als", "ease", "sasrec", "popularity")
 SEEDS = (42, 7, 1234)  # the training seeds, in order; --seeds N takes the first N
 
 
@@ -81,9 +82,12 @@ def bench_dataset(dataset: str, args: argparse.Namespace,
           f"{prepared['n_items']:,} items, {prepared['n_positives']:,} positives", flush=True)
     results: dict[str, list[dict[str, Any]]] = {}
     for seed in SEEDS[:args.seeds]:
-        cfg = _config(base, work, f"seed{seed}", {
+        overrides: dict[str, dict[str, Any]] = {
             "train": {"seed": seed}, "mf": {"seed": seed}, "als": {"seed": seed},
-            "candidates": {"families": list(args.families)}})
+            "sasrec": {"seed": seed}}
+        if args.families:  # else the dataset's own candidates
+            overrides["candidates"] = {"families": list(args.families)}
+        cfg = _config(base, work, f"seed{seed}", overrides)
         timings = {stage: _run([py, "-m", module, *stage_args, "--config", str(cfg), *common],
                                log, env)
                    for stage, module, stage_args in (
@@ -121,7 +125,8 @@ def main() -> None:
                         required=os.environ.get("NCF_SHARED_DATA") is None)
     parser.add_argument("--datasets", nargs="+",
                         default=["ml-100k", "ml-latest-small", "lastfm-2k"])
-    parser.add_argument("--families", nargs="+", choices=FAMILIES, default=list(FAMILIES))
+    parser.add_argument("--families", nargs="+", choices=FAMILIES, default=None,
+                        help="default: each dataset config's candidates.families")
     parser.add_argument("--seeds", type=int, default=3, choices=range(1, len(SEEDS) + 1))
     parser.add_argument("--work", type=Path, default=Path("/tmp/ncf-quality"))
     args = parser.parse_args()

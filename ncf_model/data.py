@@ -7,9 +7,9 @@ draws that hit one of the user's positives, shuffles with `torch.randperm` and b
 with `.split()`: no Dataset, no DataLoader, no Python loop over users. For the BPR loss,
 `pair_epoch` pairs every positive with its own freshly drawn negatives instead.
 
-It is also the torch side's one reader of the lake: evaluation splits with what full
-ranking needs (`load_split`), each split's positives, the id vocabularies, side features
-and the ALS factors. Models (`ncf_model.models`) hold no I/O.
+It is also the torch side's one reader of the lake: each split's pairs and positives,
+the id vocabularies, side features, the ALS factors and the sequences. Models
+(`ncf_model.models`) hold no I/O.
 """
 
 from __future__ import annotations
@@ -215,28 +215,6 @@ class FullRanking:
 
 class BaselineError(RuntimeError):
     """The ALS factors of a run are missing or were fitted on another train/."""
-
-
-# The positives never ranked in full-ranking evaluation of a split: those of the earlier
-# splits (the user has seen them); the split's own positives are what is ranked.
-_EARLIER_SPLITS = {layout.VALIDATION: (layout.TRAIN,),
-                   layout.TEST: (layout.TRAIN, layout.VALIDATION)}
-
-
-def load_split(paths: layout.LakePaths, split: str, device: torch.device | str, *,
-               n_items: int, full_ranking: bool,
-               chunk_users: int) -> tuple[Pairs, FullRanking | None]:
-    """validation/ or test/ of a lake run, and (when `full_ranking`) what full-ranking
-    evaluation of it needs: the positives of the earlier splits as the seen items."""
-    if split not in _EARLIER_SPLITS:
-        raise ValueError(f"split {split!r} is not one of {list(_EARLIER_SPLITS)}")
-    pairs = load_pairs(paths.path(split), device)
-    if not full_ranking:
-        return pairs, None
-    seen = [load_pairs(paths.path(name), "cpu") for name in _EARLIER_SPLITS[split]]
-    seen_user = torch.cat([p.user[p.label == 1] for p in seen])
-    seen_item = torch.cat([p.item[p.label == 1] for p in seen])
-    return pairs, FullRanking(n_items, seen_user, seen_item, chunk_users=chunk_users)
 
 
 def load_positives(paths: layout.LakePaths) -> dict[str, Pairs]:

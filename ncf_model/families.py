@@ -75,12 +75,19 @@ class ProtocolData:
         return Pairs(torch.cat([p.user for p in parts]), torch.cat([p.item for p in parts]),
                      torch.cat([p.label for p in parts]))
 
+    _full: dict[tuple[str, ...], FullRanking] = field(default_factory=dict, init=False,
+                                                      repr=False)
+
     def full(self, seen: tuple[str, ...]) -> FullRanking | None:
-        """Full-ranking evaluation with the positives of `seen` as the items never ranked."""
+        """Full-ranking evaluation with the positives of `seen` as the items never ranked;
+        built once per `seen` (every family is scored against the same one)."""
         if not self.full_ranking:
             return None
-        pairs = self.union(seen)
-        return FullRanking(self.n_items, pairs.user, pairs.item, chunk_users=self.chunk_users)
+        if seen not in self._full:
+            pairs = self.union(seen)
+            self._full[seen] = FullRanking(self.n_items, pairs.user, pairs.item,
+                                           chunk_users=self.chunk_users)
+        return self._full[seen]
 
 
 @dataclass
@@ -300,11 +307,6 @@ class Als:
     def refit(self, data: ProtocolData, splits: tuple[str, ...],
               settings: Mapping[str, Any]) -> nn.Module:
         return self.load(splits).to(data.device).eval()
-
-
-def settings_of(selected: Selected) -> dict[str, Any]:
-    """The settings as plain JSON (the manifest, MLflow params, the registry's tags)."""
-    return json_safe(selected.settings)
 
 
 def json_safe(value: Any) -> Any:

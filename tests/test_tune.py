@@ -4,54 +4,24 @@ only, logged to MLflow as one parent run with a child run per trial."""
 from __future__ import annotations
 
 import dataclasses
-import random
 from pathlib import Path
 from typing import Any
 
 import optuna
-import pyarrow as pa
-import pyarrow.parquet as pq
 import pytest
 import torch
 import yaml
 
-from jobs.lake import layout
 from ncf_model import tune as tuning
 from ncf_model.config import EaseConfig, MFConfig, load_ncf_config
 from ncf_model.evaluate import evaluate
 from ncf_model.families import Ease, ProtocolData, mf_family
 from ncf_model.stages import candidates as stage
 
-N_USERS, N_ITEMS, N_EVAL_NEG, K = 20, 24, 8, 5
-DATE = "2026-11-23"
+# The candidates tests' lake (two taste groups): the same data the protocol is tested on.
+from tests.test_candidates import DATE, N_EVAL_NEG, N_ITEMS, N_USERS, K, _tiny_lake
+
 METRIC = f"ndcg_{K}"
-
-
-def _write(folder: Path, schema: layout.Schema, columns: list[list]) -> None:
-    folder.mkdir(parents=True)
-    table = pa.Table.from_arrays([pa.array(c) for c in columns], schema=layout.arrow_schema(schema))
-    pq.write_table(table, folder / "part-00000.parquet")
-
-
-def _tiny_lake(root: Path, date: str = DATE) -> layout.LakePaths:
-    """Two taste groups (even users like items 0..11, odd ones 12..23): per user 7 train
-    positives, one validation and one test positive, N_EVAL_NEG sampled negatives each
-    (tests/test_candidates.py's lake, without the ALS factors)."""
-    paths = layout.LakePaths(root, "tiny", date)
-    splits: dict[str, list[tuple[int, int, int]]] = {"train": [], "validation": [], "test": []}
-    for user in range(N_USERS):
-        rng = random.Random(user)
-        liked = list(range(12)) if user % 2 == 0 else list(range(12, 24))
-        picks = rng.sample(liked, 9)
-        untouched = [i for i in range(N_ITEMS) if i not in picks]
-        splits["train"] += [(user, i, 1) for i in picks[:7]]
-        for name, positive in (("validation", picks[7]), ("test", picks[8])):
-            splits[name] += [(user, positive, 1)]
-            splits[name] += [(user, i, 0) for i in rng.sample(untouched, N_EVAL_NEG)]
-    for name, rows in splits.items():
-        _write(paths.path(name), layout.PAIRS_SCHEMA, [list(c) for c in zip(*rows, strict=True)])
-    layout.update_manifest(paths, "prepare", {"n_users": N_USERS, "n_items": N_ITEMS})
-    return paths
 
 
 def _config(tmp_path: Path) -> Path:

@@ -22,6 +22,7 @@ export PYSPARK_DRIVER_PYTHON ?= $(CURDIR)/$(VENV)/bin/python
 export MLFLOW_TRACKING_URI ?= sqlite:///$(CURDIR)/data/mlflow/mlflow.db
 export NCF_LAKE_ROOT ?= $(CURDIR)/data/lake
 export NCF_CACHE_DIR ?= $(CURDIR)/data/raw-cache
+export NCF_EVENTS_ROOT ?= $(CURDIR)/data/events
 export NCF_DB_URL ?= sqlite:///$(CURDIR)/data/recommendations.db
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
@@ -95,6 +96,17 @@ bench: venv ## training throughput vs a per-sample DataLoader (prints figures, a
 .PHONY: bench-prep
 bench-prep: venv ## ingest + prepare of a synthetic ML-20M, Spark vs pandas (ARGS="--baseline-users 0.25")
 	$(PY) bench/prep.py $(ARGS)
+
+.PHONY: bench-dag gpu-check
+bench-dag: venv ## the whole DAG on a synthetic log, per-stage seconds and peak RSS (ARGS="--events 5000000")
+	$(PY) bench/dag_scale.py $(ARGS)
+
+gpu-check: venv ## on one CUDA device (<8 min on an H100): training bench, DAG at ML-20M, full-ranking recommend; one table
+	bench/gpu_check.sh
+
+.PHONY: replay
+replay: venv ## write DATASET as a daily event log, NCF_EVENTS_ROOT/DATASET/dt=YYYY-MM-DD/ [LAST_DAY=YYYY-MM-DD moves it to end then]
+	$(PY) -m jobs.replay --config configs/$(DATASET).yaml $(if $(LAST_DAY),--last-day $(LAST_DAY))
 
 # Needs a lake that already holds DATE (make run DATE=... writes it); prints YAML to paste.
 TRIALS ?= 20

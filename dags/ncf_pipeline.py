@@ -59,7 +59,8 @@ SCHEDULE = None if os.environ.get("NCF_SCHEDULE", "@daily").lower() == "none" el
 DEFAULT_ARGS = {
     "owner": "ncf",
     "retries": 2,
-    "retry_delay": timedelta(minutes=2),
+    # A killed or failed task is retried after this (doubling each time); tests shorten it.
+    "retry_delay": timedelta(seconds=float(os.environ.get("NCF_RETRY_DELAY_S", "120"))),
     "retry_exponential_backoff": True,
     "execution_timeout": timedelta(hours=4),
 }

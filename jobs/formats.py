@@ -17,6 +17,9 @@ The formats:
                     `user \\t item \\t rating \\t unix s` and .test.negative
                     `(user,item) \\t neg1 \\t ... \\t neg99`
 
+Format `events` (a growing log with a column mapping in the config) is read by
+jobs/events.py instead.
+
 Ids: MovieLens, HetRec 2K and the NCF files number their users and items (from 1, the
 NCF files from 0): `first_id` says so, and a line whose id is no such number is rejected
 (`bad_id`). last.fm 360K/1K ids are text (sha1 hashes, `user_000001`, MBIDs).

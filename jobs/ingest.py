@@ -1,7 +1,11 @@
 """Ingest: a source's raw files -> clean interactions, side features, and rejected lines, with why.
 
 Reads   the raw files of the config's `source` (--raw-dir / $NCF_RAW_DIR, else the
-        download cache --cache-dir / $NCF_CACHE_DIR, else their URL), sha256-verified.
+        download cache --cache-dir / $NCF_CACHE_DIR, else their URL), sha256-verified
+        (a sha256 the config does not know yet: a warning, and the one found goes to the
+        manifest; --strict-checksums or source.strict_checksums: an error);
+        or, for format events, the event log's new days (jobs/ingest_events.py; a
+        relative location lies under --events-root / $NCF_EVENTS_ROOT, default data/events).
 Writes  <lake>/<dataset>/<logical_date>/interactions/   user_id, item_id, ts, value
         <lake>/<dataset>/<logical_date>/rejects/        source_file, line, reason
         and, where the source has them, user_features/, item_features/ (side features
@@ -44,10 +48,12 @@ from pyspark.sql import DataFrame, Observation, SparkSession
 from pyspark.sql import functions as F
 
 from jobs import formats, readers
+from jobs.ingest_events import ingest_events
 from jobs.lake import layout
 from jobs.lake.cli import configure_logging, lake_root, load_stage_config, stage_parser
 from jobs.lake.config import IngestConfig, SourceConfig
-from jobs.sources import CorruptFileError, check_decompresses, resolve_raw_files
+from jobs.lake.eventlog import DEFAULT_EVENTS_ROOT, ENV_EVENTS_ROOT, resolve_location
+from jobs.sources import CorruptFileError, check_decompresses, find_raw_files
 from jobs.spark import (
     KEY_HASH,
     conform,
@@ -328,7 +334,17 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--cache-dir", type=Path, default=None,
                         help=f"download cache (default ${layout.ENV_CACHE_DIR} "
                              f"or {layout.DEFAULT_CACHE_DIR})")
+    parser.add_argument("--strict-checksums", action="store_true", default=None,
+                        help="fail on a raw file whose sha256 the config does not know yet "
+                             "(default: source.strict_checksums, else warn and record it)")
+    parser.add_argument("--events-root", default=None,
+                        help=f"folder or URI of relative event-log locations (default "
+                             f"${ENV_EVENTS_ROOT} or {DEFAULT_EVENTS_ROOT})")
     args = parser.parse_args(argv)
+    if args.events_root is None:
+        args.events_root = os.environ.get(ENV_EVENTS_ROOT) or DEFAULT_EVENTS_ROOT
+    if "://" not in args.events_root and not args.events_root.startswith("file:"):
+        args.events_root = str(Path(args.events_root).resolve())
     args.lake_root = lake_root(args.lake_root)
     if args.raw_dir is None and os.environ.get(layout.ENV_RAW_DIR):
         args.raw_dir = Path(os.environ[layout.ENV_RAW_DIR])
@@ -342,10 +358,19 @@ def main(argv: list[str] | None = None) -> int:
     configure_logging()
     cfg = load_stage_config(args.config)
     paths = layout.LakePaths(args.lake_root, cfg.dataset, args.logical_date)
-    files = resolve_raw_files(cfg.source, raw_dir=args.raw_dir, cache_dir=args.cache_dir)
-    spark = get_spark(f"ingest-{cfg.dataset}")
-    counts = write_outputs(spark, files, cfg.source, paths, cfg.ingest,
-                           ts_before=end_of_day(args.logical_date))
+    if cfg.source.events is not None:
+        location = resolve_location(cfg.source.events.location, args.events_root)
+        counts = ingest_events(get_spark(f"ingest-{cfg.dataset}"), cfg.source, cfg.ingest,
+                               paths, location=location,
+                               ts_before=end_of_day(args.logical_date))
+    else:
+        found = find_raw_files(cfg.source, raw_dir=args.raw_dir, cache_dir=args.cache_dir,
+                               strict_checksums=args.strict_checksums)
+        spark = get_spark(f"ingest-{cfg.dataset}")
+        counts = write_outputs(spark, {role: f.path for role, f in found.items()}, cfg.source,
+                               paths, cfg.ingest, ts_before=end_of_day(args.logical_date))
+        for role, entry in counts["files"].items():  # the sha256 found, vouched for or not
+            entry |= {"sha256": found[role].sha256, "sha256_verified": found[role].verified}
     layout.update_manifest(paths, "ingest", {**counts, "params": dataclasses.asdict(cfg.ingest)})
     log.info("ingest %s %s: %s rows read, %s kept, %s rejected, %s duplicates collapsed -> %s",
              cfg.dataset, args.logical_date, counts["input_rows"], counts["kept"],

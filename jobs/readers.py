@@ -60,7 +60,7 @@ ML_1M_OCCUPATIONS = ("other", "academic/educator", "artist", "clerical/admin",
 # users.dat age codes of MovieLens 1M -> layout.AGE_BUCKETS.
 ML_1M_AGE_CODES = dict(zip(("1", "18", "25", "35", "45", "50", "56"), layout.AGE_BUCKETS,
                            strict=True))
-_FIELDS = "_fields"
+FIELDS = "_fields"
 # parse_interactions' working columns (see `_parse`): a field's text, then what it parses to.
 _USER, _ITEM, _VALUE, _TITLE = "_user", "_item", "_value", "_title"
 _TS, _SECONDS = "_ts", "_seconds"
@@ -103,7 +103,7 @@ def _no_rejects(like: DataFrame) -> DataFrame:
 _REGEX_META = set(".$|()[]{}^?*+\\")
 
 
-def _split(lines: DataFrame, fmt: LineFormat) -> DataFrame:
+def split_fields(lines: DataFrame, fmt: LineFormat) -> DataFrame:
     """Adds `_fields`: the line (carriage return dropped) split on the separator."""
     line = F.col(layout.LINE)
     line = F.when(line.endswith("\r"), F.expr(f"substring({layout.LINE}, 1, "
@@ -122,16 +122,16 @@ def _split(lines: DataFrame, fmt: LineFormat) -> DataFrame:
         n_quotes = F.length(line) - F.length(F.regexp_replace(line, '"', ""))
         fields = (F.when(~line.contains('"'), fields)
                   .when(n_quotes % 2 == 0, quoted).otherwise(F.array().cast("array<string>")))
-    return lines.select(layout.SOURCE_FILE, layout.LINE, fields.alias(_FIELDS))
+    return lines.select(layout.SOURCE_FILE, layout.LINE, fields.alias(FIELDS))
 
 
 def _field(number: int) -> Column:
     """The n-th field (0-based), trimmed; null when the line has fewer fields."""
-    return F.trim(F.try_element_at(F.col(_FIELDS), F.lit(number + 1)))
+    return F.trim(F.try_element_at(F.col(FIELDS), F.lit(number + 1)))
 
 
 def _wrong_count(fmt: LineFormat) -> Column:
-    n = F.size(F.col(_FIELDS))
+    n = F.size(F.col(FIELDS))
     return n < fmt.n_fields if fmt.at_least else n != fmt.n_fields
 
 
@@ -151,7 +151,7 @@ def _parse(lines: DataFrame, fmt: LineFormat, checks: Sequence[tuple[Column, str
     reason = F.when(_wrong_count(fmt), F.lit(layout.REASON_FIELD_COUNT))
     for failed, why in checks:
         reason = reason.when(failed, F.lit(why))
-    split = _split(lines, fmt)
+    split = split_fields(lines, fmt)
     for step in working:
         split = split.withColumns(step)
     parsed = split.select(
@@ -162,7 +162,7 @@ def _parse(lines: DataFrame, fmt: LineFormat, checks: Sequence[tuple[Column, str
     return kept, rejects
 
 
-def _is_finite(value: Column) -> Column:
+def is_finite(value: Column) -> Column:
     return value.isNotNull() & ~F.isnan(value) & (F.abs(value) != float("inf"))
 
 
@@ -231,19 +231,19 @@ def _time(fmt: InteractionsFormat, value: Column, text: dict[str, Column],
     """The ts column, and the not_numeric and bad_timestamp checks of a line; adds the
     working columns they read to `text` and `typed`."""
     if fmt.ts is None:
-        return F.lit(None).cast("timestamp"), [(~_is_finite(value), layout.REASON_NOT_NUMERIC)]
+        return F.lit(None).cast("timestamp"), [(~is_finite(value), layout.REASON_NOT_NUMERIC)]
     text[_TS] = _field(fmt.ts)
     if fmt.iso_ts:
         typed[_TS] = F.try_to_timestamp(F.col(_TS), F.lit(ISO_SECONDS))
         ts = F.col(_TS)
-        return ts, [(~_is_finite(value), layout.REASON_NOT_NUMERIC),
+        return ts, [(~is_finite(value), layout.REASON_NOT_NUMERIC),
                     (ts.isNull(), layout.REASON_BAD_TIMESTAMP)]
     ts_text = F.col(_TS)
     typed[_SECONDS] = F.when(ts_text.rlike(r"^[0-9]{1,12}$"), ts_text.try_cast("bigint"))
     seconds = F.col(_SECONDS)
     # Whole seconds are finite numbers: only other texts are parsed as doubles.
     return F.timestamp_seconds(seconds), [
-        (~_is_finite(value) | (seconds.isNull() & ~_is_finite(ts_text.try_cast("double"))),
+        (~is_finite(value) | (seconds.isNull() & ~is_finite(ts_text.try_cast("double"))),
          layout.REASON_NOT_NUMERIC),
         (seconds.isNull() | (seconds > MAX_UNIX_SECONDS), layout.REASON_BAD_TIMESTAMP)]
 
@@ -304,7 +304,7 @@ def parse_user_features(lines: DataFrame, fmt: UsersFormat) -> tuple[DataFrame, 
     elif fmt.age is not None:
         years = age_text.try_cast("double")
         age_bucket = _age_bucket(years)
-        checks += [(age_text.isNotNull() & ~_is_finite(years), layout.REASON_NOT_NUMERIC),
+        checks += [(age_text.isNotNull() & ~is_finite(years), layout.REASON_NOT_NUMERIC),
                    ((years < MIN_AGE) | (years > MAX_AGE), layout.REASON_OUT_OF_RANGE)]
     occupation = optional(fmt.occupation)
     if fmt.occupation is not None and fmt.occupation_coded:
@@ -383,7 +383,7 @@ def parse_test_negatives(lines: DataFrame) -> tuple[DataFrame, DataFrame]:
     """
     pair = r"^\((\d+),(\d+)\)$"
     # Not F.trim itself: transform() would pass a two-argument function the index too.
-    negatives = F.transform(F.slice(F.col(_FIELDS), 2, 1 << 30),
+    negatives = F.transform(F.slice(F.col(FIELDS), 2, 1 << 30),
                             lambda item: F.trim(item))  # noqa: PLW0108
     checks = [
         (~_field(0).rlike(pair), layout.REASON_NOT_NUMERIC),

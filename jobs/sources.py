@@ -3,12 +3,15 @@
 Pure standard library (no Spark), so a DAG task or a test can fetch the data alone.
 Whichever way a file is found, its sha256 must equal the config's before any stage
 reads it: a changed upstream file is an error to look at, not a silent new dataset.
-A file whose checksum the config does not know yet (`sha256: fill-in-on-first-download`)
-is an error too, whose message gives the sha256 of the copy found, to be checked
-against the publisher's checksum and written into the config.
+A file whose checksum the config does not know yet (`sha256: fill-in-on-first-download`,
+a public archive never downloaded here) is read with a warning giving the sha256 of the
+copy found, which ingest records in the manifest, to be checked against the publisher's
+checksum and written into the config; with `source.strict_checksums` (ingest's
+--strict-checksums) it is an error instead.
 
     files = resolve_raw_files(cfg.source, raw_dir=Path(os.environ["NCF_RAW_DIR"]), cache_dir=...)
     files["ratings"], files.get("items"), ...
+    found = find_raw_files(cfg.source, ...)  # RawFile(path, sha256, verified) by role
 
 Each file is looked for at raw_dir/<path>, then cache_dir/<path>; the files still
 missing are fetched, one download per URL (an archive holding several of them is
@@ -24,6 +27,7 @@ from __future__ import annotations
 
 import bz2
 import contextlib
+import dataclasses
 import gzip
 import http.client
 import io
@@ -54,19 +58,47 @@ class CorruptFileError(RawDataError):
     """A compressed raw file is truncated or corrupt; the message starts with its path."""
 
 
+@dataclasses.dataclass(frozen=True)
+class RawFile:
+    """A raw file found: where, its sha256, and whether the config's sha256 vouched for it
+    (False: the config does not know it yet, and the run was lenient)."""
+
+    path: Path
+    sha256: str
+    verified: bool
+
+
 def resolve_raw_files(
     source: SourceConfig,
     *,
     raw_dir: Path | None,
     cache_dir: Path,
     timeout: float = 60,
+    strict_checksums: bool | None = None,
 ) -> dict[str, Path]:
-    """The verified raw file of every role of `source.files`, by role.
+    """The raw file of every role of `source.files`, by role (`find_raw_files`' paths)."""
+    return {role: found.path for role, found in find_raw_files(
+        source, raw_dir=raw_dir, cache_dir=cache_dir, timeout=timeout,
+        strict_checksums=strict_checksums).items()}
 
-    Raises RawDataError when a file is nowhere to be found or fetched, or when its
-    sha256 differs from (or is not yet in) the config.
+
+def find_raw_files(
+    source: SourceConfig,
+    *,
+    raw_dir: Path | None,
+    cache_dir: Path,
+    timeout: float = 60,
+    strict_checksums: bool | None = None,
+) -> dict[str, RawFile]:
+    """The checked raw file of every role of `source.files`, by role.
+
+    strict_checksums: None takes `source.strict_checksums`. Raises RawDataError when a
+    file is nowhere to be found or fetched, when its sha256 differs from the config's,
+    or (strict only) when the config does not know its sha256 yet; lenient, such a file
+    is logged as a warning with the sha256 found.
     """
-    found: dict[str, Path] = {}
+    strict = source.strict_checksums if strict_checksums is None else strict_checksums
+    found: dict[str, RawFile] = {}
     to_fetch: dict[str, dict[str, SourceFile]] = {}  # url -> {role: file}
     for role, file in source.files.items():
         candidates = ([Path(raw_dir) / file.path] if raw_dir is not None else []) + [
@@ -74,7 +106,7 @@ def resolve_raw_files(
         local = next((path for path in candidates if path.is_file()), None)
         if local is not None:
             log.info("raw file %s: %s", role, local)
-            found[role] = _verified(local, file, role)
+            found[role] = _checked(local, file, role, strict=strict)
             continue
         url = file.url or source.url
         if url is None:
@@ -85,28 +117,33 @@ def resolve_raw_files(
                 f"{file.path}")
         to_fetch.setdefault(url, {})[role] = file
     for url, files in to_fetch.items():
-        found.update(_download(url, files, Path(cache_dir), timeout=timeout))
+        found.update(_download(url, files, Path(cache_dir), timeout=timeout, strict=strict))
     return {role: found[role] for role in source.files}
 
 
-def _verified(path: Path, file: SourceFile, role: str, *, name: str | None = None) -> Path:
+def _checked(path: Path, file: SourceFile, role: str, *, strict: bool,
+             name: str | None = None) -> RawFile:
     actual = sha256_file(path)
     if not file.sha256_known:
-        raise RawDataError(
-            f"{name or path}: the config does not know this file's sha256 yet "
-            f"(source.files.{role}.sha256: {SHA256_TODO}); this copy's sha256 is {actual}. "
-            "Check the file against its publisher's checksum (GroupLens and last.fm publish "
-            "md5 sums), then write that sha256 into the config")
+        unknown = (f"{name or path}: the config does not know this file's sha256 yet "
+                   f"(source.files.{role}.sha256: {SHA256_TODO}); this copy's sha256 is "
+                   f"{actual}. Check the file against its publisher's checksum (GroupLens "
+                   "and last.fm publish md5 sums), then write that sha256 into the config")
+        if strict:
+            raise RawDataError(unknown + " (strict checksums: nothing read)")
+        log.warning("%s; read anyway and recorded in the manifest (source.strict_checksums "
+                    "or --strict-checksums would fail here)", unknown)
+        return RawFile(Path(path), actual, verified=False)
     if actual != file.sha256:
         raise RawDataError(
             f"{name or path}: sha256 {actual} does not match the expected {file.sha256} "
             f"(source.files.{role}.sha256 in the config); the file is corrupt or a "
             "different version")
-    return path
+    return RawFile(Path(path), actual, verified=True)
 
 
 def _download(url: str, files: Mapping[str, SourceFile], cache_dir: Path, *,
-              timeout: float) -> dict[str, Path]:
+              timeout: float, strict: bool) -> dict[str, RawFile]:
     cache_dir.mkdir(parents=True, exist_ok=True)
     log.info("downloading %s into %s", url, cache_dir)
     fd, name = tempfile.mkstemp(dir=cache_dir, prefix=".download-")
@@ -132,12 +169,13 @@ def _download(url: str, files: Mapping[str, SourceFile], cache_dir: Path, *,
                 try:
                     with os.fdopen(fd_out, "wb") as out:
                         shutil.copyfileobj(data, out)
-                    _verified(unpacked, file, role, name=label)
+                    checked = _checked(unpacked, file, role, strict=strict, name=label)
                     os.replace(unpacked, target)
                 finally:
                     unpacked.unlink(missing_ok=True)
-            log.info("raw file %s: %s (downloaded, sha256 verified)", role, target)
-            placed[role] = target
+            log.info("raw file %s: %s (downloaded, sha256 %s)", role, target,
+                     "verified" if checked.verified else "not in the config yet")
+            placed[role] = dataclasses.replace(checked, path=target)
     finally:
         download.unlink(missing_ok=True)
     return placed

@@ -17,6 +17,7 @@ Settings (deployment, read here because this is the MLflow entry point):
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import os
 import warnings
@@ -29,6 +30,8 @@ import mlflow
 import mlflow.artifacts
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
+
+from jobs.lake.protocol import MLFLOW_COMPARISON_VIEW
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +48,8 @@ CANDIDATES_TABLE = "candidates.json"  # the parent run's comparison of the famil
 CANDIDATES_PLOT = "candidates.png"
 EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
 EXPERIMENT_KIND = "custom_model_development"
+SHARED_VIEW_TAG = "mlflow.sharedViewState."  # + jobs.lake.protocol.MLFLOW_COMPARISON_VIEW
+PARENT_ROLE = "dag_run"  # the tag ncf.role of a DAG run's parent run
 
 
 def tracking_uri() -> str:
@@ -160,6 +165,14 @@ class RunLogger:
         mlflow.log_table(pd.DataFrame(rows), "candidates_table.json")
         self.log_figure(candidates_figure(rows, metric=select_metric, served=served),
                         CANDIDATES_PLOT)
+        # The same figures as the parent's own metrics (`<metric>/<family>`): one row per
+        # DAG run in the runs table compares every family, day after day.
+        self.log_metrics({f"{key}/{name}": value for name, entry in table.items()
+                          for part in ("validation", "test")
+                          for key, value in (entry.get(part) or {}).items()
+                          if isinstance(value, int | float)})
+        experiment = MlflowClient().get_run(self.run_id).info.experiment_id
+        save_comparison_view(experiment, list(table), select_metric=select_metric)
 
     def log_lineage(self, *, lake_path: Path, manifest_sha256: str, context: str) -> None:
         """Record which lake folder (and which manifest) the run read, as an MLflow dataset."""
@@ -283,12 +296,32 @@ def parent_run(dataset: str, logical_date: str, lake_run: str) -> str:
     by its tags when a task is retried, else created. Children tag it as their parent, and
     it holds the candidates' comparison."""
     tags = {"ncf.dataset": dataset, "ncf.logical_date": logical_date, "ncf.lake_run": lake_run,
-            "ncf.role": "dag_run"}
+            "ncf.role": PARENT_ROLE}
     found = find_runs(dataset, tags)
     if found:
         return found[0]
     with start_run(dataset, run_name=f"{dataset}-{logical_date}", tags=tags) as run:
         return run.run_id
+
+
+def comparison_view_state(families: Sequence[str], *, select_metric: str) -> dict[str, Any]:
+    """The runs table of the saved comparison: the DAG runs' parent runs, newest first, with
+    the served family, each family's test HR@10 and its validation selection metric (the
+    rest is one click away: Columns)."""
+    k = select_metric.rsplit("_", 1)[-1]  # val_ndcg_10: the run's k
+    metrics = [f"{metric}/{family}" for metric in (f"test_hr_{k}", select_metric)
+               for family in families]
+    return {"searchFilter": f"tags.`ncf.role` = '{PARENT_ROLE}'",
+            "orderByKey": "attributes.start_time", "orderByAsc": False,
+            "selectedColumns": ["tags.`ncf.served_family`",
+                                *(f"metrics.`{key}`" for key in metrics)]}
+
+
+def save_comparison_view(experiment: str, families: Sequence[str], *,
+                         select_metric: str) -> None:
+    state = comparison_view_state(families, select_metric=select_metric)
+    MlflowClient().set_experiment_tag(experiment, SHARED_VIEW_TAG + MLFLOW_COMPARISON_VIEW,
+                                      json.dumps(state))
 
 
 def find_runs(dataset: str, tags: Mapping[str, Any]) -> list[str]:

@@ -22,6 +22,7 @@ import torch
 from torch import Tensor, nn
 from tqdm import tqdm
 
+from jobs.lake import failpoints
 from ncf_model.config import ModelConfig, TrainConfig
 from ncf_model.data import Pairs, TrainingData
 from ncf_model.evaluate import evaluate
@@ -136,8 +137,10 @@ def train(model: nn.Module, data: TrainingData, validation: Pairs | None, cfg: T
         loss_sum = torch.zeros((), device=device)
         n_samples = 0
         batches = _batches(data, cfg, generator)
-        for batch in tqdm(batches, desc=f"{prefix}epoch {epoch}", unit="batch", leave=False,
-                          disable=not show_bar):
+        for step, batch in enumerate(tqdm(batches, desc=f"{prefix}epoch {epoch}",
+                                          unit="batch", leave=False, disable=not show_bar)):
+            if epoch == 2 and step == 1:  # mid-epoch, for the kill test (no-op unless armed)
+                failpoints.reach(failpoints.TRAIN_MID_EPOCH)
             loss = batch_loss(model, batch, cfg.loss, device_type=device.type, autocast=cuda)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()

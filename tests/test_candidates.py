@@ -4,6 +4,7 @@ reported after a refit on train + validation, the winner refitted on every posit
 
 from __future__ import annotations
 
+import json
 import math
 import random
 import shutil
@@ -17,6 +18,7 @@ import yaml
 
 from jobs.lake import layout
 from jobs.lake.config import CandidatesConfig
+from jobs.lake.protocol import MLFLOW_COMPARISON_VIEW
 from ncf_model import checkpoint, cli, data, tracking
 from ncf_model.data import FullRanking, Pairs
 from ncf_model.evaluate import evaluate, evaluate_report
@@ -186,8 +188,15 @@ def test_every_family_is_scored_alike_and_the_best_on_validation_is_served(
         child = client.get_run(record["run_id"])
         assert child.data.tags["mlflow.parentRunId"] == parent.info.run_id, name
         assert child.data.metrics[f"test_hr_{K}"] == pytest.approx(record["test"][f"test_hr_{K}"])
+        # ... and on the parent, one metric per family: a DAG run is one row to compare.
+        assert parent.data.metrics[f"test_hr_{K}/{name}"] == pytest.approx(
+            record["test"][f"test_hr_{K}"]), name
     experiment = client.get_experiment(parent.info.experiment_id)
     assert experiment.tags[tracking.EXPERIMENT_KIND_TAG] == tracking.EXPERIMENT_KIND
+    # The saved comparison the UI opens: parent runs, each family's test HR@10 a column.
+    view = json.loads(experiment.tags[tracking.SHARED_VIEW_TAG + MLFLOW_COMPARISON_VIEW])
+    assert view["searchFilter"] == f"tags.`ncf.role` = '{tracking.PARENT_ROLE}'"
+    assert {f"metrics.`test_hr_{K}/{name}`" for name in families} <= set(view["selectedColumns"])
     # A retried task logs to the runs of its first attempt.
     assert _main("candidates", config, paths) == 0
     again = layout.read_manifest(paths)["candidates"]["families"]

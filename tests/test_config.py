@@ -10,11 +10,13 @@ import pytest
 import yaml
 
 from jobs.lake.config import SHA256_TODO, SOURCE_FORMATS, SourceFile, load_data_config
+from jobs.lake.eventlog import EVENTS_FORMAT
 from jobs.lake.loader import ConfigError
 from ncf_model.config import load_ncf_config
 
 REPO = Path(__file__).resolve().parents[1]
 GOOD_SHA = "a" * 64
+_EVENTS = {"location": "clicks", "columns": {"user": "u", "item": "i", "timestamp": "t"}}
 
 
 def _write(tmp_path: Path, payload: object) -> Path:
@@ -81,6 +83,24 @@ def test_defaults_fill_missing_sections_and_asdict_is_plain(tmp_path: Path) -> N
     (_base(source={"format": "movielens-csv", "files": {"ratings": {"path": "a"}}}),
      r"source.files.ratings: missing required key\(s\) \['sha256'\]"),
     (_base(source={"format": "movielens-csv", "files": {}}), "source.files: expected a non-empty"),
+    (_base(source={"format": "events"}), "source.events: format events needs an events"),
+    (_base(source={"format": "events", "path": "u.data", "sha256": GOOD_SHA,
+                   "events": _EVENTS}), "source.events: format events reads events.location"),
+    (_base(source={"format": "movielens-100k", "path": "u.data", "sha256": GOOD_SHA,
+                   "events": _EVENTS}), "source.events: only for format events"),
+    (_base(source={"format": "events", "events": {**_EVENTS, "file_type": "xml"}}),
+     "source.events.file_type: 'xml' is not one of"),
+    (_base(source={"format": "events", "events": {**_EVENTS, "ts_unit": "hours"}}),
+     "source.events.ts_unit"),
+    (_base(source={"format": "events", "events": {**_EVENTS, "event_types": ["buy"]}}),
+     "source.events.event_types: a filter on event types needs columns.event_type"),
+    (_base(source={"format": "events", "events": {**_EVENTS, "partitioning": "flat",
+                                                  "allow_missing_days": True}}),
+     "source.events.allow_missing_days"),
+    (_base(source={"format": "events", "events": {**_EVENTS, "columns": {
+        "user": "a", "item": "a", "timestamp": "t"}}}), "each role needs its own column"),
+    (_base(source={"format": "events", "events": {**_EVENTS, "columns": {"user": "a"}}}),
+     r"source.events.columns: missing required key\(s\) \['item', 'timestamp'\]"),
     (_base(ingest={"output_partitions": 0}), "ingest.output_partitions"),
 ])
 def test_bad_data_config_names_file_and_field(tmp_path: Path, payload: object,
@@ -191,6 +211,9 @@ def test_multi_file_source_and_the_one_file_shorthand(tmp_path: Path) -> None:
 def test_shipped_configs_name_their_files_by_role() -> None:
     for path in sorted((REPO / "configs").glob("*.yaml")):
         source = load_data_config(path).source
+        if source.events is not None:  # an event log: a location, no files
+            assert source.format == EVENTS_FORMAT and not source.files, path.name
+            continue
         required, _ = SOURCE_FORMATS[source.format]
         assert set(required) <= set(source.files), path.name
         for file in source.files.values():

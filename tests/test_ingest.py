@@ -22,6 +22,7 @@ from pyspark.testing import assertDataFrameEqual
 from jobs import ingest, prepare, split
 from jobs.ingest import IngestError, main
 from jobs.lake import layout
+from jobs.lake.config import SHA256_TODO
 from jobs.sources import CorruptFileError, RawDataError
 from tests.tiny_data import write_tiny_config, write_tiny_u_data
 
@@ -99,7 +100,7 @@ def test_main_writes_interactions_rejects_and_manifest(spark: SparkSession,
         layout.REASON_OUT_OF_RANGE: 1}
     assert entry["format"] == "movielens-100k"
     assert entry["files"] == {"ratings": {
-        "path": str(raw_file), "sha256": layout.sha256_file(raw_file),
+        "path": str(raw_file), "sha256": layout.sha256_file(raw_file), "sha256_verified": True,
         "input_rows": len(rows) + 3, "rejected": 3}}
     assert entry["params"] == {"min_value": 1.0, "max_value": 5.0, "output_partitions": 1}
     assert layout.USER_FEATURES not in entry  # a one-file source has no side features
@@ -355,6 +356,34 @@ def test_truncated_gzip_fails_naming_the_file_and_publishes_nothing(
         _run(config, lake, tmp_path / "raw", tmp_path)
     assert "\n" not in str(error.value) and "truncated or corrupt" in str(error.value)
     assert not base.exists()  # no interactions/, no staged leftovers
+
+
+def test_unknown_checksum_is_recorded_unless_strict(spark: SparkSession,
+                                                     tmp_path: Path) -> None:
+    """A public archive's sha256 not known yet: the run warns and records the one found;
+    --strict-checksums (or source.strict_checksums) fails before reading anything."""
+    ratings = b"1\t10\t4\t100\n2\t10\t3\t200\n"
+    config = _write_source(tmp_path, "todo", "movielens-100k", {"ratings": ratings})
+    payload = yaml.safe_load(config.read_text())
+    payload["source"]["files"]["ratings"]["sha256"] = SHA256_TODO
+    config.write_text(yaml.safe_dump(payload))
+    lake = tmp_path / "lake"
+    base = layout.LakePaths(lake, "todo", DATE).base
+    with pytest.raises(RawDataError, match="does not know this file's sha256 yet"):
+        main(["--config", str(config), "--logical-date", DATE, "--lake-root", str(lake),
+              "--raw-dir", str(tmp_path / "raw"), "--strict-checksums"])
+    assert not base.exists()
+
+    assert _run(config, lake, tmp_path / "raw", tmp_path) == 0
+    assert _manifest(lake, "todo")["files"]["ratings"] == {
+        "path": str(tmp_path / "raw" / "todo" / "ratings"),
+        "sha256": hashlib.sha256(ratings).hexdigest(), "sha256_verified": False,
+        "input_rows": 2, "rejected": 0}
+
+    payload["source"]["strict_checksums"] = True
+    config.write_text(yaml.safe_dump(payload))
+    with pytest.raises(RawDataError, match=r"\(strict checksums: nothing read\)"):
+        _run(config, lake, tmp_path / "raw", tmp_path)
 
 
 def test_logical_date_must_be_yyyy_mm_dd(tmp_path: Path) -> None:

@@ -4,7 +4,7 @@
     jobs/lake/      the contract: standard library, PyYAML, pydantic, pyarrow (lazily) only
     jobs/quality/   Great Expectations gates: jobs.lake, pandas, GX; no Spark, no torch
     jobs/serving/   the SQL table: jobs.lake, pandas, SQLAlchemy; no Spark, no torch, no GX
-    jobs/ops/       the local production stack and its REST client: standard library only
+    jobs/ops/       the local production stack and its REST client: standard library, jobs.lake
     jobs/*.py       Spark stages and helpers: jobs.lake and each other; no torch, GX, SQL
     ncf_model/      torch: jobs.lake only from jobs; no Spark, GX or SQLAlchemy
     ncf_model/models/  models only: no I/O (no lake, pyarrow, pandas, MLflow)
@@ -67,12 +67,13 @@ SQL_GX = ("great_expectations", "sqlalchemy")
 JOBS_OUTSIDE_LAKE = ("jobs.quality", "jobs.serving", "jobs.ingest", "jobs.prepare",
                      "jobs.prepare_fast", "jobs.als", "jobs.spark", "jobs.readers",
                      "jobs.formats", "jobs.sources", "jobs.filters", "jobs.split",
-                     "jobs.negatives", "jobs.negatives_fast", "jobs.index", "jobs.xxhash")
+                     "jobs.negatives", "jobs.negatives_fast", "jobs.index", "jobs.xxhash",
+                     "jobs.events", "jobs.event_files", "jobs.ingest_events", "jobs.replay")
 
 RULES = [
     ("jobs/lake is the contract: no heavy dependency, no other part of jobs or ncf_model",
      _files("jobs/lake"), (*HEAVY, *JOBS_OUTSIDE_LAKE, "ncf_model"), False),
-    ("jobs/ops runs the local stack: standard library only", _files("jobs/ops"),
+    ("jobs/ops runs the local stack: standard library and jobs.lake", _files("jobs/ops"),
      (*HEAVY, *JOBS_OUTSIDE_LAKE, "ncf_model"), False),
     ("jobs/quality: no Spark, torch or SQL", _files("jobs/quality"),
      (*SPARK, "torch", "mlflow", "sqlalchemy", "ncf_model", "jobs.serving"), False),

@@ -4,6 +4,7 @@ compressed raw files read to their end."""
 from __future__ import annotations
 
 import bz2
+import dataclasses
 import functools
 import gzip
 import hashlib
@@ -20,7 +21,14 @@ import pytest
 
 from jobs.lake.config import SHA256_TODO, SourceConfig, SourceFile
 from jobs.lake.layout import ENV_RAW_DIR
-from jobs.sources import CorruptFileError, RawDataError, check_decompresses, resolve_raw_files
+from jobs.sources import (
+    CorruptFileError,
+    RawDataError,
+    RawFile,
+    check_decompresses,
+    find_raw_files,
+    resolve_raw_files,
+)
 
 RAW = b"1\t10\t4\t881250949\n2\t20\t3\t891717742\n"
 MEMBER = "ml-100k/u.data"
@@ -204,14 +212,38 @@ def test_a_file_may_have_its_own_url(server: _Server, tmp_path: Path) -> None:
                              cache_dir=tmp_path / "cache")["ratings"].read_bytes() == RAW
 
 
-def test_unknown_checksum_fails_and_tells_the_one_found(server: _Server, tmp_path: Path) -> None:
-    with pytest.raises(RawDataError) as error:
-        resolve_raw_files(_two_files(server.url("ml-100k.zip"), users_sha=SHA256_TODO),
-                          raw_dir=None, cache_dir=tmp_path / "cache")
-    message = str(error.value)
-    assert f"{USERS_MEMBER} in {server.url('ml-100k.zip')}" in message
-    assert "source.files.users.sha256" in message and _sha(USERS) in message
-    assert not (tmp_path / "cache" / "users" / "u.user").exists()  # never verified: not cached
+def test_unknown_checksum_fails_when_strict_and_tells_the_one_found(
+        server: _Server, tmp_path: Path) -> None:
+    for strict in ({"strict_checksums": True}, {}):
+        source = _two_files(server.url("ml-100k.zip"), users_sha=SHA256_TODO)
+        if not strict:  # the config's key, not the argument
+            source = dataclasses.replace(source, strict_checksums=True)
+        with pytest.raises(RawDataError) as error:
+            resolve_raw_files(source, raw_dir=None, cache_dir=tmp_path / "cache", **strict)
+        message = str(error.value)
+        assert f"{USERS_MEMBER} in {server.url('ml-100k.zip')}" in message
+        assert "source.files.users.sha256" in message and _sha(USERS) in message
+        assert not (tmp_path / "cache" / "users" / "u.user").exists()  # not cached
+
+
+def test_unknown_checksum_is_a_warning_and_recorded_by_default(
+        server: _Server, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    source = _two_files(server.url("ml-100k.zip"), users_sha=SHA256_TODO)
+    found = find_raw_files(source, raw_dir=None, cache_dir=tmp_path / "cache")
+    assert found["users"] == RawFile(tmp_path / "cache" / "users" / "u.user", _sha(USERS),
+                                     verified=False)
+    assert found["ratings"].verified and found["ratings"].sha256 == _sha(RAW)
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert len(warnings) == 1 and _sha(USERS) in warnings[0]
+    assert "source.files.users.sha256" in warnings[0] and "--strict-checksums" in warnings[0]
+    # Found again in the cache: still lenient, still not verified.
+    again = find_raw_files(source, raw_dir=None, cache_dir=tmp_path / "cache")
+    assert again["users"].path.read_bytes() == USERS and not again["users"].verified
+    assert server.requests == 1
+    # A known checksum that does not match fails, lenient or not.
+    wrong = _two_files(server.url("ml-100k.zip"), users_sha="0" * 64)
+    with pytest.raises(RawDataError, match="does not match the expected 0000"):
+        find_raw_files(wrong, raw_dir=None, cache_dir=tmp_path / "cache", strict_checksums=False)
 
 
 def test_whole_compressed_files_and_plain_files_pass(tmp_path: Path) -> None:

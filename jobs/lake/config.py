@@ -6,8 +6,11 @@ data-side sections; `ncf_model.config` holds the model-side ones and reuses the
 loader. No pyspark import here, so the DAG files and `ncf_model` can use it.
 
     dataset: ml-100k
-    source:   {format, url, files: {role: {path, sha256, archive_member, url, encoding}}}
-              (or, for a one-file source, {format, path, sha256, url, archive_member})
+    source:   {format, url, files: {role: {path, sha256, archive_member, url, encoding}},
+               strict_checksums}
+              (or, for a one-file source, {format, path, sha256, url, archive_member});
+              format events: {format, events: {location, file_type, columns, ...}}
+              (the section: jobs/lake/source.py; an event log's: jobs/lake/eventlog.py)
     ingest:   {min_value, max_value, output_partitions}
     prepare:  {as_of_cutoff, binarise: {rule, threshold}, user_fraction,
                min_user_positives, min_item_positives, k_core_max_iterations,
@@ -21,6 +24,7 @@ loader. No pyspark import here, so the DAG files and `ncf_model` can use it.
     candidates: {families, select_metric, refit}  (both sides read it)
     mf:, ease:      ...  (ncf_model.config)
     als:      {rank, reg_param, alpha, max_iter, seed}  (jobs/als.py)
+    validate: {mode, sample_rows, seed, max_full_rows}  (jobs/quality/validate.py)
 
 `dataclasses.asdict(section)` is exactly what goes to MLflow params and the manifest.
 """
@@ -34,96 +38,16 @@ from pathlib import Path
 
 from jobs.lake.loader import check_field, load_sections
 
-PRESPLIT_FORMAT = "ncf-presplit"  # test split given by the source; prepare keeps it as-is
-# The raw formats jobs/readers.py reads: per format the file roles it needs, then the
-# roles it may also read (side features). A one-file source (path/sha256) is "ratings".
-SOURCE_FORMATS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
-    "movielens-100k": (("ratings",), ("users", "items")),      # u.data, u.user, u.item
-    "movielens-dat": (("ratings",), ("users", "items")),       # ML-1M/10M ratings.dat ...
-    "movielens-csv": (("ratings",), ("items",)),               # ML-20M/25M/latest ratings.csv
-    "lastfm-360k": (("ratings",), ("users",)),
-    "lastfm-1k": (("ratings",), ("users",)),
-    "lastfm-2k": (("ratings",), ("items", "tags", "item_tags")),
-    PRESPLIT_FORMAT: (("train", "test", "test_negatives"), ()),  # the NCF paper's files
-}
-# Sources with no time per interaction: ts is null (expectations and prepare allow it).
-FORMATS_WITHOUT_TIMESTAMPS = ("lastfm-360k", "lastfm-2k")
-ENCODINGS = ("utf-8", "latin-1")
-SHA256_TODO = "fill-in-on-first-download"
-
-
-
-def _check_relative(path: str, field: str) -> None:
-    check_field(not Path(path).is_absolute() and ".." not in Path(path).parts, field,
-                "must be relative to the raw folder, without '..'")
-
-
-@dataclasses.dataclass(frozen=True)
-class SourceFile:
-    """One raw file: where it lies, what its bytes hash to, how its text is encoded.
-
-    sha256 is required. Where the project does not know it yet (a dataset never
-    downloaded here) the config says SHA256_TODO: resolving the file then fails and
-    prints the sha256 of what it found, to be checked against the publisher's
-    checksum and written into the config. Verification is never skipped.
-    """
-
-    path: str  # relative to the raw folder (NCF_RAW_DIR / --raw-dir) or the download cache
-    sha256: str
-    archive_member: str | None = None  # its name inside the source's archive (default: path)
-    url: str | None = None  # where to fetch this file (or its archive) if not the source's url
-    encoding: str = "utf-8"  # latin-1 for the old MovieLens/HetRec files
-
-    def __post_init__(self) -> None:
-        _check_relative(self.path, "path")
-        check_field(self.sha256 == SHA256_TODO or bool(re.fullmatch(r"[0-9a-f]{64}", self.sha256)),
-                    "sha256", "must be 64 lower-case hex digits (sha256sum of the raw file), "
-                    f"or {SHA256_TODO!r} until it is known")
-        check_field(self.encoding in ENCODINGS, "encoding",
-                    f"{self.encoding!r} is not one of {list(ENCODINGS)}")
-
-    @property
-    def sha256_known(self) -> bool:
-        return self.sha256 != SHA256_TODO
-
-
-@dataclasses.dataclass(frozen=True)
-class SourceConfig:
-    """The raw files of a dataset, by role (ratings, users, items, ...), and where to get them.
-
-    A one-file source may give `path`/`sha256`/`archive_member` directly: that is the
-    file of role "ratings". `files` then comes out filled, so readers only look there.
-    """
-
-    format: str
-    url: str | None = None  # an archive (zip, tar.gz) holding the files, or the one file
-    files: dict[str, SourceFile] = dataclasses.field(default_factory=dict)
-    path: str | None = None
-    sha256: str | None = None
-    archive_member: str | None = None
-
-    def __post_init__(self) -> None:
-        check_field(self.format in SOURCE_FORMATS, "format",
-                    f"{self.format!r} is not one of {list(SOURCE_FORMATS)}")
-        one_file = (self.path, self.sha256, self.archive_member)
-        if self.files:
-            check_field(one_file == (None, None, None), "files",
-                        "give either files: {role: {path, sha256}} or path/sha256, not both")
-            required, optional = SOURCE_FORMATS[self.format]
-            check_field(set(required) <= set(self.files), "files",
-                        f"format {self.format} needs the roles {list(required)}")
-            unknown = sorted(set(self.files) - set(required) - set(optional))
-            check_field(not unknown, "files", f"unknown role(s) {unknown} for format "
-                        f"{self.format}; known: {[*required, *optional]}")
-            return
-        check_field(self.path is not None, "path", "missing (or give files: {role: ...})")
-        check_field(SOURCE_FORMATS[self.format][0] == ("ratings",), "path",
-                    f"format {self.format} has several files: give files: {{role: {{path, "
-                    f"sha256}}}} for {list(SOURCE_FORMATS[self.format][0])}")
-        check_field(self.sha256 is not None, "sha256", "missing")
-        ratings = SourceFile(path=str(self.path), sha256=str(self.sha256),
-                             archive_member=self.archive_member)
-        object.__setattr__(self, "files", {"ratings": ratings})
+# The source section (jobs/lake/source.py), re-exported: stages import it from here.
+from jobs.lake.source import (  # noqa: F401
+    ENCODINGS,
+    FORMATS_WITHOUT_TIMESTAMPS,
+    PRESPLIT_FORMAT,
+    SHA256_TODO,
+    SOURCE_FORMATS,
+    SourceConfig,
+    SourceFile,
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -345,6 +269,34 @@ class AlsConfig:
         check_field(self.max_iter >= 1, "max_iter", "must be >= 1")
 
 
+VALIDATE_MODES = ("auto", "full", "sampled")
+
+
+@dataclasses.dataclass(frozen=True)
+class ValidateConfig:
+    """How the validate_* gates read the lake (jobs/quality/validate.py).
+
+    full:    every table whole in pandas, the Great Expectations suites on all rows.
+    sampled: exact aggregates streamed over the Parquet batches (row and null counts, ranges,
+             sets, uniqueness, per-user counts, pair lookups), and the same suites on a
+             seeded sample of `sample_rows` rows of each big table; never a whole split in
+             pandas.
+    auto:    sampled when the stage's largest table holds more than `max_full_rows` rows
+             (from the Parquet footers), else full: small datasets validate as in full mode.
+    """
+
+    mode: str = "auto"
+    sample_rows: int = 200_000
+    seed: int = 42
+    max_full_rows: int = 5_000_000
+
+    def __post_init__(self) -> None:
+        check_field(self.mode in VALIDATE_MODES, "mode",
+                    f"{self.mode!r} is not one of {list(VALIDATE_MODES)}")
+        check_field(self.sample_rows >= 1, "sample_rows", "must be >= 1")
+        check_field(self.max_full_rows >= 1, "max_full_rows", "must be >= 1")
+
+
 @dataclasses.dataclass(frozen=True)
 class DataConfig:
     dataset: str
@@ -354,6 +306,7 @@ class DataConfig:
     publish: PublishConfig
     als: AlsConfig = dataclasses.field(default_factory=AlsConfig)
     candidates: CandidatesConfig = dataclasses.field(default_factory=CandidatesConfig)
+    validate: ValidateConfig = dataclasses.field(default_factory=ValidateConfig)
 
     @property
     def model_name(self) -> str:

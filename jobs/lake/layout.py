@@ -43,6 +43,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from jobs.lake import failpoints
+
 # --- column names (the only place these literals are written) ---------------
 USER_ID = "user_id"
 ITEM_ID = "item_id"
@@ -234,6 +236,7 @@ def staged_dir(final: Path) -> Iterator[Path]:
     """
     final = Path(final)
     final.parent.mkdir(parents=True, exist_ok=True)
+    _remove_stale_stages(final)
     token = uuid.uuid4().hex[:12]
     tmp = final.parent / f".tmp-{final.name}-{token}"
     try:
@@ -241,6 +244,7 @@ def staged_dir(final: Path) -> Iterator[Path]:
         if not tmp.exists():
             raise FileNotFoundError(f"staged output {tmp} was never written for {final}")
         old = final.parent / f".old-{final.name}-{token}"
+        failpoints.reach(failpoints.LAKE_RENAME.format(name=final.name))
         if final.exists():
             final.rename(old)
         tmp.rename(final)
@@ -250,6 +254,19 @@ def staged_dir(final: Path) -> Iterator[Path]:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def _remove_stale_stages(final: Path) -> None:
+    """Clear what a killed writer of `final` left behind (SIGKILL runs no cleanup): its
+    temporary folder goes; a previous version it had moved aside comes back when `final`
+    is missing (killed between the two renames), else goes. One task writes a folder."""
+    for stale in final.parent.glob(f".tmp-{final.name}-*"):
+        shutil.rmtree(stale, ignore_errors=True)
+    for old in sorted(final.parent.glob(f".old-{final.name}-*")):
+        if final.exists():
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            old.rename(final)
 
 
 def write_json_atomic(path: Path, payload: Mapping[str, Any]) -> None:

@@ -18,7 +18,8 @@ import yaml
 
 # The top-level sections of a dataset config; each is owned by one stage's dataclass.
 SECTIONS = ("dataset", "source", "ingest", "prepare", "model", "train", "evaluate",
-            "recommend", "publish", "candidates", "mf", "ease", "sasrec", "als")
+            "recommend", "publish", "candidates", "mf", "ease", "sasrec", "als",
+            "validate")
 
 T = TypeVar("T")
 

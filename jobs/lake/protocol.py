@@ -35,3 +35,17 @@ SPARK_SESSION_CONF = {
 # $NCF_SPARK_DRIVER_MEMORY override them; a cluster sets its own).
 DEFAULT_SHUFFLE_PARTITIONS = "8"
 DEFAULT_DRIVER_MEMORY = "4g"
+
+# --- MLflow UI ----------------------------------------------------------------------------
+# Each experiment's saved comparison (ncf_model.tracking.save_comparison_view): the MLflow
+# UI opens the shared view stored in the experiment tag `mlflow.sharedViewState.<key>` for
+# a URL carrying viewStateShareKey=<key>. MLflow 3.17 chooses between its GenAI and model
+# training views from the URL's workflowType (else its own default, GenAI), not from the
+# experiment's kind tag: the URL names it.
+MLFLOW_COMPARISON_VIEW = "ncf-candidates"
+
+
+def mlflow_comparison_url(ui: str, experiment_id: str) -> str:
+    """Where a browser opens the saved comparison on the MLflow UI at `ui`."""
+    return (f"{ui.rstrip('/')}/#/experiments/{experiment_id}/runs?"
+            f"viewStateShareKey={MLFLOW_COMPARISON_VIEW}&workflowType=machine_learning")

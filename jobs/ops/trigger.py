@@ -16,11 +16,13 @@ import json
 import sys
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from collections.abc import Mapping, Sequence
 from datetime import UTC, date, datetime
 from typing import Any
 
+from jobs.lake.protocol import mlflow_comparison_url
 from jobs.ops.stack import Settings, admin_password, settings_from_env
 
 FINISHED = ("success", "failed")
@@ -125,7 +127,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     except TriggerError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    print(f"Airflow run    {s.airflow_url}/dags/{dag_id}/runs/{urllib.parse.quote(run_id)}")
+    link = comparison_link(s, args.dataset)
+    if link:
+        print(f"MLflow models  {link}")
     return 0 if state == "success" else 1
+
+
+def comparison_link(s: Settings, dataset: str) -> str | None:
+    """The MLflow UI's saved comparison of `ncf-<dataset>`'s models (None: not reachable)."""
+    query = urllib.parse.urlencode({"experiment_name": f"ncf-{dataset}"})
+    try:
+        body = _request("GET", f"{s.mlflow_url}/api/2.0/mlflow/experiments/get-by-name?{query}")
+    except TriggerError:
+        return None
+    return mlflow_comparison_url(s.mlflow_url, str(body["experiment"]["experiment_id"]))
 
 
 if __name__ == "__main__":

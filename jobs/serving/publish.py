@@ -36,7 +36,7 @@ from typing import Any
 import pandas as pd
 import sqlalchemy as sa
 
-from jobs.lake import cli, layout
+from jobs.lake import cli, failpoints, layout
 from jobs.lake.config import DataConfig, load_data_config
 from jobs.lake.layout import (
     ITEM_ID,
@@ -240,6 +240,7 @@ def publish_run(cfg: DataConfig, paths: LakePaths, url: str, *,
         if cfg.publish.reader_role:
             table.grant_read_only(engine, tables, cfg.publish.reader_role)
         table.load_run(engine, tables, info, rows)
+        failpoints.reach(failpoints.PUBLISH_BEFORE_SWAP)  # for the kill test
         count = table.swap_in(engine, tables, cfg.dataset, paths.logical_date)
         expired = table.expire_old_runs(engine, tables, cfg.dataset, cfg.publish.keep_runs)
     except TableError as exc:

@@ -76,6 +76,22 @@ status: venv ## which of `make up`'s processes run, and whether both UIs answer
 trigger: venv ## run DATASET for DATE through the scheduler (REST API) and follow it
 	$(PY) -m jobs.ops.trigger --dataset $(DATASET) --date $(DATE)
 
+# Several nights in a row through `make up`'s scheduler: an Airflow backfill, one date at a
+# time, oldest first; a summary line per date (jobs/ops/days.py). REPROCESS=completed runs
+# dates that already have a run again.
+.PHONY: backfill runs backtest
+backfill: venv ## run DATASET for FROM..TO through the scheduler (Airflow backfill), a line per night: make backfill DATASET=ml-100k-events FROM=2026-11-19 TO=2026-11-23
+	@test -n "$(FROM)" -a -n "$(TO)" || { echo "usage: make backfill DATASET=<config> FROM=YYYY-MM-DD TO=YYYY-MM-DD [REPROCESS=failed|completed]"; exit 2; }
+	$(PY) -m jobs.ops.backfill --config configs/$(DATASET).yaml --from $(FROM) --to $(TO) $(if $(REPROCESS),--reprocess $(REPROCESS))
+
+runs: venv ## DATASET's publish history in the table, then one line per night in the lake (events, new, test HR@10, gate, rows)
+	@$(PY) -m jobs.serving.publish runs --config configs/$(DATASET).yaml
+	@$(PY) -m jobs.ops.days --config configs/$(DATASET).yaml
+
+HORIZON ?= 7
+backtest: venv ## forward HR@10/recall@10 of the served top-10 vs popularity and a baseline over the next HORIZON days: make backtest DATASET=ml-100k-events [FROM= TO=]
+	$(PY) bench/backtest.py --config configs/$(DATASET).yaml --horizon-days $(HORIZON) $(if $(FROM),--from $(FROM)) $(if $(TO),--to $(TO)) $(ARGS)
+
 ui: venv ## open the MLflow UI on http://127.0.0.1:5000 over the local tracking store
 	$(VENV)/bin/mlflow ui --backend-store-uri $(MLFLOW_TRACKING_URI) --host 127.0.0.1 --port 5000
 

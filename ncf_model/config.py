@@ -121,6 +121,11 @@ class EvaluateConfig:
     # every unseen item scored for each test user, chunk_users users at a time.
     full_ranking: bool = True
     chunk_users: int = 256
+    # Past this many evaluated users, full ranking ranks a sample of this many drawn with
+    # full_ranking_seed (the same users for every family; metric full_sampled_users);
+    # null: every user. ML-20M's 138k users x 26.7k items is 3.7G scores per split.
+    full_ranking_max_users: int | None = 50_000
+    full_ranking_seed: int = 0
 
     def __post_init__(self) -> None:
         check_field(self.k >= 1, "k", "must be >= 1")
@@ -129,6 +134,8 @@ class EvaluateConfig:
         check_field(self.on_refusal in REFUSAL_ACTIONS, "on_refusal",
                     f"{self.on_refusal!r} is not one of {REFUSAL_ACTIONS}")
         check_field(self.chunk_users >= 1, "chunk_users", "must be >= 1")
+        check_field(self.full_ranking_max_users is None or self.full_ranking_max_users >= 1,
+                    "full_ranking_max_users", "must be >= 1, or null for every user")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -196,18 +196,23 @@ class FullRanking:
 
     `seen_user`/`seen_item`: the pairs never ranked (for test: the train and validation
     positives; for validation: the train positives). `chunk_users` users are scored at
-    once against all `n_items` items.
+    once against all `n_items` items. Past `max_users` evaluated users (None: no limit), a
+    sample of that many drawn with `seed` is ranked (ncf_model.evaluate).
     """
 
     n_items: int
     seen_user: Tensor
     seen_item: Tensor
     chunk_users: int = 256
+    max_users: int | None = None
+    seed: int = 0
 
     def __post_init__(self) -> None:
         if self.n_items < 1 or self.chunk_users < 1:
             raise ValueError(f"n_items={self.n_items}, chunk_users={self.chunk_users}: "
                              "both must be >= 1")
+        if self.max_users is not None and self.max_users < 1:
+            raise ValueError(f"max_users={self.max_users}: must be >= 1 (None: every user)")
         if self.seen_user.shape != self.seen_item.shape or self.seen_user.dim() != 1:
             raise ValueError(f"seen_user {tuple(self.seen_user.shape)} and seen_item "
                              f"{tuple(self.seen_item.shape)} must be 1-d of equal length")

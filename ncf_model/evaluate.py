@@ -4,7 +4,9 @@ Sampled (the NCF protocol, `ncf_model.metrics`): each positive ranked among its 
 sampled negatives -> hr_<k>, ndcg_<k>, auc (and HR@1..50 as the data of a plot).
 Full ranking (when given `FullRanking`): each user's positives ranked among every item
 the user has not seen -> full_hr_<k>, full_ndcg_<k>, full_recall_<k>, users scored
-`chunk_users` at a time so memory stays bounded on any device.
+`chunk_users` at a time so memory stays bounded on any device. Past
+`FullRanking.max_users` users, a seeded sample of that many is ranked (the same users for
+every model given the same FullRanking) and `full_sampled_users` says how many.
 
 Metric names are MLflow-safe (`hr_10`, not `HR@10`: MLflow rejects '@'). Logging them is
 the caller's business (`ncf_model.tracking`).
@@ -13,6 +15,7 @@ the caller's business (`ncf_model.tracking`).
 from __future__ import annotations
 
 import dataclasses
+import logging
 
 import torch
 from torch import Tensor, nn
@@ -30,6 +33,8 @@ from ncf_model.metrics import (
 from ncf_model.topk import score_items
 
 CURVE_MAX_K = 50  # HR@1..HR@50 for the hr_at_k plot
+
+log = logging.getLogger(__name__)
 
 
 def model_device(model: nn.Module) -> torch.device:
@@ -67,14 +72,30 @@ class Evaluation:
     hr_at_k: list[float]  # sampled HR@1 .. HR@CURVE_MAX_K
 
 
+def sample_users(users: Tensor, max_users: int | None, seed: int) -> Tensor | None:
+    """A seeded sample of `max_users` of `users` (sorted, unique), sorted; None when there
+    are no more than that (every user is ranked). Drawn on the CPU: the same sample on any
+    device."""
+    if max_users is None or users.numel() <= max_users:
+        return None
+    generator = torch.Generator().manual_seed(seed)
+    pick = torch.randperm(users.numel(), generator=generator)[:max_users]
+    return users[pick.to(users.device)].sort().values
+
+
 def evaluate_full_ranking(model: nn.Module, positives: Pairs, full: FullRanking,
                          k: int) -> dict[str, float]:
     """{"full_hr_<k>", "full_ndcg_<k>", "full_recall_<k>"}: each user of `positives` (label 1
-    rows) ranking its positives among all items but its seen ones, chunk by chunk."""
+    rows) ranking its positives among all items but its seen ones, chunk by chunk; with
+    "full_sampled_users" when more users than `full.max_users` were sampled down."""
     device = model_device(model)
     user, item = positives.user.to(device).long(), positives.item.to(device).long()
     if user.numel() == 0:
         raise ValueError("no positives to rank")
+    sample = sample_users(torch.unique(user), full.max_users, full.seed)
+    if sample is not None:
+        kept = torch.isin(user, sample)
+        user, item = user[kept], item[kept]
     if int(item.max()) >= full.n_items or int(item.min()) < 0:
         raise ValueError(f"positives hold item_idx outside 0..{full.n_items - 1}")
     seen_user = full.seen_user.to(device).long()
@@ -104,7 +125,11 @@ def evaluate_full_ranking(model: nn.Module, positives: Pairs, full: FullRanking,
                 sums.add(positions, pos_row, len(chunk))
     finally:
         model.train(was_training)
-    return sums.means()
+    if sample is None:
+        return sums.means()
+    log.info("full ranking on a seeded sample of %d of %d users (evaluate."
+             "full_ranking_max_users)", sample.numel(), torch.unique(positives.user).numel())
+    return {**sums.means(), "full_sampled_users": float(sample.numel())}
 
 
 def _slice(user: Tensor, item: Tensor, first: int, last: int) -> tuple[Tensor, Tensor]:

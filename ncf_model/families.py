@@ -68,6 +68,8 @@ class ProtocolData:
     device: torch.device
     full_ranking: bool = True
     chunk_users: int = 256
+    full_ranking_max_users: int | None = None  # evaluate.full_ranking_max_users
+    full_ranking_seed: int = 0
 
     def union(self, splits: tuple[str, ...]) -> Pairs:
         """The positives of `splits`, one Pairs (label 1), on the CPU."""
@@ -86,7 +88,9 @@ class ProtocolData:
         if seen not in self._full:
             pairs = self.union(seen)
             self._full[seen] = FullRanking(self.n_items, pairs.user, pairs.item,
-                                           chunk_users=self.chunk_users)
+                                           chunk_users=self.chunk_users,
+                                           max_users=self.full_ranking_max_users,
+                                           seed=self.full_ranking_seed)
         return self._full[seen]
 
 

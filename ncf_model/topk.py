@@ -6,8 +6,11 @@ chunk_users * n_items pairs whatever the number of users. An item the user has s
 recommended.
 
 `score_items` is the one place a chunk of users is scored against every item; a model
-with a `score_all_items(user_idx) -> (C, n_items)` method (MF, GMF, Hybrid and the baselines'
-scorers) is asked for the matrix directly, any other with (user, item) pairs.
+with a `score_all_items(user_idx) -> (C, n_items)` method (MF, GMF, MLP and NeuMF with their
+first MLP layer split into user and item halves, Hybrid, EASE^R, SASRec and the baselines'
+scorers) is asked for the matrix directly, any other with (user, item) pairs. Memory per
+chunk: the (C, n_items) logits, and for MLP/NeuMF at most
+`models.ncf.ACTIVATION_BUDGET` tower activations at once; `torch.topk` keeps k per user.
 """
 
 from __future__ import annotations

@@ -48,6 +48,20 @@ class FailedExpectation:
 
 
 @dataclass(frozen=True)
+class Sampling:
+    """A suite run on a seeded sample (sampled validation): how big the table and the
+    sample were, and the seed that drew it."""
+
+    table_rows: int
+    sample_rows: int
+    seed: int
+
+    def entry(self) -> dict[str, Any]:
+        return {"table_rows": self.table_rows, "sample_rows": self.sample_rows,
+                "seed": self.seed}
+
+
+@dataclass(frozen=True)
 class SuiteResult:
     suite: str
     dataset: str  # what the suite ran on: a lake folder, or a frame derived from folders
@@ -56,6 +70,7 @@ class SuiteResult:
     rows: int
     report: Path
     failures: tuple[FailedExpectation, ...] = ()
+    sampling: Sampling | None = None  # None: the suite ran on every row
 
 
 @dataclass(frozen=True)
@@ -65,6 +80,7 @@ class ValidationReport:
     stage: str
     paths: LakePaths
     suites: tuple[SuiteResult, ...]
+    mode: str = "full"  # or "sampled" (jobs.lake.config.ValidateConfig)
 
     @property
     def success(self) -> bool:
@@ -81,6 +97,7 @@ class ValidationReport:
     def manifest_entry(self) -> dict[str, Any]:
         return {
             "success": self.success,
+            "mode": self.mode,
             "evaluated_expectations": self.evaluated,
             "failed_expectations": self.failed,
             "suites": {
@@ -91,6 +108,7 @@ class ValidationReport:
                     "failed_expectations": len(result.failures),
                     "rows": result.rows,
                     "report": str(result.report.relative_to(self.paths.base)),
+                    **({"sampled": result.sampling.entry()} if result.sampling else {}),
                 }
                 for result in self.suites
             },
@@ -99,7 +117,9 @@ class ValidationReport:
     def describe(self) -> str:
         lines = [f"data validation failed for {self.paths.dataset} {self.paths.logical_date} "
                  f"(stage {self.stage}): {self.failed} of {self.evaluated} expectations failed; "
-                 f"full reports in {self.paths.path(REPORTS)}"]
+                 f"full reports in {self.paths.path(REPORTS)}"
+                 + ("; sampled validation: counts are exact, the suites also ran on seeded "
+                    "samples (see each report's 'sampled')" if self.mode == "sampled" else "")]
         for result in self.suites:
             for failure in result.failures:
                 lines.append(f"  - suite {result.suite} on {result.dataset}: "

@@ -22,6 +22,11 @@ stage's summary to the manifest under ``validate_<stage>``; any failed expectati
 `DataValidationError` whose message says which one, on which column, with sample values
 and what to fix.
 
+The config's `validate` section says how the lake is read: `full`, every table whole in
+pandas; `sampled`, exact aggregates streamed over the Parquet batches and the same suites
+on seeded samples, never a whole split in pandas (jobs.quality.sampled); `auto` (the
+default), sampled when the stage's largest table holds more than `max_full_rows` rows.
+
     python -m jobs.quality.validate --config configs/ml-100k.yaml --logical-date 2026-11-23 \
         --stage interactions|splits|recommendations [--lake-root data/lake]
 
@@ -31,24 +36,13 @@ Importing this module imports Great Expectations (~10 s): DAG files run it as a 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
 
-import great_expectations as gx
-import numpy as np
 import pandas as pd
-from great_expectations.core import ExpectationSuite
-from great_expectations.data_context import EphemeralDataContext
-from great_expectations.data_context.types.base import (
-    DataContextConfig,
-    InMemoryStoreBackendDefaults,
-    ProgressBarsConfig,
-)
 
 from jobs.lake import cli, layout
-from jobs.lake.config import FORMATS_WITHOUT_TIMESTAMPS, DataConfig
+from jobs.lake.config import FORMATS_WITHOUT_TIMESTAMPS, DataConfig, ValidateConfig
 from jobs.lake.layout import (
     EVAL_SPLITS,
     INTERACTIONS,
@@ -71,9 +65,14 @@ from jobs.lake.layout import (
     USERS,
     USERS_SCHEMA,
     LakePaths,
-    Schema,
 )
+from jobs.quality import sampled
+from jobs.quality.aggregates import count_rows
 from jobs.quality.expectations import (
+    HELD_OUT,
+    IN_TRAIN_POSITIVES,
+    NEGATIVE_IS_POSITIVE,
+    RECOMMENDED_SEEN,
     SPLIT,
     eval_positives_in_train,
     index_suite,
@@ -95,19 +94,10 @@ from jobs.quality.expectations import (
     topk_seen_suite,
     topk_suite,
 )
-from jobs.quality.results import (
-    SAMPLE_SIZE,
-    DataValidationError,
-    FailedExpectation,
-    SuiteResult,
-    ValidationReport,
-)
+from jobs.quality.results import DataValidationError, ValidationReport
+from jobs.quality.runner import Check, read_lake_folder, run_checks, widen_integers
 
 logger = logging.getLogger(__name__)
-# GX logs at INFO freely, which drowns the task log; one of its modules sets its own logger
-# to INFO explicitly, so the parent's level alone does not cover it.
-for _name in ("great_expectations", "great_expectations.data_context.types.base"):
-    logging.getLogger(_name).setLevel(logging.WARNING)
 
 STAGES = ("interactions", "splits", "recommendations")
 # Split methods whose test/ holds one positive per user (jobs.lake.config.SPLIT_METHODS; presplit:
@@ -115,120 +105,9 @@ STAGES = ("interactions", "splits", "recommendations")
 ONE_TEST_POSITIVE = ("leave_one_out", "presplit")
 
 
-# --- running suites -----------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class _Check:
-    suite: ExpectationSuite
-    frame: pd.DataFrame
-    dataset: str
-    # columns quoted next to each unexpected value, e.g. the user of a bad per-user count
-    index_columns: tuple[str, ...] = field(default=())
-
-
-def read_lake_folder(path: Path, schema: Schema, *, widen: bool = True) -> pd.DataFrame:
-    """A lake dataset folder as pandas; an existing folder without data files is 0 rows.
-
-    widen=False keeps the dtypes as written (for a dtype check).
-    """
-    try:
-        table = layout.read_lake_table(path, schema)
-    except layout.LakeReadError as exc:
-        raise DataValidationError(str(exc)) from exc
-    frame = table.to_pandas()
-    return widen_integers(frame) if widen else frame
-
-
-def widen_integers(frame: pd.DataFrame) -> pd.DataFrame:
-    """Integer columns as int64. GX 1.24 vectorises expect_column_values_to_be_between only
-    for int64/float64 columns; int32 indices would go through a Python call per value (~20x
-    slower on 5M rows). Columns with nulls are float64 already."""
-    wide = {name: "int64" for name, dtype in frame.dtypes.items()
-            if pd.api.types.is_integer_dtype(dtype) and dtype != np.int64}
-    return frame.astype(wide) if wide else frame
-
-
-def _context() -> EphemeralDataContext:
-    # In memory, no temporary data-docs folder, no tqdm bars in the task log.
-    config = DataContextConfig(
-        store_backend_defaults=InMemoryStoreBackendDefaults(init_temp_docs_sites=False),
-        progress_bars=ProgressBarsConfig(globally=False),
-        analytics_enabled=False,
-    )
-    return gx.get_context(mode="ephemeral", project_config=config)
-
-
-def _sample(result: Mapping[str, Any], column: str | None,
-            index_columns: Sequence[str]) -> tuple[str, ...]:
-    if index_columns and result.get("partial_unexpected_index_list"):
-        rows = result["partial_unexpected_index_list"][:SAMPLE_SIZE]
-        order = [*index_columns, *([column] if column and column not in index_columns else [])]
-        return tuple(" ".join(f"{key}={row.get(key)!r}" for key in order) for row in rows)
-    counts = result.get("partial_unexpected_counts") or []
-    return tuple(f"{entry['value']!r} (x{entry['count']})" for entry in counts[:SAMPLE_SIZE])
-
-
-def _failure(result: Mapping[str, Any], index_columns: Sequence[str]) -> FailedExpectation:
-    config = result.get("expectation_config") or {}
-    kwargs = dict(config.get("kwargs") or {})
-    column = kwargs.pop("column", None)
-    kwargs.pop("batch_id", None)
-    details = result.get("result") or {}
-    errors = [info.get("exception_message") for info in _exception_infos(result)]
-    observed = details.get("observed_value")
-    mismatched = (details.get("details") or {}).get("mismatched")
-    return FailedExpectation(
-        expectation=str(config.get("type", "?")),
-        column=column,
-        kwargs=kwargs,
-        unexpected_count=details.get("unexpected_count"),
-        element_count=details.get("element_count"),
-        observed=mismatched if mismatched else observed,
-        samples=_sample(details, column, index_columns),
-        hint=str((config.get("meta") or {}).get("hint", "")),
-        error="; ".join(sorted({str(e) for e in errors if e})) or None,
-    )
-
-
-def _exception_infos(result: Mapping[str, Any]) -> list[Mapping[str, Any]]:
-    """GX puts one exception_info per expectation, or one per metric when metrics fail."""
-    info = result.get("exception_info") or {}
-    if "raised_exception" in info:
-        return [info] if info.get("raised_exception") else []
-    return [value for value in info.values()
-            if isinstance(value, Mapping) and value.get("raised_exception")]
-
-
-def _run_checks(checks: Sequence[_Check], reports: Path) -> tuple[SuiteResult, ...]:
-    """Validate every frame against its suite; write each GX result to reports/<suite>.json."""
-    context = _context()
-    source = context.data_sources.add_pandas("lake")
-    results = []
-    for check in checks:
-        name = check.suite.name
-        batch = (source.add_dataframe_asset(name)
-                 .add_batch_definition_whole_dataframe("whole")
-                 .get_batch(batch_parameters={"dataframe": check.frame}))
-        result_format: dict[str, Any] = {"result_format": "SUMMARY"}
-        if check.index_columns:
-            result_format["unexpected_index_column_names"] = list(check.index_columns)
-        outcome = batch.validate(check.suite, result_format=result_format).to_json_dict()
-        report = reports / f"{name}.json"
-        layout.write_json_atomic(report, outcome)
-        failures = tuple(_failure(r, check.index_columns)
-                         for r in outcome["results"] if not r["success"])
-        results.append(SuiteResult(
-            suite=name, dataset=check.dataset, success=bool(outcome["success"]),
-            evaluated=int(outcome["statistics"]["evaluated_expectations"]),
-            rows=len(check.frame), report=report, failures=failures))
-        logger.info("suite %s on %s: %d rows, %d expectations, %d failed", name, check.dataset,
-                    len(check.frame), results[-1].evaluated, len(failures))
-    return tuple(results)
-
-
-def _finish(stage: str, paths: LakePaths, checks: Sequence[_Check]) -> ValidationReport:
-    report = ValidationReport(stage, paths, _run_checks(checks, paths.path(REPORTS)))
+def _finish(stage: str, paths: LakePaths, checks: Sequence[Check],
+            mode: str = "full") -> ValidationReport:
+    report = ValidationReport(stage, paths, run_checks(checks, paths.path(REPORTS)), mode)
     layout.update_manifest(paths, f"validate_{stage}", report.manifest_entry())
     if not report.success:
         raise DataValidationError(report.describe())
@@ -242,20 +121,38 @@ def _require(paths: LakePaths, names: Sequence[str]) -> None:
                                   "writes them has not run (or failed) for this date")
 
 
+def _mode(sample: ValidateConfig | None) -> str:
+    return "full" if sample is None else "sampled"
+
+
 # --- stages -------------------------------------------------------------------------
+# Each stage takes `sample`: None validates every row in pandas (full mode); a
+# ValidateConfig streams exact aggregates and runs the suites on seeded samples of
+# `sample_rows` rows (jobs.quality.sampled). Both build the same suites in the same order.
 
 
-def validate_interactions(paths: LakePaths, *, timestamps: bool = True) -> ValidationReport:
+def validate_interactions(paths: LakePaths, *, timestamps: bool = True,
+                          sample: ValidateConfig | None = None) -> ValidationReport:
     """Gate after ingest: the clean interactions of this run (`timestamps=False`: a source
     without them, whose ts must then be null throughout)."""
     _require(paths, [INTERACTIONS])
-    frame = read_lake_folder(paths.path(INTERACTIONS), INTERACTIONS_SCHEMA)
-    return _finish("interactions", paths,
-                   [_Check(interactions_suite(timestamps=timestamps), frame, f"{INTERACTIONS}/")])
+    suite, dataset = interactions_suite(timestamps=timestamps), f"{INTERACTIONS}/"
+    if sample is None:
+        check = Check(suite, read_lake_folder(paths.path(INTERACTIONS), INTERACTIONS_SCHEMA),
+                      dataset)
+    else:
+        check = sampled.table_check(suite, paths.path(INTERACTIONS), INTERACTIONS_SCHEMA,
+                                    dataset, sample)
+    return _finish("interactions", paths, [check], _mode(sample))
+
+
+def _splits_named(names: Sequence[str]) -> str:
+    return ", ".join(f"{name}/" for name in names)
 
 
 def validate_splits(paths: LakePaths, *, one_test_positive: bool = True,
-                    max_sequence_length: int | None = None) -> ValidationReport:
+                    max_sequence_length: int | None = None,
+                    sample: ValidateConfig | None = None) -> ValidationReport:
     """Gate after prepare: the id mappings, the three splits and how they relate, and
     sequences/ against them when prepare wrote it.
 
@@ -264,43 +161,79 @@ def validate_splits(paths: LakePaths, *, one_test_positive: bool = True,
     sequence may hold (prepare.sequence_length); None leaves the length unchecked.
     """
     _require(paths, [USERS, ITEMS, *SPLITS])
+    if sample is not None:
+        return _finish("splits", paths, _sampled_split_checks(
+            paths, one_test_positive, max_sequence_length, sample), "sampled")
     users = read_lake_folder(paths.path(USERS), USERS_SCHEMA)
     items = read_lake_folder(paths.path(ITEMS), ITEMS_SCHEMA)
     splits = {name: read_lake_folder(paths.path(name), PAIRS_SCHEMA) for name in SPLITS}
     n_users, n_items = len(users), len(items)
     evaluation = {name: splits[name] for name in EVAL_SPLITS}
     checks = [
-        _Check(index_suite(USERS, n=n_users), users, f"{USERS}/"),
-        _Check(index_suite(ITEMS, n=n_items), items, f"{ITEMS}/"),
-        *(_Check(pairs_suite(name, n_users=n_users, n_items=n_items), frame, f"{name}/")
+        Check(index_suite(USERS, n=n_users), users, f"{USERS}/"),
+        Check(index_suite(ITEMS, n=n_items), items, f"{ITEMS}/"),
+        *(Check(pairs_suite(name, n_users=n_users, n_items=n_items), frame, f"{name}/")
           for name, frame in splits.items()),
-        *(_Check(per_user_suite(name, one_positive=one_test_positive or name != TEST),
-                 per_user_labels(frame), f"{name}/ counted per user", (USER_IDX,))
+        *(Check(per_user_suite(name, one_positive=one_test_positive or name != TEST),
+                per_user_labels(frame), f"{name}/ counted per user", (USER_IDX,))
           for name, frame in evaluation.items()),
-        _Check(negatives_suite(), negative_collisions(splits),
-               f"label-0 rows of {', '.join(f'{s}/' for s in SPLITS)}",
-               (SPLIT, USER_IDX, ITEM_IDX)),
-        _Check(leakage_suite(), eval_positives_in_train(splits[TRAIN], evaluation),
-               f"positives of {', '.join(f'{s}/' for s in EVAL_SPLITS)}",
-               (SPLIT, USER_IDX, ITEM_IDX)),
+        Check(negatives_suite(), negative_collisions(splits),
+              f"label-0 rows of {_splits_named(SPLITS)}", (SPLIT, USER_IDX, ITEM_IDX)),
+        Check(leakage_suite(), eval_positives_in_train(splits[TRAIN], evaluation),
+              f"positives of {_splits_named(EVAL_SPLITS)}", (SPLIT, USER_IDX, ITEM_IDX)),
     ]
     if paths.path(SEQUENCES).is_dir():
-        checks += _sequence_checks(paths, splits, max_sequence_length)
+        sequences = read_lake_folder(paths.path(SEQUENCES), SEQUENCES_SCHEMA)
+        checks += [
+            Check(sequences_suite(max_length=max_sequence_length),
+                  per_user_sequences(sequences), _PER_USER_SEQUENCES, (USER_IDX,)),
+            Check(sequence_items_suite(), sequence_items(sequences, splits), _SEQUENCE_ITEMS,
+                  (USER_IDX, ITEM_IDX))]
     return _finish("splits", paths, checks)
 
 
-def _sequence_checks(paths: LakePaths, splits: Mapping[str, pd.DataFrame],
-                     max_length: int | None) -> list[_Check]:
-    """sequences/ per user (one row, 1..max_length items) and item by item against the
-    splits' positives (train/ positives only, never a held-out one)."""
-    sequences = read_lake_folder(paths.path(SEQUENCES), SEQUENCES_SCHEMA)
-    return [
-        _Check(sequences_suite(max_length=max_length), per_user_sequences(sequences),
-               f"{SEQUENCES}/ counted per user", (USER_IDX,)),
-        _Check(sequence_items_suite(), sequence_items(sequences, splits),
-               f"items of {SEQUENCES}/ against the positives of "
-               f"{', '.join(f'{s}/' for s in SPLITS)}", (USER_IDX, ITEM_IDX)),
+# sequences/ per user (one row, 1..max_length items) and item by item against the splits'
+# positives (train/ positives only, never a held-out one).
+_PER_USER_SEQUENCES = f"{SEQUENCES}/ counted per user"
+_SEQUENCE_ITEMS = (f"items of {SEQUENCES}/ against the positives of "
+                   f"{_splits_named(SPLITS)}")
+
+
+def _sampled_split_checks(paths: LakePaths, one_test_positive: bool,
+                          max_sequence_length: int | None,
+                          sample: ValidateConfig) -> list[Check]:
+    """validate_splits' checks in sampled mode (jobs.quality.sampled)."""
+    n_users, n_items = count_rows(paths.path(USERS)), count_rows(paths.path(ITEMS))
+    keys = sampled.PositiveKeys(paths)
+    checks = [
+        sampled.table_check(index_suite(USERS, n=n_users), paths.path(USERS), USERS_SCHEMA,
+                            f"{USERS}/", sample),
+        sampled.table_check(index_suite(ITEMS, n=n_items), paths.path(ITEMS), ITEMS_SCHEMA,
+                            f"{ITEMS}/", sample),
+        *(sampled.table_check(pairs_suite(name, n_users=n_users, n_items=n_items),
+                              paths.path(name), PAIRS_SCHEMA, f"{name}/", sample)
+          for name in SPLITS),
+        *(Check(per_user_suite(name, one_positive=one_test_positive or name != TEST),
+                sampled.per_user_labels(paths.path(name)), f"{name}/ counted per user",
+                (USER_IDX,))
+          for name in EVAL_SPLITS),
+        sampled.pair_check(negatives_suite(), sampled.negative_rows(paths, keys),
+                           [NEGATIVE_IS_POSITIVE], f"label-0 rows of {_splits_named(SPLITS)}",
+                           sample),
+        sampled.pair_check(leakage_suite(), sampled.held_out_rows(paths, keys),
+                           [IN_TRAIN_POSITIVES], f"positives of {_splits_named(EVAL_SPLITS)}",
+                           sample),
     ]
+    if paths.path(SEQUENCES).is_dir():
+        checks += [
+            Check(sequences_suite(max_length=max_sequence_length),
+                  sampled.per_user_sequences(paths.path(SEQUENCES)), _PER_USER_SEQUENCES,
+                  (USER_IDX,)),
+            sampled.pair_check(sequence_items_suite(),
+                               sampled.sequence_item_rows(paths.path(SEQUENCES), keys),
+                               [HELD_OUT, IN_TRAIN_POSITIVES], _SEQUENCE_ITEMS, sample,
+                               index_columns=(USER_IDX, ITEM_IDX))]
+    return checks
 
 
 def _manifest_counts(paths: LakePaths, stage: str, keys: Sequence[str]) -> list[int]:
@@ -318,26 +251,58 @@ def _positive_pairs(path: Path) -> pd.DataFrame:
     return frame.loc[frame[LABEL] == 1, [USER_IDX, ITEM_IDX]].dropna()
 
 
-def validate_recommendations(paths: LakePaths) -> ValidationReport:
+_TOPK_PER_USER = f"{TOPK}/ counted per user of {USERS}/"
+_TOPK_SEEN = f"{TOPK}/ against the positives of {_splits_named(SPLITS)}"
+
+
+def validate_recommendations(paths: LakePaths, *,
+                             sample: ValidateConfig | None = None) -> ValidationReport:
     """Gate between recommend and publish: topk/ against users/, the splits and the manifest."""
     _require(paths, [TOPK, USERS, *SPLITS])
     n_users, n_items = _manifest_counts(paths, "prepare", ("n_users", "n_items"))
     (k,) = _manifest_counts(paths, "recommend", ("k",))
-    as_written = read_lake_folder(paths.path(TOPK), TOPK_SCHEMA, widen=False)
-    topk = widen_integers(as_written)
     users = read_lake_folder(paths.path(USERS), USERS_SCHEMA)[USER_IDX].to_numpy()
+    suites = (topk_schema_suite(), topk_suite(n_users=n_users, n_items=n_items, k=k),
+              topk_per_user_suite(k=k), topk_seen_suite())
+    if sample is not None:
+        keys = sampled.PositiveKeys(paths)
+        topk = paths.path(TOPK)
+        return _finish("recommendations", paths, [
+            sampled.table_check(suites[0], topk, TOPK_SCHEMA, f"{TOPK}/ as written", sample,
+                                widen=False),
+            sampled.table_check(suites[1], topk, TOPK_SCHEMA, f"{TOPK}/", sample,
+                                index_columns=(USER_IDX, RANK)),
+            Check(suites[2], sampled.per_user_topk_frame(topk, users), _TOPK_PER_USER,
+                  (USER_IDX,)),
+            sampled.pair_check(suites[3], sampled.seen_rows(topk, keys), [RECOMMENDED_SEEN],
+                               _TOPK_SEEN, sample, index_columns=(USER_IDX, RANK, ITEM_IDX))],
+                       "sampled")
+    as_written = read_lake_folder(paths.path(TOPK), TOPK_SCHEMA, widen=False)
+    topk_frame = widen_integers(as_written)
     positives = [_positive_pairs(paths.path(name)) for name in SPLITS]
-    checks = [
-        _Check(topk_schema_suite(), as_written, f"{TOPK}/ as written"),
-        _Check(topk_suite(n_users=n_users, n_items=n_items, k=k), topk, f"{TOPK}/",
-               (USER_IDX, RANK)),
-        _Check(topk_per_user_suite(k=k), per_user_topk(topk, users),
-               f"{TOPK}/ counted per user of {USERS}/", (USER_IDX,)),
-        _Check(topk_seen_suite(), seen_recommendations(topk, positives),
-               f"{TOPK}/ against the positives of {', '.join(f'{s}/' for s in SPLITS)}",
-               (USER_IDX, RANK, ITEM_IDX)),
-    ]
-    return _finish("recommendations", paths, checks)
+    return _finish("recommendations", paths, [
+        Check(suites[0], as_written, f"{TOPK}/ as written"),
+        Check(suites[1], topk_frame, f"{TOPK}/", (USER_IDX, RANK)),
+        Check(suites[2], per_user_topk(topk_frame, users), _TOPK_PER_USER, (USER_IDX,)),
+        Check(suites[3], seen_recommendations(topk_frame, positives), _TOPK_SEEN,
+              (USER_IDX, RANK, ITEM_IDX))])
+
+
+# The folders each stage reads; `validate.mode: auto` samples when the largest is bigger
+# than `validate.max_full_rows`.
+STAGE_TABLES = {"interactions": (INTERACTIONS,), "splits": (USERS, ITEMS, *SPLITS),
+                "recommendations": (TOPK, *SPLITS)}
+
+
+def sampling_for(stage: str, paths: LakePaths, cfg: ValidateConfig) -> ValidateConfig | None:
+    """The config's choice for this stage: None (full) or the sampling settings."""
+    if cfg.mode == "full":
+        return None
+    if cfg.mode == "sampled":
+        return cfg
+    sizes = [count_rows(paths.path(name)) for name in STAGE_TABLES[stage]
+             if paths.path(name).is_dir()]
+    return cfg if max(sizes, default=0) > cfg.max_full_rows else None
 
 
 def _split_method(paths: LakePaths, cfg: DataConfig) -> str:
@@ -353,13 +318,14 @@ def _sequence_length(paths: LakePaths, cfg: DataConfig) -> int | None:
     return int(length) if length else None
 
 
-_STAGE_RUNNERS: dict[str, Callable[[LakePaths, DataConfig], ValidationReport]] = {
-    "interactions": lambda paths, cfg: validate_interactions(
-        paths, timestamps=cfg.source.format not in FORMATS_WITHOUT_TIMESTAMPS),
-    "splits": lambda paths, cfg: validate_splits(
+_STAGE_RUNNERS: dict[str, Callable[..., ValidationReport]] = {
+    "interactions": lambda paths, cfg, sample: validate_interactions(
+        paths, timestamps=cfg.source.format not in FORMATS_WITHOUT_TIMESTAMPS, sample=sample),
+    "splits": lambda paths, cfg, sample: validate_splits(
         paths, one_test_positive=_split_method(paths, cfg) in ONE_TEST_POSITIVE,
-        max_sequence_length=_sequence_length(paths, cfg)),
-    "recommendations": lambda paths, _cfg: validate_recommendations(paths),
+        max_sequence_length=_sequence_length(paths, cfg), sample=sample),
+    "recommendations": lambda paths, _cfg, sample: validate_recommendations(paths,
+                                                                            sample=sample),
 }
 
 
@@ -371,12 +337,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     cfg = cli.load_stage_config(args.config)
     paths = LakePaths(cli.lake_root(args.lake_root), cfg.dataset, args.logical_date)
     try:
-        report = _STAGE_RUNNERS[args.stage](paths, cfg)
+        sample = sampling_for(args.stage, paths, cfg.validate)
+        report = _STAGE_RUNNERS[args.stage](paths, cfg, sample)
     except DataValidationError as exc:
         logger.error("%s", exc)
         return 1
-    logger.info("validate_%s passed: %d expectations in %d suite(s); reports in %s",
-                args.stage, report.evaluated, len(report.suites), paths.path(REPORTS))
+    logger.info("validate_%s passed (%s): %d expectations in %d suite(s); reports in %s",
+                args.stage, report.mode, report.evaluated, len(report.suites),
+                paths.path(REPORTS))
     return 0
 
 

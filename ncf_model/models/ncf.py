@@ -13,6 +13,12 @@ from torch import Tensor, nn
 
 from ncf_model.models.common import init_weights
 
+# Full ranking (score_all_items): the most first-layer activations (users x items x width)
+# an MLP tower holds at once, by device type; a chunk of users is cut in blocks. A GPU
+# wants large blocks (2^26 floats = 256 MiB); on the CPU, fresh 256 MiB tensors per block
+# spent more time in page faults than in the products, 16 MiB ones stay near the caches.
+ACTIVATION_BUDGET = {"cuda": 1 << 26, "cpu": 1 << 22}
+
 
 class GMF(nn.Module):
     """Generalised matrix factorisation: a linear head on the element-wise product."""
@@ -84,6 +90,40 @@ class MLP(nn.Module):
     def forward(self, user_idx: Tensor, item_idx: Tensor) -> Tensor:
         return self.head(self.features(user_idx, item_idx)).squeeze(-1)  # (B,)
 
+    def project_all_items(self, user_idx: Tensor, weight: Tensor) -> Tensor:
+        """(C, n_items): `features(u, i) @ weight` for each user of `user_idx` (C,) and
+        every item, `weight` (layers[-1],). In eval mode, like `score_all_items`.
+
+        The first layer is split in its user and item halves, W [u; i] + b = (W_u u + b) +
+        W_i i: the item half is computed once per call for all items and broadcast over
+        the users, so the first layer costs one addition per pair instead of a
+        (layers[1] x layers[0]) product. Users go through the rest of the tower in blocks
+        of at most ACTIVATION_BUDGET[device type] activations.
+        """
+        user = self.user_embedding(user_idx)  # (C, half)
+        item = self.item_embedding.weight  # (n_items, half)
+        half, n_items = user.shape[-1], item.shape[0]
+        if not len(self.tower):  # no hidden layer: the features are [u; i] themselves
+            return (user @ weight[:half])[:, None] + (item @ weight[half:])[None, :]
+        first = self.tower[0]
+        assert isinstance(first, nn.Linear)  # the tower starts with its first Linear
+        user_half = user @ first.weight[:, :half].T + first.bias  # (C, layers[1])
+        item_half = item @ first.weight[:, half:].T  # (n_items, layers[1])
+        rest = self.tower[1:]
+        budget = ACTIVATION_BUDGET.get(user.device.type, ACTIVATION_BUDGET["cpu"])
+        step = max(1, budget // (n_items * first.out_features))
+        blocks = []
+        for block in user_half.split(step):  # (b, layers[1])
+            hidden = (block[:, None, :] + item_half[None, :, :]).flatten(0, 1)  # (b * n, w)
+            blocks.append((rest(hidden) @ weight).view(len(block), n_items))
+        return torch.cat(blocks) if blocks else user_half.new_empty(0, n_items)
+
+    def score_all_items(self, user_idx: Tensor) -> Tensor:
+        """(C, n_items) logits of `user_idx` (C,) against every item, equal to `forward` on
+        every pair, in eval mode (dropout off, batch norm on its running statistics):
+        see `project_all_items`."""
+        return self.project_all_items(user_idx, self.head.weight[0]) + self.head.bias
+
 
 class NeuMF(nn.Module):
     """GMF and MLP side by side, their last hidden vectors concatenated into one head.
@@ -105,6 +145,16 @@ class NeuMF(nn.Module):
                        self.mlp.features(user_idx, item_idx)],  # (B, mlp_layers[-1])
                       dim=-1)
         return self.head(x).squeeze(-1)  # (B,)
+
+    def score_all_items(self, user_idx: Tensor) -> Tensor:
+        """(C, n_items) logits of `user_idx` (C,) against every item, equal to `forward` on
+        every pair, in eval mode. The head is split over its two inputs: the GMF half folds
+        into the user vectors (one matrix product, as `GMF.score_all_items`), the MLP half
+        runs the tower with its first layer split (`MLP.project_all_items`)."""
+        w_gmf, w_mlp = self.head.weight[0].split([self.gmf.n_features, self.mlp.n_features])
+        weighted = self.gmf.user_embedding(user_idx) * w_gmf  # (C, factors)
+        gmf = weighted @ self.gmf.item_embedding.weight.T  # (C, n_items)
+        return gmf + self.mlp.project_all_items(user_idx, w_mlp) + self.head.bias
 
     @classmethod
     def from_pretrained(cls, gmf: GMF, mlp: MLP, alpha: float = 0.5) -> NeuMF:

@@ -167,7 +167,9 @@ def protocol_data(cfg: NCFConfig, paths: layout.LakePaths, device: torch.device,
         validation=load_pairs(paths.path(layout.VALIDATION), device),
         test=load_pairs(paths.path(layout.TEST), device), n_items=int(prepared["n_items"]),
         k=cfg.evaluate.k, device=device, full_ranking=cfg.evaluate.full_ranking,
-        chunk_users=cfg.evaluate.chunk_users)
+        chunk_users=cfg.evaluate.chunk_users,
+        full_ranking_max_users=cfg.evaluate.full_ranking_max_users,
+        full_ranking_seed=cfg.evaluate.full_ranking_seed)
 
 
 def _child_tags(cfg: NCFConfig, paths: layout.LakePaths, parent: str, family: Family,

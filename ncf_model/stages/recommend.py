@@ -53,6 +53,10 @@ def run(cfg: NCFConfig, paths: layout.LakePaths, device: torch.device,
     with tempfile.TemporaryDirectory(prefix="ncf-champion-") as scratch:
         scorer, known = champion.load_for_lake(serving_folder(ref, paths, Path(scratch)),
                                                paths, device)
+        # all_items: one (chunk x n_items) matrix per chunk (MF, GMF, MLP and NeuMF with the
+        # first layer split, EASE, SASRec, ...); pairs: every (user, item) pair through
+        # forward (a champion remapped onto another day's indices).
+        scoring = "all_items" if callable(getattr(scorer, "score_all_items", None)) else "pairs"
         items, scores = recommend_top_k(scorer, n_users=n_users, n_items=n_items,
                                         seen_user=seen_user, seen_item=seen_item, k=k,
                                         chunk_users=cfg.recommend.chunk_users, device=device)
@@ -78,11 +82,12 @@ def run(cfg: NCFConfig, paths: layout.LakePaths, device: torch.device,
         pq.write_table(table, tmp / "part-00000.parquet")
     layout.update_manifest(paths, "recommend", {
         "rows": table.num_rows, "users": n_users, "k": k, "seconds": round(seconds, 3),
+        "scoring": scoring,
         "popularity_users": int(cold.numel()), "model_name": model_name,
         "model_version": ref.version, "run_id": ref.run_id,
         "params": dataclasses.asdict(cfg.recommend),
     })
     log.info("top-%d for %d users (%d cold-start -> popularity) with %s version %s in %.2fs "
-             "-> %s", k, n_users, cold.numel(), model_name, ref.version, seconds,
-             paths.path(layout.TOPK))
+             "(%s scoring, chunks of %d users) -> %s", k, n_users, cold.numel(), model_name,
+             ref.version, seconds, scoring, cfg.recommend.chunk_users, paths.path(layout.TOPK))
     return int(table.num_rows)

@@ -1,12 +1,14 @@
 """Data-prep benchmark: ingest + prepare through the real Spark jobs vs the tutorial pandas way.
 
     python bench/prep.py [--events 20000263] [--shuffle-partitions 16] [--baseline-users 0.25]
+                         [--skip pandas] [--train-negatives 4]
 
 On a seeded synthetic MovieLens-20M `ratings.csv` (bench/synthetic.py; generated once
 into $NCF_CACHE_DIR or /tmp/ncf-bench), in one run:
   spark   `spark-submit jobs/ingest.py` then `jobs/prepare.py` with configs/ml-20m.yaml's
-          prepare section (leave-one-out split, 4 train negatives per positive, 99 per
-          evaluated user for validation and test), each a subprocess on --master;
+          prepare section (leave-one-out split, no training negatives unless
+          --train-negatives, 99 per evaluated user for validation and test), each
+          a subprocess on --master;
   pandas  the same steps as the tutorials write them: read_csv, binarise, sort by time,
           last per user -> test, second last -> validation, then negatives drawn in a
           Python loop with rejection against the user's set of touched items, and the
@@ -123,10 +125,14 @@ def synthetic_ratings(args: argparse.Namespace) -> tuple[Path, str]:
     return csv, digest_file.read_text().strip()
 
 
-def bench_config(folder: Path, csv: Path, sha256: str) -> Path:
-    """configs/ml-20m.yaml with the synthetic file as its only source file."""
+def bench_config(folder: Path, csv: Path, sha256: str, *,
+                 train_negatives: int | None = None) -> Path:
+    """configs/ml-20m.yaml with the synthetic file as its only source file (and, with
+    `train_negatives`, that many training negatives per positive written to train/)."""
     config = yaml.safe_load((REPO / "configs" / "ml-20m.yaml").read_text())
     config["dataset"] = DATASET
+    if train_negatives is not None:
+        config["prepare"]["n_negatives"] = train_negatives
     config["source"] = {"format": "movielens-csv",
                         "files": {"ratings": {"path": "ml-20m/ratings.csv", "sha256": sha256}}}
     path = folder / "bench.yaml"
@@ -337,6 +343,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="run the pandas baseline on this seeded share of the users "
                              "and extrapolate its per-user steps linearly")
     parser.add_argument("--skip", choices=("spark", "pandas"), default=None)
+    parser.add_argument("--train-negatives", type=int, default=None, metavar="N",
+                        help="write N training negatives per positive (the config: 0, the "
+                             "trainer draws its own; before issue 13 the lake held 4)")
     parser.add_argument("--keep", action="store_true", help="keep the lake and logs")
     parser.add_argument("--run-pandas", nargs=5, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -353,7 +362,7 @@ def main(argv: list[str] | None = None) -> int:
     raw_dir = csv.parents[1]
     work = Path(tempfile.mkdtemp(prefix="run-", dir=args.cache_dir))
     try:
-        config = bench_config(work, csv, sha256)
+        config = bench_config(work, csv, sha256, train_negatives=args.train_negatives)
         print(f"{args.events} events, {args.users} users, {args.items} items; spark "
               f"{args.master}, driver {args.driver_memory}, {args.shuffle_partitions} "
               f"shuffle partitions; load {load()}; work folder {work}", flush=True)

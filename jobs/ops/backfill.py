@@ -43,7 +43,7 @@ from jobs.lake.cli import logical_date
 from jobs.lake.loader import read_yaml
 from jobs.ops import days
 from jobs.ops.stack import settings_from_env
-from jobs.ops.trigger import Api, TriggerError, follow
+from jobs.ops.trigger import Api, TriggerError, follow, unpaused
 
 REPROCESS = ("none", "failed", "completed")
 
@@ -134,16 +134,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     s = settings_from_env()
     try:
         api = Api.login(s)
-        paused = bool(api.call("GET", f"/dags/{dag_id}")["is_paused"])
-        if paused:
-            api.call("PATCH", f"/dags/{dag_id}", {"is_paused": False})
-            print(f"unpaused {dag_id} for the backfill (paused again at the end); the "
-                  "scheduler also runs its latest scheduled interval (catchup is off)",
-                  flush=True)
-        states = backfill(api, dag_id, dataset, args.first, args.last,
-                          reprocess=args.reprocess, lake_root=lake_root)
-        if paused:
-            api.call("PATCH", f"/dags/{dag_id}", {"is_paused": True})
+        with unpaused(api, dag_id, keep_on_interrupt=True) as paused:
+            if paused:
+                print(f"unpaused {dag_id} for the backfill (paused again at the end); the "
+                      "scheduler also runs its latest scheduled interval (catchup is off)",
+                      flush=True)
+            states = backfill(api, dag_id, dataset, args.first, args.last,
+                              reprocess=args.reprocess, lake_root=lake_root)
     except TriggerError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

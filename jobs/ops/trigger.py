@@ -12,13 +12,14 @@ cannot start it. Standard library only (urllib).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
 import time
 import urllib.error
 import urllib.parse
 import urllib.request
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from datetime import UTC, date, datetime
 from typing import Any
 
@@ -103,6 +104,28 @@ def follow(api: Api, dag_id: str, run_id: str, *, out: Any = None,
     raise TriggerError(f"{dag_id} {run_id} did not finish within {timeout:.0f} s")
 
 
+@contextlib.contextmanager
+def unpaused(api: Api, dag_id: str, *, keep_on_interrupt: bool = False) -> Iterator[bool]:
+    """`dag_id` unpaused for the block (yields whether it was paused), paused again after
+    it. With `keep_on_interrupt`, Ctrl-C leaves it unpaused: the runs the block started go
+    on in Airflow and need the scheduler."""
+    paused = bool(api.call("GET", f"/dags/{dag_id}")["is_paused"])
+    if paused:
+        api.call("PATCH", f"/dags/{dag_id}", {"is_paused": False})
+    try:
+        yield paused
+    except KeyboardInterrupt:
+        if paused and not keep_on_interrupt:
+            api.call("PATCH", f"/dags/{dag_id}", {"is_paused": True})
+        raise
+    except BaseException:
+        if paused:
+            api.call("PATCH", f"/dags/{dag_id}", {"is_paused": True})
+        raise
+    if paused:
+        api.call("PATCH", f"/dags/{dag_id}", {"is_paused": True})
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--dataset", required=True)
@@ -113,17 +136,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     s = settings_from_env()
     try:
         api = Api.login(s)
-        paused = bool(api.call("GET", f"/dags/{dag_id}")["is_paused"])
-        if paused:
-            api.call("PATCH", f"/dags/{dag_id}", {"is_paused": False})
-        try:
+        with unpaused(api, dag_id):
             run_id = trigger(api, dag_id, args.date)
             print(f"triggered {dag_id} {run_id}; Airflow UI {s.airflow_url}/dags/{dag_id}",
                   flush=True)
             state = follow(api, dag_id, run_id)
-        finally:
-            if paused:
-                api.call("PATCH", f"/dags/{dag_id}", {"is_paused": True})
     except TriggerError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

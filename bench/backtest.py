@@ -40,62 +40,27 @@ import json
 import logging
 import os
 import sys
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench.forward_metrics import (  # noqa: E402
+    BacktestError,
+    Lists,
+    Score,
+    evaluated_users,
+    forward_score,
+)
 from jobs.lake import layout  # noqa: E402
 from jobs.lake.cli import configure_logging, logical_date  # noqa: E402
 from jobs.lake.eventlog import DEFAULT_EVENTS_ROOT, ENV_EVENTS_ROOT  # noqa: E402
 from jobs.ops import days  # noqa: E402
 
 log = logging.getLogger("backtest")
-
-Lists = Mapping[str, Sequence[str]]  # user_id -> item_ids, best first
-Future = Mapping[str, set[str]]  # user_id -> the items of its new positives
-
-
-class BacktestError(RuntimeError):
-    """A cut date cannot be evaluated (no served list yet, a window past the log's end)."""
-
-
-# --- the metrics (pure) ------------------------------------------------------------------
-
-
-@dataclasses.dataclass(frozen=True)
-class Score:
-    users: int
-    hr: float
-    recall: float
-
-
-def forward_score(lists: Lists, future: Future, users: Iterable[str], *, k: int) -> Score:
-    """HR@k and recall@k of `lists` over `users`, each of which must have a list and at
-    least one new positive (the caller chooses them: `evaluated_users`)."""
-    hits = recall = 0.0
-    n = 0
-    for user in users:
-        relevant = future[user]
-        found = len(set(lists[user][:k]) & relevant)
-        hits += found > 0
-        recall += found / len(relevant)
-        n += 1
-    if n == 0:
-        raise BacktestError("no user with a list has a new positive in the window")
-    return Score(n, hits / n, recall / n)
-
-
-def evaluated_users(served: Lists, future: Future, known: set[str]) -> tuple[list[str], int, int]:
-    """(users scored, quiet: served but no new positive, unserved: new positives but no
-    list), users in sorted order."""
-    scored = sorted(u for u in served if future.get(u) and u in known)
-    quiet = sum(1 for u in served if not future.get(u))
-    unserved = sum(1 for u, items in future.items() if items and u not in served)
-    return scored, quiet, unserved
-
+__all__ = ["BacktestError", "Score", "evaluated_users", "forward_score"]
 
 # --- the lake --------------------------------------------------------------------------------
 

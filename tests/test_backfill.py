@@ -155,6 +155,10 @@ def test_backfill_runs_the_dates_in_order_and_fails_with_a_failed_one(
     assert "2026-11-23: run failed" in out
 
 
+# Not "tiny": test_dag.py counts the asset events of ncf_tiny in the same Airflow DB.
+DATASET = "nightly"
+
+
 def _spread_u_data(raw_file: Path) -> list[tuple[str, str, int, int]]:
     """The tiny u.data, each user's ratings spread over 8 days (UTC), oldest first."""
     rows = sorted(write_tiny_u_data(raw_file), key=lambda row: (int(row[0]), row[3]))
@@ -173,9 +177,9 @@ def _spread_u_data(raw_file: Path) -> list[tuple[str, str, int, int]]:
 def _serving(db_file: Path) -> tuple[str, list[tuple[Any, ...]]]:
     with sqlite3.connect(db_file) as conn:
         (served,) = conn.execute("SELECT logical_date FROM recommendation_runs WHERE "
-                                 "dataset = 'tiny' AND status = 'serving'").fetchone()
+                                 "dataset = 'nightly' AND status = 'serving'").fetchone()
         rows = conn.execute("SELECT user_id, rank, item_id, model_version FROM recommendations "
-                            "WHERE dataset = 'tiny' ORDER BY user_id, rank").fetchall()
+                            "WHERE dataset = 'nightly' ORDER BY user_id, rank").fetchall()
     return served, rows
 
 
@@ -190,14 +194,14 @@ def test_three_nights_on_a_replayed_log(spark: Any, tmp_path: Path,
     raw_dir, events_root, lake = tmp_path / "raw", tmp_path / "events", tmp_path / "lake"
     raw_file = raw_dir / "ml-100k" / "u.data"
     _spread_u_data(raw_file)
-    write_tiny_config(tmp_path / "replay", raw_file, dataset="tiny")
-    assert replay.main(["--config", str(tmp_path / "replay" / "tiny.yaml"), "--raw-dir",
+    write_tiny_config(tmp_path / "replay", raw_file, dataset=DATASET)
+    assert replay.main(["--config", str(tmp_path / "replay" / f"{DATASET}.yaml"), "--raw-dir",
                         str(raw_dir), "--events-root", str(events_root),
                         "--last-day", DATES[-1]]) == 0
-    config = write_tiny_config(tmp_path / "configs", raw_file, dataset="tiny", epochs=2)
+    config = write_tiny_config(tmp_path / "configs", raw_file, dataset=DATASET, epochs=2)
     settings = yaml.safe_load(config.read_text())
     settings["source"] = {"format": "events", "events": {
-        "location": str(events_root / "tiny"), "file_type": "csv", "partitioning": "daily",
+        "location": str(events_root / DATASET), "file_type": "csv", "partitioning": "daily",
         "columns": {"user": "user_id", "item": "item_id", "timestamp": "ts", "value": "value"},
         "ts_unit": "seconds", "integer_ids": True, "combine": "max"}}
     settings["evaluate"] |= {"tolerance": 1.0}  # nights 1 and 2: always promoted
@@ -218,7 +222,8 @@ def test_three_nights_on_a_replayed_log(spark: Any, tmp_path: Path,
     from airflow.utils.db import initdb
 
     initdb()
-    dag = DagBag(dag_folder=str(Path(__file__).resolve().parents[1] / "dags")).dags["ncf_tiny"]
+    dags = DagBag(dag_folder=str(Path(__file__).resolve().parents[1] / "dags")).dags
+    dag = dags[f"ncf_{DATASET}"]
     served: list[str] = []
     tables: dict[str, list[tuple[Any, ...]]] = {}
     for night, day in enumerate(DATES):
@@ -230,8 +235,8 @@ def test_three_nights_on_a_replayed_log(spark: Any, tmp_path: Path,
         serving, tables[day] = _serving(db_file)
         served.append(serving)
 
-    summary = days.days(lake, "tiny")
-    manifests = [layout.read_manifest(layout.LakePaths(lake, "tiny", day)) for day in DATES]
+    summary = days.days(lake, DATASET)
+    manifests = [layout.read_manifest(layout.LakePaths(lake, DATASET, day)) for day in DATES]
     ingests = [m["ingest"] for m in manifests]
     # Each night sees more events; the 2nd and 3rd add their one new day to the night before.
     assert ingests[0]["rows"] < ingests[1]["rows"] < ingests[2]["rows"]
@@ -268,7 +273,7 @@ def test_three_nights_on_a_replayed_log(spark: Any, tmp_path: Path,
     from bench import backtest
     from jobs.lake.config import load_data_config
 
-    opts = backtest.Options(config=config, lake_root=lake, location=str(events_root / "tiny"),
+    opts = backtest.Options(config=config, lake_root=lake, location=str(events_root / DATASET),
                             horizon_days=2)
     rows = backtest.backtest(spark, load_data_config(config), DATES, opts)
     assert [(r["cut"], r["served_from"], r["model_version"]) for r in rows] == [

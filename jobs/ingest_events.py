@@ -4,20 +4,22 @@ Called by jobs/ingest.py for format events. Reads the files of the log (jobs/eve
 writes interactions/ and rejects/ as ingest does for the other formats, and returns the
 manifest entry.
 
-Incremental (a daily log): the run for date D reads only the days up to D that the
-output of D-1 does not hold yet, and adds their events to D-1's interactions/ (and
-their rejects to D-1's rejects/). Without a usable output of D-1 (none, another source
-config, another format) it rebuilds from every day up to D. Both give the same rows,
+Incremental (a daily log): the run for date D builds on the newest earlier output it can
+use (D-1 on a nightly schedule; after a gap, the last night that ran, whatever the gap):
+it reads only the days up to D that output does not hold yet, and adds their events to its
+interactions/ (and their rejects to its rejects/). Without a usable earlier output (none,
+another source config, another format) it rebuilds from every day up to D. Both give the same rows,
 collapsed and written the same way, so the same bytes: a day's rows do not depend on
 the run that reads them (an event's future cut is the end of its own day), collapsing
 (max, or a sum of whole numbers) is the same in one step or two, and jobs.spark's
 writer orders each file by the full key. A flat log is read whole every run.
 
-The manifest entry: `incremental`, `previous` (D-1 when incremental), `partitions` (the
-days the output holds) and `partitions_read`, then the reconciliation over the files
-read this run, input_rows == kept + rejected + duplicates_collapsed + filtered_event_type,
-where kept counts the rows these files added; `rows` is interactions/' total, and
-`files` the lineage of each file read (path, size, mtime, sha256 or Parquet row count).
+The manifest entry: `incremental`, `previous` (the date built on, when incremental),
+`partitions` (the days the output holds) and `partitions_read`, then the reconciliation
+over the files read this run,
+input_rows == kept + rejected + duplicates_collapsed + filtered_event_type, where kept
+counts the rows these files added; `rows` is interactions/' total, and `files` the
+lineage of each file read (path, size, mtime, sha256 or Parquet row count).
 """
 
 from __future__ import annotations
@@ -29,7 +31,8 @@ import json
 import logging
 import re
 from collections.abc import Callable, Mapping
-from datetime import date, datetime, timedelta
+from datetime import date, datetime
+from pathlib import Path
 from typing import Any
 
 from py4j.protocol import Py4JJavaError
@@ -57,7 +60,7 @@ class EventIngestError(events.EventsError):
 
 @dataclasses.dataclass(frozen=True)
 class _Previous:
-    """The output of the day before, when this run can add to it."""
+    """An earlier night's output that this run can add to."""
 
     paths: layout.LakePaths
     days: tuple[str, ...]
@@ -66,26 +69,51 @@ class _Previous:
 
 
 def settings_sha256(source: SourceConfig, cfg: IngestConfig, location: str) -> str:
-    """What must not change for a run to add to the day before's output."""
+    """What must not change for a run to add to an earlier night's output."""
     settings = {"source": dataclasses.asdict(source), "ingest": dataclasses.asdict(cfg),
                 "location": location}
     return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()
 
 
-def _previous(paths: layout.LakePaths, settings: str) -> tuple[_Previous | None, str]:
-    """D-1's output if this run can add to it, else None and why not."""
-    day_before = (date.fromisoformat(paths.logical_date) - timedelta(days=1)).isoformat()
-    before = layout.LakePaths(paths.root, paths.dataset, day_before)
+def _usable(before: layout.LakePaths, settings: str) -> tuple[_Previous | None, str]:
+    """`before`'s ingest output if a later run can add to it, else None and why not."""
+    day = before.logical_date
     entry = layout.read_manifest(before).get("ingest")
     folders = [before.path(layout.INTERACTIONS), before.path(layout.REJECTS)]
     if entry is None or not all(folder.is_dir() for folder in folders):
-        return None, f"no ingest output for {day_before}"
+        return None, f"no ingest output for {day}"
     if entry.get("format") != EVENTS_FORMAT or entry.get("partitions") is None:
-        return None, f"{day_before} was not ingested from a daily event log"
+        return None, f"{day} was not ingested from a daily event log"
     if entry.get("settings_sha256") != settings or "rejects_rows" not in entry:
-        return None, f"{day_before} was ingested with other source/ingest settings"
+        return None, f"{day} was ingested with other source/ingest settings"
     return _Previous(before, tuple(entry["partitions"]), int(entry["rows"]),
                      int(entry["rejects_rows"])), ""
+
+
+def _earlier_dates(paths: layout.LakePaths) -> list[str]:
+    """The dataset's logical dates before this run's, newest first."""
+    folder = Path(paths.root) / paths.dataset
+    if not folder.is_dir():
+        return []
+    dates = []
+    for child in folder.iterdir():
+        with contextlib.suppress(ValueError):
+            if child.is_dir() and date.fromisoformat(child.name).isoformat() == child.name:
+                dates.append(child.name)
+    return sorted((d for d in dates if d < paths.logical_date), reverse=True)
+
+
+def _previous(paths: layout.LakePaths, settings: str) -> tuple[_Previous | None, str]:
+    """The newest earlier output this run can add to (D-1 on a nightly schedule; after a
+    gap, the last night that ran), else None and why the newest one cannot serve."""
+    why_not = f"no ingest output before {paths.logical_date}"
+    for day in _earlier_dates(paths):
+        previous, reason = _usable(layout.LakePaths(paths.root, paths.dataset, day), settings)
+        if previous is not None:
+            return previous, ""
+        if reason != f"no ingest output for {day}" and why_not.startswith("no ingest"):
+            why_not = reason  # the newest output there is, and why it does not serve
+    return None, why_not
 
 
 def ingest_events(spark: SparkSession, source: SourceConfig, cfg: IngestConfig,
@@ -191,9 +219,9 @@ def _check_each_file_parses(files: list[events.EventFile], input_rows: Mapping[s
 def _write(spark: SparkSession, classified: DataFrame, previous: _Previous | None,
            paths: layout.LakePaths, *, cfg: IngestConfig, log_cfg: EventLogConfig,
            reconcile: Callable[[dict[str, int]], dict[str, Any]]) -> dict[str, Any]:
-    """Write interactions/ and rejects/ (the day before's rows too, when incremental);
+    """Write interactions/ and rejects/ (the earlier output's rows too, when incremental);
     both are swapped in only once `reconcile` (of the rows written) returned."""
-    # Every column nullable, as the day before's files read back say: a column's
+    # Every column nullable, as the earlier output's files read back say: a column's
     # nullability is written into the Parquet schema, and so into the bytes.
     kept, rejects = (spark.createDataFrame([], layout.ddl(schema)).unionByName(frame)
                      for schema, frame in ((layout.INTERACTIONS_SCHEMA, events.kept(classified)),

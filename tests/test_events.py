@@ -279,15 +279,21 @@ def test_incremental_ingest_equals_a_full_rebuild_byte_for_byte(
     settings = {"columns": MAPPING, "event_types": ["play"], "integer_ids": True,
                 "combine": "sum"}
     config = _config(tmp_path, "grow", log, ingest={"output_partitions": 2}, **settings)
-    nightly, rebuilt = tmp_path / "nightly", tmp_path / "rebuilt"
+    nightly, rebuilt, gap = tmp_path / "nightly", tmp_path / "rebuilt", tmp_path / "gap"
     for day in (D1, D2, D3):
         assert _ingest(config, nightly, day) == 0
     assert _ingest(config, rebuilt, D3) == 0
+    # A night missed (D2): D3 builds on the last night that ran and reads both new days.
+    for day in (D1, D3):
+        assert _ingest(config, gap, day) == 0
+    after_gap = _entry(gap, "grow", D3)
+    assert (after_gap["incremental"], after_gap["previous"],
+            after_gap["partitions_read"]) == (True, D1, [D2, D3])
 
     step, full = _entry(nightly, "grow", D3), _entry(rebuilt, "grow", D3)
     assert (step["incremental"], step["previous"], step["partitions_read"]) == (True, D2, [D3])
     assert (full["incremental"], full["partitions_read"]) == (False, [D1, D2, D3])
-    assert full["rebuild_reason"] == f"no ingest output for {D2}"
+    assert full["rebuild_reason"] == f"no ingest output before {D3}"
     assert step["partitions"] == full["partitions"] == [D1, D2, D3]
     assert list(step["files"]) == [f"file:{log}/dt={D3}/part-0.csv"]
     # This run's files reconcile: 4 rows = 1 added + 1 rejected + 1 collapsed + 1 filtered.
@@ -299,6 +305,8 @@ def test_incremental_ingest_equals_a_full_rebuild_byte_for_byte(
         assert sorted(p.name for p in ours.glob("*.parquet")) == [
             "part-00000.snappy.parquet", "part-00001.snappy.parquet"]
         assert layout.sha256_dir(ours) == layout.sha256_dir(theirs), name
+        assert layout.sha256_dir(layout.LakePaths(gap, "grow", D3).path(name)) == \
+            layout.sha256_dir(theirs), name
     assert _rows(spark, nightly, "grow", D3)[0] == ("1", "10", _unix(f"{D1}T08:00:00"), 5.0)
 
     before = layout.sha256_dir(layout.LakePaths(nightly, "grow", D3).path(layout.INTERACTIONS))

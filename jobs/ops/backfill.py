@@ -17,7 +17,7 @@ each date that date's line of jobs.ops.days (events in, new events, the winner's
 HR@10, the gate's decision, rows published); at the end the lines of every date asked for.
 
 Exits 0 when every date's run succeeded, 1 when one failed (the backfill goes on with the
-next dates: their ingest then rebuilds rather than adds; a date left out counts with the
+next dates: their ingest builds on the last date that ran; a date left out counts with the
 state of its earlier run), 2 when it cannot start. The DAG
 is paused again at the end when it was paused before; an interrupted follow leaves it
 unpaused, so that the backfill still completes (Airflow UI: Browse > Backfills).

@@ -7,7 +7,7 @@ did (standard library only).
 
 Per date, from `<lake>/<dataset>/<date>/_manifest.json`:
   events     ingest's `rows`: the interactions/ rows the run holds
-  new        rows - previous_rows: what this run's days added to the day before's output
+  new        rows - previous_rows: what this run's days added to the earlier output
              (a full rebuild, marked `full`, counts every row)
   winner     the candidates' served family and its test HR@10 (after the refit on
              train + validation: the reported figure; test never chooses)

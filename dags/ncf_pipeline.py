@@ -98,7 +98,7 @@ def build_dag(config: Path) -> DAG:
         prepare = spark_task("prepare", config, dataset, extra_args=["--as-of", AS_OF])
         validate_splits = python_task("validate_splits", "jobs.quality.validate",
                                       [*stage_args(config), "--stage", "splits"])
-        train = model_task("train", ["train", *stage_args(config)])
+        train = model_task("train", ["train", *stage_args(config)], beside=1)  # beside als
         als = spark_task("als", config, dataset)
         candidates = model_task("candidates", ["candidates", *stage_args(config)])
         evaluate = model_task("evaluate", ["evaluate", *stage_args(config)])

@@ -38,6 +38,9 @@ serialized DAG):
     NCF_SPARK_SHUFFLE_PARTITIONS, NCF_SPARK_DRIVER_MEMORY             (default 8, 4g)
     NCF_TORCH_POOL       Airflow pool of the local runner's torch tasks (make up: ncf_torch,
                          one slot)                                      (default none)
+    NCF_TORCH_THREADS    torch threads of every torch task (default: the local runner
+                         gives a task that runs beside others its share of the cores,
+                         `torch_threads`; the others keep torch's default, every core)
 
 The container runners pass `MLFLOW_TRACKING_URI`, `NCF_LAKE_ROOT` and `NCF_TORCH_THREADS`
 through when they are set; the lake must be mounted at the same path inside the container
@@ -129,11 +132,30 @@ def _bash_command(argv: Sequence[str]) -> str:
 
 
 def _subprocess_task(task_id: str, argv: Sequence[str], *, skip_on_exit_code: int | None,
-                     env: Mapping[str, str]) -> BashOperator:
+                     env: Mapping[str, str],
+                     extra_env: Mapping[str, str] | None = None) -> BashOperator:
     python = env.get("NCF_PYTHON", sys.executable)
     return BashOperator(task_id=task_id, bash_command=_bash_command([python, *argv]),
-                        cwd=str(REPO), env={"PYTHONUNBUFFERED": "1"}, append_env=True,
-                        skip_on_exit_code=skip_on_exit_code)
+                        cwd=str(REPO), env={"PYTHONUNBUFFERED": "1", **(extra_env or {})},
+                        append_env=True, skip_on_exit_code=skip_on_exit_code)
+
+
+def torch_threads(beside: int, environ: Mapping[str, str] | None = None,
+                  cores: int | None = None) -> int | None:
+    """The torch threads of a local torch task that the DAG runs beside `beside` other
+    heavy tasks (train beside als: 1), or None to keep torch's default (all cores).
+
+    A fixed property of the task, not of what happens to run at the moment: torch's CPU
+    results depend on the thread count, so the budget must be the same under `make run`
+    (one task at a time) and the scheduler, and from one night to the next. Measured on 2
+    cores, train beside als: 1 thread 52 s for both, 2 threads 74 s, one after the other
+    69 s; candidates alone: 2 threads 318 s, 1 thread 611 s. $NCF_TORCH_THREADS wins."""
+    env = _env(environ)
+    if env.get("NCF_TORCH_THREADS"):
+        return int(env["NCF_TORCH_THREADS"])
+    if beside <= 0:
+        return None
+    return max(1, (cores or os.cpu_count() or 1) // (1 + beside))
 
 
 def python_task(task_id: str, module: str, argv: Sequence[str], *,
@@ -216,19 +238,23 @@ def model_runner(environ: Mapping[str, str] | None = None) -> str:
 
 
 def model_task(task_id: str, argv: Sequence[str], *,
-               skip_on_exit_code: int | None = SKIP_EXIT_CODE,
+               skip_on_exit_code: int | None = SKIP_EXIT_CODE, beside: int = 0,
                environ: Mapping[str, str] | None = None) -> BaseOperator:
     """`python -m ncf_model <argv>` on the runner named by `$NCF_MODEL_RUNNER`.
 
     `argv` is what follows `python -m ncf_model`, e.g. `["train", *stage_args(config)]`.
     Exit code `skip_on_exit_code` (99: evaluate's refused promotion; None: none) marks the
     task skipped on every runner, so recommend and publish are skipped after it.
+    `beside`: how many heavy tasks the DAG runs beside this one; the local runner gives it
+    that share of the cores in torch threads (`torch_threads`).
     """
     env = _env(environ)
     runner = model_runner(env)
     if runner == "local":
+        threads = torch_threads(beside, env)
         task = _subprocess_task(task_id, ["-m", "ncf_model", *argv],
-                                skip_on_exit_code=skip_on_exit_code, env=env)
+                                skip_on_exit_code=skip_on_exit_code, env=env,
+                                extra_env={"NCF_TORCH_THREADS": str(threads)} if threads else None)
         # Torch tasks in parallel on one small node fight for its cores (train beside a
         # second torch task ran 5x slower): a one-slot pool runs them one at a time.
         if env.get("NCF_TORCH_POOL"):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shlex
 import subprocess
 import sys
@@ -80,6 +81,26 @@ def test_local_runner_is_a_subprocess_of_the_worker(runners: ModuleType, dag: An
     assert task.cwd == str(REPO)
     assert task.env == {"PYTHONUNBUFFERED": "1"} and task.append_env is True
     assert task.skip_on_exit_code == [99]  # evaluate's refused promotion: skipped
+
+
+def test_a_torch_task_beside_others_gets_its_share_of_the_cores(runners: ModuleType,
+                                                              dag: Any) -> None:
+    # Fixed by the DAG's shape, not by what runs at the moment: the same under `make run`.
+    assert runners.torch_threads(0, {}, cores=16) is None  # alone: torch's default
+    assert runners.torch_threads(1, {}, cores=16) == 8
+    assert runners.torch_threads(1, {}, cores=2) == 1
+    assert runners.torch_threads(3, {}, cores=2) == 1  # never below one
+    assert runners.torch_threads(1, {"NCF_TORCH_THREADS": "3"}, cores=16) == 3  # wins
+    assert runners.torch_threads(0, {"NCF_TORCH_THREADS": "3"}, cores=16) == 3
+    beside = runners.model_task("train", _train_argv(runners), beside=1,
+                                environ={"NCF_TORCH_THREADS": "2"})
+    assert beside.env == {"PYTHONUNBUFFERED": "1", "NCF_TORCH_THREADS": "2"}
+    from ncf_pipeline import build_dag
+    pipeline = build_dag(REPO / "configs" / "ml-100k.yaml")
+    train, candidates = pipeline.get_task("train"), pipeline.get_task("candidates")
+    assert {"als", "train"} <= set(pipeline.get_task("validate_splits").downstream_task_ids)
+    assert train.env["NCF_TORCH_THREADS"] == str(runners.torch_threads(1))
+    assert "NCF_TORCH_THREADS" not in candidates.env or os.environ.get("NCF_TORCH_THREADS")
 
 
 def test_local_runner_honours_ncf_python_and_skip_code(runners: ModuleType, dag: Any) -> None:

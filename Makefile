@@ -73,8 +73,8 @@ down: venv ## stop exactly what `make up` started
 status: venv ## which of `make up`'s processes run, and whether both UIs answer
 	$(PY) -m jobs.ops.stack status
 
-trigger: venv ## run DATASET for DATE through the scheduler (REST API) and follow it
-	$(PY) -m jobs.ops.trigger --dataset $(DATASET) --date $(DATE)
+trigger: venv ## run DATASET for DATE through the scheduler (REST API) and follow it; RERUN=1 runs a date again
+	$(PY) -m jobs.ops.trigger --dataset $(DATASET) --date $(DATE) $(if $(RERUN),--rerun)
 
 # Several nights in a row through `make up`'s scheduler: an Airflow backfill, one date at a
 # time, oldest first; a summary line per date (jobs/ops/days.py). REPROCESS=completed runs

@@ -82,6 +82,7 @@ class _FakeAirflow(BaseHTTPRequestHandler):
     current: dict[str, str] = {}
     calls: list[tuple[str, str, Any]] = []
     paused = True
+    runs: list[dict[str, str]] = []  # the runs that exist for the date asked
 
     def _reply(self, status: int, body: Any) -> None:
         data = json.dumps(body).encode()
@@ -103,6 +104,8 @@ class _FakeAirflow(BaseHTTPRequestHandler):
                 self._reply(401, {"detail": "bad credentials"})
                 return
             self._reply(201, {"access_token": "tok"})
+        elif self.path.endswith("/clear"):
+            self._reply(200, {"task_instances": []})
         else:
             assert self.headers["Authorization"] == "Bearer tok"
             self._reply(200, {"dag_run_id": body["dag_run_id"]})
@@ -121,6 +124,8 @@ class _FakeAirflow(BaseHTTPRequestHandler):
             self._reply(200, {"task_instances": [
                 {"task_id": task, "state": state} for task, state in step.items()
                 if task != "_run"]})
+        elif "/dagRuns?" in self.path:
+            self._reply(200, {"dag_runs": self.runs, "total_entries": len(self.runs)})
         elif "/dagRuns/" in self.path:
             self._reply(200, {"state": self.current.get("_run", "running")})
         else:
@@ -139,7 +144,7 @@ def fake_airflow(tmp_path: Path) -> Iterator[stack.Settings]:
     s.airflow_home.mkdir(parents=True)
     (s.airflow_home / "simple_auth_manager_passwords.json.generated").write_text(
         json.dumps({"admin": "s3cret"}))
-    _FakeAirflow.calls, _FakeAirflow.paused = [], True
+    _FakeAirflow.calls, _FakeAirflow.paused, _FakeAirflow.runs = [], True, []
     try:
         yield s
     finally:
@@ -164,6 +169,26 @@ def test_trigger_follows_the_run_printing_each_change(fake_airflow: stack.Settin
     assert lines == [["train", "queued"], ["train", "running"], ["train", "success"],
                      ["publish", "running"], ["publish", "success"],
                      ["run", run_id + ":", "success"]]
+
+
+def test_a_date_that_already_has_a_run_is_refused_or_run_again(
+        fake_airflow: stack.Settings) -> None:
+    # Airflow keeps one run per logical date, and `make run` (dags test) makes one too.
+    _FakeAirflow.runs = [{"dag_run_id": "manual__2026-11-23T00:00:00+00:00",
+                          "state": "success"}]
+    api = trigger.Api.login(fake_airflow)
+    with pytest.raises(trigger.TriggerError, match="already has a run for 2026-11-23 "
+                       r"\(manual__2026-11-23T00:00:00\+00:00, success.*RERUN=1"):
+        trigger.trigger(api, "ncf_tiny", "2026-11-23")
+    assert trigger.trigger(api, "ncf_tiny", "2026-11-23", rerun=True) == \
+        "manual__2026-11-23T00:00:00+00:00"
+    posts = [(path, body) for method, path, body in _FakeAirflow.calls if method == "POST"]
+    assert posts[-1] == ("/api/v2/dags/ncf_tiny/dagRuns/manual__2026-11-23T00%3A00%3A00%2B00"
+                         "%3A00/clear", {"dry_run": False})
+    assert not any(path == "/api/v2/dags/ncf_tiny/dagRuns" for path, _ in posts)
+    lookup = [path for method, path, _ in _FakeAirflow.calls
+              if method == "GET" and "/dagRuns?" in path]
+    assert "logical_date_gte=2026-11-23T00%3A00%3A00%2B00%3A00" in lookup[0]
 
 
 def test_trigger_main_unpauses_for_the_run_then_pauses_again_and_fails_with_the_run(

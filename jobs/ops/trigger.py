@@ -1,12 +1,14 @@
 """Run one logical date of a dataset's DAG through Airflow's REST API and follow it.
 
-    python -m jobs.ops.trigger --dataset ml-100k [--date 2026-11-23]   (make trigger)
+    python -m jobs.ops.trigger --dataset ml-100k [--date 2026-11-23] [--rerun]
+                                                     (make trigger [DATE=] [RERUN=1])
 
 Logs in to the api-server `make up` started (the simple auth manager's admin), unpauses
 the DAG if needed (the scheduler runs nothing of a paused DAG; it is paused again at the
-end when it was paused before), creates a run for the date, prints each task's state as it
-changes and exits 0 on success, 1 when the run fails (naming the failed tasks), 2 when it
-cannot start it. Standard library only (urllib).
+end when it was paused before), creates a run for the date (or, with --rerun, clears the
+date's existing run: Airflow keeps one per date, and `make run` makes one too), prints
+each task's state as it changes and exits 0 on success, 1 when the run fails (naming the
+failed tasks), 2 when it cannot start it. Standard library only (urllib).
 """
 
 from __future__ import annotations
@@ -71,8 +73,29 @@ def _request(method: str, url: str, payload: Mapping[str, Any] | None = None, *,
         raise TriggerError(f"{method} {url}: {exc}; is the stack up (`make status`)?") from exc
 
 
-def trigger(api: Api, dag_id: str, logical_date: str) -> str:
-    """Create the run of `logical_date` (midnight UTC); returns its run id."""
+def existing_run(api: Api, dag_id: str, logical_date: str) -> dict[str, Any] | None:
+    """The run of `dag_id` for `logical_date` (Airflow holds at most one per date), if any."""
+    moment = datetime.combine(date.fromisoformat(logical_date), datetime.min.time(), UTC)
+    query = urllib.parse.urlencode({"logical_date_gte": moment.isoformat(),
+                                    "logical_date_lte": moment.isoformat()})
+    runs = api.call("GET", f"/dags/{dag_id}/dagRuns?{query}").get("dag_runs", [])
+    return runs[0] if runs else None
+
+
+def trigger(api: Api, dag_id: str, logical_date: str, *, rerun: bool = False) -> str:
+    """Create the run of `logical_date` (midnight UTC); returns its run id. Airflow keeps
+    one run per logical date (`make run` makes one too): with `rerun`, that run is cleared
+    and runs again; without, it is an error that says so."""
+    found = existing_run(api, dag_id, logical_date)
+    if found is not None:
+        run_id = str(found["dag_run_id"])
+        if not rerun:
+            raise TriggerError(
+                f"{dag_id} already has a run for {logical_date} ({run_id}, {found['state']}; "
+                f"`make run` makes one too): add RERUN=1 (--rerun) to run it again")
+        api.call("POST", f"/dags/{dag_id}/dagRuns/{urllib.parse.quote(run_id)}/clear",
+                 {"dry_run": False})
+        return run_id
     moment = datetime.combine(date.fromisoformat(logical_date), datetime.min.time(), UTC)
     run_id = f"manual__{moment.isoformat()}__make_trigger_{int(time.time())}"
     body = api.call("POST", f"/dags/{dag_id}/dagRuns",
@@ -131,13 +154,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--dataset", required=True)
     parser.add_argument("--date", default=datetime.now(UTC).date().isoformat(),
                         help="logical date YYYY-MM-DD (default today, UTC)")
+    parser.add_argument("--rerun", action="store_true",
+                        help="the date already has a run: clear it and run it again")
     args = parser.parse_args(argv)
     dag_id = f"ncf_{args.dataset}"
     s = settings_from_env()
     try:
         api = Api.login(s)
         with unpaused(api, dag_id):
-            run_id = trigger(api, dag_id, args.date)
+            run_id = trigger(api, dag_id, args.date, rerun=args.rerun)
             print(f"triggered {dag_id} {run_id}; Airflow UI {s.airflow_url}/dags/{dag_id}",
                   flush=True)
             state = follow(api, dag_id, run_id)

@@ -6,11 +6,14 @@ from __future__ import annotations
 import io
 import json
 import subprocess
+import sys
 import threading
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import pytest
 
@@ -113,8 +116,18 @@ class _FakeAirflow(BaseHTTPRequestHandler):
     def do_PATCH(self) -> None:  # noqa: N802
         body = self._body()
         self.calls.append(("PATCH", self.path, body))
+        if "/dagRuns/" in self.path:
+            self._reply(200, body)
+            return
         type(self).paused = bool(body["is_paused"])
         self._reply(200, {"is_paused": self.paused})
+
+    def do_DELETE(self) -> None:  # noqa: N802
+        self.calls.append(("DELETE", self.path, None))
+        type(self).runs = [run for run in self.runs
+                           if not self.path.endswith(quote(run["dag_run_id"]))]
+        self.send_response(204)
+        self.end_headers()
 
     def do_GET(self) -> None:  # noqa: N802
         self.calls.append(("GET", self.path, None))
@@ -191,11 +204,39 @@ def test_a_date_that_already_has_a_run_is_refused_or_run_again(
     assert "logical_date_gte=2026-11-23T00%3A00%3A00%2B00%3A00" in lookup[0]
 
 
+def test_the_scheduled_run_an_unpause_queues_is_dropped(fake_airflow: stack.Settings,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    # Unpausing an @daily DAG queues today's interval at once; with max_active_runs 1 it
+    # would run before the date asked for (measured: the asked run waited behind it).
+    monkeypatch.setattr(trigger, "UNPAUSE_SETTLE_S", 0.0)
+    later = (datetime.now(UTC) + timedelta(seconds=5)).isoformat()
+    _FakeAirflow.runs = [
+        {"dag_run_id": "scheduled__2026-12-05T00:00:00+00:00", "state": "running",
+         "queued_at": later.replace("+00:00", "Z")},
+        {"dag_run_id": "scheduled__2026-11-01T00:00:00+00:00", "state": "queued",
+         "queued_at": "2026-11-01T00:00:05Z"}]  # queued before: not the unpause's
+    api = trigger.Api.login(fake_airflow)
+    out = io.StringIO()
+    monkeypatch.setattr(sys, "stdout", out)
+    with trigger.unpaused(api, "ncf_tiny") as was_paused:
+        assert was_paused
+    run = "/api/v2/dags/ncf_tiny/dagRuns/scheduled__2026-12-05T00%3A00%3A00%2B00%3A00"
+    changes = [(method, path, body) for method, path, body in _FakeAirflow.calls
+               if method in ("PATCH", "DELETE")]
+    assert changes == [("PATCH", "/api/v2/dags/ncf_tiny", {"is_paused": False}),
+                       ("PATCH", run, {"state": "failed"}), ("DELETE", run, None),
+                       ("PATCH", "/api/v2/dags/ncf_tiny", {"is_paused": True})]
+    assert [r["dag_run_id"] for r in _FakeAirflow.runs] == [
+        "scheduled__2026-11-01T00:00:00+00:00"]
+    assert "dropped scheduled__2026-12-05" in out.getvalue()
+
+
 def test_trigger_main_unpauses_for_the_run_then_pauses_again_and_fails_with_the_run(
         fake_airflow: stack.Settings, monkeypatch: pytest.MonkeyPatch,
         capsys: pytest.CaptureFixture[str]) -> None:
     monkeypatch.setattr(trigger, "POLL_S", 0.01)
     monkeypatch.setattr(trigger, "settings_from_env", lambda: fake_airflow)
+    monkeypatch.setattr(trigger, "UNPAUSE_SETTLE_S", 0.0)
     _FakeAirflow.script = [{"train": "failed", "_run": "failed"}]
     assert trigger.main(["--dataset", "tiny", "--date", "2026-11-23"]) == 1
     patches = [body["is_paused"] for method, _path, body in _FakeAirflow.calls

@@ -23,9 +23,8 @@ is paused again at the end when it was paused before; an interrupted follow leav
 unpaused, so that the backfill still completes (Airflow UI: Browse > Backfills).
 
 Unpaused, an @daily DAG also gets its latest scheduled interval (today) from the scheduler
-(catchup is off; seen under Airflow 3.3), beside the backfill: on a replayed log that ends
-before today, that run fails at ingest on a missing day and publishes nothing. Standard
-library only (urllib).
+(catchup is off; seen under Airflow 3.3); `unpaused` deletes that run (jobs.ops.trigger
+`drop_scheduled_runs`), so only the dates asked for run. Standard library only (urllib).
 """
 
 from __future__ import annotations

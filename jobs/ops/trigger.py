@@ -30,6 +30,7 @@ from jobs.ops.stack import Settings, admin_password, settings_from_env
 
 FINISHED = ("success", "failed")
 POLL_S = 5.0
+UNPAUSE_SETTLE_S = 10.0  # how long an unpause is watched for the scheduled run it queues
 
 
 class TriggerError(RuntimeError):
@@ -127,26 +128,66 @@ def follow(api: Api, dag_id: str, run_id: str, *, out: Any = None,
     raise TriggerError(f"{dag_id} {run_id} did not finish within {timeout:.0f} s")
 
 
+def drop_scheduled_runs(api: Api, dag_id: str, since: datetime, *, wait_s: float = 0.0,
+                        out: Any = None) -> list[str]:
+    """Delete the scheduled runs of `dag_id` queued at or after `since` and not yet
+    finished; returns their ids. Unpausing an @daily DAG makes the scheduler queue its
+    latest interval (today's) at once, and with max_active_runs 1 that run goes before
+    the one asked for. With `wait_s`, watch that long for it to appear (the scheduler
+    queues it within a loop or two of the unpause)."""
+    out = sys.stdout if out is None else out
+    dropped: list[str] = []
+    deadline = time.monotonic() + wait_s
+    query = urllib.parse.urlencode([("run_type", "scheduled"), ("state", "queued"),
+                                    ("state", "running")])
+    while True:
+        runs = api.call("GET", f"/dags/{dag_id}/dagRuns?{query}").get("dag_runs", [])
+        for run in runs:
+            run_id, queued_at = str(run["dag_run_id"]), run.get("queued_at")
+            if run_id in dropped or run.get("state") in FINISHED or not queued_at or \
+                    datetime.fromisoformat(queued_at.replace("Z", "+00:00")) < since:
+                continue
+            path = f"/dags/{dag_id}/dagRuns/{urllib.parse.quote(run_id)}"
+            if run.get("state") == "running":  # the API deletes queued or finished runs only
+                api.call("PATCH", path, {"state": "failed"})
+            api.call("DELETE", path)
+            dropped.append(run_id)
+            print(f"dropped {run_id}: queued by the unpause, not asked for "
+                  f"(`make up SCHEDULE=on` runs the DAGs nightly)", file=out, flush=True)
+        if time.monotonic() >= deadline:
+            return dropped
+        time.sleep(min(POLL_S, 0.5))
+
+
 @contextlib.contextmanager
 def unpaused(api: Api, dag_id: str, *, keep_on_interrupt: bool = False) -> Iterator[bool]:
     """`dag_id` unpaused for the block (yields whether it was paused), paused again after
-    it. With `keep_on_interrupt`, Ctrl-C leaves it unpaused: the runs the block started go
-    on in Airflow and need the scheduler."""
+    it. The scheduled run the unpause queues (today's interval) is deleted, on entry and
+    again on exit: only the runs the block asks for run. With `keep_on_interrupt`, Ctrl-C
+    leaves it unpaused: the runs the block started go on in Airflow and need the
+    scheduler."""
     paused = bool(api.call("GET", f"/dags/{dag_id}")["is_paused"])
+    since = datetime.now(UTC)
+
+    def pause() -> None:
+        api.call("PATCH", f"/dags/{dag_id}", {"is_paused": True})
+        drop_scheduled_runs(api, dag_id, since)
+
     if paused:
         api.call("PATCH", f"/dags/{dag_id}", {"is_paused": False})
+        drop_scheduled_runs(api, dag_id, since, wait_s=UNPAUSE_SETTLE_S)
     try:
         yield paused
     except KeyboardInterrupt:
         if paused and not keep_on_interrupt:
-            api.call("PATCH", f"/dags/{dag_id}", {"is_paused": True})
+            pause()
         raise
     except BaseException:
         if paused:
-            api.call("PATCH", f"/dags/{dag_id}", {"is_paused": True})
+            pause()
         raise
     if paused:
-        api.call("PATCH", f"/dags/{dag_id}", {"is_paused": True})
+        pause()
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -23,8 +23,9 @@ is paused again at the end when it was paused before; an interrupted follow leav
 unpaused, so that the backfill still completes (Airflow UI: Browse > Backfills).
 
 Unpaused, an @daily DAG also gets its latest scheduled interval (today) from the scheduler
-(catchup is off; seen under Airflow 3.3); `unpaused` deletes that run (jobs.ops.trigger
-`drop_scheduled_runs`), so only the dates asked for run. Standard library only (urllib).
+(catchup is off; seen under Airflow 3.3); `unpaused` marks that run failed with a note
+before it starts (jobs.ops.trigger `drop_scheduled_runs`), so only the dates asked for
+run. Standard library only (urllib).
 """
 
 from __future__ import annotations
@@ -135,8 +136,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         api = Api.login(s)
         with unpaused(api, dag_id, keep_on_interrupt=True) as paused:
             if paused:
-                print(f"unpaused {dag_id} for the backfill (paused again at the end); the "
-                      "scheduler also runs its latest scheduled interval (catchup is off)",
+                print(f"unpaused {dag_id} for the backfill (paused again at the end)",
                       flush=True)
             states = backfill(api, dag_id, dataset, args.first, args.last,
                               reprocess=args.reprocess, lake_root=lake_root)

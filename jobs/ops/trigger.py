@@ -31,6 +31,8 @@ from jobs.ops.stack import Settings, admin_password, settings_from_env
 FINISHED = ("success", "failed")
 POLL_S = 5.0
 UNPAUSE_SETTLE_S = 10.0  # how long an unpause is watched for the scheduled run it queues
+UNASKED_NOTE = ("Not run: queued by the scheduler when make trigger / make backfill unpaused "
+                "the DAG for another date (make up SCHEDULE=on runs the DAGs nightly).")
 
 
 class TriggerError(RuntimeError):
@@ -130,11 +132,16 @@ def follow(api: Api, dag_id: str, run_id: str, *, out: Any = None,
 
 def drop_scheduled_runs(api: Api, dag_id: str, since: datetime, *, wait_s: float = 0.0,
                         out: Any = None) -> list[str]:
-    """Delete the scheduled runs of `dag_id` queued at or after `since` and not yet
-    finished; returns their ids. Unpausing an @daily DAG makes the scheduler queue its
-    latest interval (today's) at once, and with max_active_runs 1 that run goes before
-    the one asked for. With `wait_s`, watch that long for it to appear (the scheduler
-    queues it within a loop or two of the unpause)."""
+    """Stop the scheduled runs of `dag_id` queued at or after `since` and not yet finished:
+    each is marked failed with a note saying why, so that it never runs; returns their ids.
+
+    Unpausing an @daily DAG makes the scheduler queue its latest interval (today's) at
+    once, and with max_active_runs 1 that run goes before the one asked for (measured:
+    the asked run waited behind it). Deleting it does not last: the scheduler queues the
+    same interval again once the DAG is parsed anew, and a queued run of a paused DAG
+    starts at the next unpause. A failed run stays, with its note, and is not queued again.
+    With `wait_s`, watch that long for the run to appear (it comes within a scheduler loop
+    or two of the unpause)."""
     out = sys.stdout if out is None else out
     dropped: list[str] = []
     deadline = time.monotonic() + wait_s
@@ -148,11 +155,9 @@ def drop_scheduled_runs(api: Api, dag_id: str, since: datetime, *, wait_s: float
                     datetime.fromisoformat(queued_at.replace("Z", "+00:00")) < since:
                 continue
             path = f"/dags/{dag_id}/dagRuns/{urllib.parse.quote(run_id)}"
-            if run.get("state") == "running":  # the API deletes queued or finished runs only
-                api.call("PATCH", path, {"state": "failed"})
-            api.call("DELETE", path)
+            api.call("PATCH", path, {"state": "failed", "note": UNASKED_NOTE})
             dropped.append(run_id)
-            print(f"dropped {run_id}: queued by the unpause, not asked for "
+            print(f"stopped {run_id}: queued by the unpause, not asked for "
                   f"(`make up SCHEDULE=on` runs the DAGs nightly)", file=out, flush=True)
         if time.monotonic() >= deadline:
             return dropped
@@ -162,7 +167,7 @@ def drop_scheduled_runs(api: Api, dag_id: str, since: datetime, *, wait_s: float
 @contextlib.contextmanager
 def unpaused(api: Api, dag_id: str, *, keep_on_interrupt: bool = False) -> Iterator[bool]:
     """`dag_id` unpaused for the block (yields whether it was paused), paused again after
-    it. The scheduled run the unpause queues (today's interval) is deleted, on entry and
+    it. The scheduled run the unpause queues (today's interval) is stopped, on entry and
     again on exit: only the runs the block asks for run. With `keep_on_interrupt`, Ctrl-C
     leaves it unpaused: the runs the block started go on in Airflow and need the
     scheduler."""

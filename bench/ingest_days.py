@@ -60,8 +60,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.events_root is not None:
         env[ENV_EVENTS_ROOT] = str(args.events_root.resolve())
 
-    cases: list[tuple[str, int | None]] = [("full", None)] + [(f"{g} days", g)
-                                                             for g in args.gaps]
+    cases: list[tuple[str, int | None]] = [("full", None)] + [
+        (f"{g} day" if g == 1 else f"{g} days", g) for g in args.gaps]
     rows = []
     for name, gap in cases:
         lake = args.work / name.replace(" ", "-")

@@ -131,6 +131,8 @@ def test_backfill_runs_the_dates_in_order_and_fails_with_a_failed_one(
         fake_airflow: stack.Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
         capsys: pytest.CaptureFixture[str]) -> None:
     monkeypatch.setattr(trigger, "POLL_S", 0.01)
+    monkeypatch.setattr(trigger, "UNPAUSE_SETTLE_S", 0.0)
+    monkeypatch.setattr(trigger, "PAUSE_SETTLE_S", 0.0)
     monkeypatch.setattr(backfill, "settings_from_env", lambda: fake_airflow)
     config = tmp_path / "tiny.yaml"
     config.write_text("dataset: tiny\n")

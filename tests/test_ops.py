@@ -206,24 +206,31 @@ def test_the_scheduled_run_an_unpause_queues_is_dropped(fake_airflow: stack.Sett
     # Unpausing an @daily DAG queues today's interval at once; with max_active_runs 1 it
     # would run before the date asked for (measured: the asked run waited behind it).
     monkeypatch.setattr(trigger, "UNPAUSE_SETTLE_S", 0.0)
+    monkeypatch.setattr(trigger, "PAUSE_SETTLE_S", 0.0)
     later = (datetime.now(UTC) + timedelta(seconds=5)).isoformat()
     _FakeAirflow.runs = [
         {"dag_run_id": "scheduled__2026-12-05T00:00:00+00:00", "state": "running",
-         "queued_at": later.replace("+00:00", "Z")},
-        {"dag_run_id": "scheduled__2026-11-01T00:00:00+00:00", "state": "queued",
-         "queued_at": "2026-11-01T00:00:05Z"}]  # queued before: not the unpause's
+         "queued_at": later.replace("+00:00", "Z"), "run_type": "scheduled"},
+        # Left queued by an earlier unpause: a paused DAG's scheduled work stays stopped.
+        {"dag_run_id": "scheduled__2026-12-04T00:00:00+00:00", "state": "queued",
+         "queued_at": "2026-12-04T00:00:05Z", "run_type": "scheduled"},
+        {"dag_run_id": "backfill__2026-11-30T00:00:00+00:00", "state": "queued",
+         "queued_at": later.replace("+00:00", "Z"), "run_type": "backfill"},  # asked for
+        {"dag_run_id": "scheduled__2026-12-03T00:00:00+00:00", "state": "success",
+         "queued_at": "2026-12-03T00:00:05Z", "run_type": "scheduled"}]  # finished
     api = trigger.Api.login(fake_airflow)
     out = io.StringIO()
     monkeypatch.setattr(sys, "stdout", out)
     with trigger.unpaused(api, "ncf_tiny") as was_paused:
         assert was_paused
-    run = "/api/v2/dags/ncf_tiny/dagRuns/scheduled__2026-12-05T00%3A00%3A00%2B00%3A00"
+    runs = "/api/v2/dags/ncf_tiny/dagRuns/scheduled__2026-12-0{}T00%3A00%3A00%2B00%3A00"
+    stop = {"state": "failed", "note": trigger.UNASKED_NOTE}
     changes = [(method, path, body) for method, path, body in _FakeAirflow.calls
                if method in ("PATCH", "DELETE")]
     # Failed with a note, not deleted: a deleted interval is queued again once the DAG is
     # parsed anew, and would start at the next unpause.
     assert changes == [("PATCH", "/api/v2/dags/ncf_tiny", {"is_paused": False}),
-                       ("PATCH", run, {"state": "failed", "note": trigger.UNASKED_NOTE}),
+                       ("PATCH", runs.format(5), stop), ("PATCH", runs.format(4), stop),
                        ("PATCH", "/api/v2/dags/ncf_tiny", {"is_paused": True})]
     assert "stopped scheduled__2026-12-05" in out.getvalue()
 
@@ -234,6 +241,7 @@ def test_trigger_main_unpauses_for_the_run_then_pauses_again_and_fails_with_the_
     monkeypatch.setattr(trigger, "POLL_S", 0.01)
     monkeypatch.setattr(trigger, "settings_from_env", lambda: fake_airflow)
     monkeypatch.setattr(trigger, "UNPAUSE_SETTLE_S", 0.0)
+    monkeypatch.setattr(trigger, "PAUSE_SETTLE_S", 0.0)
     _FakeAirflow.script = [{"train": "failed", "_run": "failed"}]
     assert trigger.main(["--dataset", "tiny", "--date", "2026-11-23"]) == 1
     patches = [body["is_paused"] for method, _path, body in _FakeAirflow.calls

@@ -31,6 +31,7 @@ from jobs.ops.stack import Settings, admin_password, settings_from_env
 FINISHED = ("success", "failed")
 POLL_S = 5.0
 UNPAUSE_SETTLE_S = 10.0  # how long an unpause is watched for the scheduled run it queues
+PAUSE_SETTLE_S = 2.0  # and the pause after it, for a run queued just before it
 UNASKED_NOTE = ("Not run: queued by the scheduler when make trigger / make backfill unpaused "
                 "the DAG for another date (make up SCHEDULE=on runs the DAGs nightly).")
 
@@ -130,10 +131,11 @@ def follow(api: Api, dag_id: str, run_id: str, *, out: Any = None,
     raise TriggerError(f"{dag_id} {run_id} did not finish within {timeout:.0f} s")
 
 
-def drop_scheduled_runs(api: Api, dag_id: str, since: datetime, *, wait_s: float = 0.0,
-                        out: Any = None) -> list[str]:
-    """Stop the scheduled runs of `dag_id` queued at or after `since` and not yet finished:
-    each is marked failed with a note saying why, so that it never runs; returns their ids.
+def drop_scheduled_runs(api: Api, dag_id: str, since: datetime | None, *,
+                        wait_s: float = 0.0, out: Any = None) -> list[str]:
+    """Stop the scheduled runs of `dag_id` not yet finished (those queued at or after
+    `since`; None: every one): each is marked failed with a note saying why, so that it
+    never runs; returns their ids.
 
     Unpausing an @daily DAG makes the scheduler queue its latest interval (today's) at
     once, and with max_active_runs 1 that run goes before the one asked for (measured:
@@ -151,8 +153,10 @@ def drop_scheduled_runs(api: Api, dag_id: str, since: datetime, *, wait_s: float
         runs = api.call("GET", f"/dags/{dag_id}/dagRuns?{query}").get("dag_runs", [])
         for run in runs:
             run_id, queued_at = str(run["dag_run_id"]), run.get("queued_at")
-            if run_id in dropped or run.get("state") in FINISHED or not queued_at or \
-                    datetime.fromisoformat(queued_at.replace("Z", "+00:00")) < since:
+            if run_id in dropped or run.get("run_type") != "scheduled" or \
+                    run.get("state") in FINISHED or (since is not None and (
+                    not queued_at or
+                    datetime.fromisoformat(queued_at.replace("Z", "+00:00")) < since)):
                 continue
             path = f"/dags/{dag_id}/dagRuns/{urllib.parse.quote(run_id)}"
             api.call("PATCH", path, {"state": "failed", "note": UNASKED_NOTE})
@@ -167,8 +171,11 @@ def drop_scheduled_runs(api: Api, dag_id: str, since: datetime, *, wait_s: float
 @contextlib.contextmanager
 def unpaused(api: Api, dag_id: str, *, keep_on_interrupt: bool = False) -> Iterator[bool]:
     """`dag_id` unpaused for the block (yields whether it was paused), paused again after
-    it. The scheduled run the unpause queues (today's interval) is stopped, on entry and
-    again on exit: only the runs the block asks for run. With `keep_on_interrupt`, Ctrl-C
+    it. Only the runs the block asks for run: on entry, every scheduled run of the paused
+    DAG still queued or running (the one the unpause queues for today's interval, and any
+    left from an earlier unpause: a paused DAG's scheduled work stays stopped) is stopped,
+    and on exit those queued meanwhile (the scheduler may queue the next interval in the
+    seconds between the block's last run ending and the pause). With `keep_on_interrupt`, Ctrl-C
     leaves it unpaused: the runs the block started go on in Airflow and need the
     scheduler."""
     paused = bool(api.call("GET", f"/dags/{dag_id}")["is_paused"])
@@ -176,11 +183,11 @@ def unpaused(api: Api, dag_id: str, *, keep_on_interrupt: bool = False) -> Itera
 
     def pause() -> None:
         api.call("PATCH", f"/dags/{dag_id}", {"is_paused": True})
-        drop_scheduled_runs(api, dag_id, since)
+        drop_scheduled_runs(api, dag_id, since, wait_s=PAUSE_SETTLE_S)
 
     if paused:
         api.call("PATCH", f"/dags/{dag_id}", {"is_paused": False})
-        drop_scheduled_runs(api, dag_id, since, wait_s=UNPAUSE_SETTLE_S)
+        drop_scheduled_runs(api, dag_id, None, wait_s=UNPAUSE_SETTLE_S)
     try:
         yield paused
     except KeyboardInterrupt:

@@ -67,7 +67,7 @@ __all__ = ["BacktestError", "Score", "evaluated_users", "forward_score"]
 
 def served_date(lake_root: Path, dataset: str, cut: str) -> str:
     """The latest run on or before `cut` that published: what the table served on `cut`."""
-    for day in reversed(days.lake_dates(lake_root, dataset)):
+    for day in reversed(layout.lake_dates(lake_root, dataset)):
         if day <= cut and days.summarize(layout.read_manifest(
                 layout.LakePaths(lake_root, dataset, day)), day).published_rows is not None:
             return day
@@ -189,7 +189,7 @@ def refit_rival(cfg: Any, paths: layout.LakePaths, name: str, record: Mapping[st
 
 def family_of_run(lake_root: Path, dataset: str, run_id: str, upto: str) -> str | None:
     """The family of the model registered from MLflow run `run_id` (its candidates entry)."""
-    for day in reversed(days.lake_dates(lake_root, dataset)):
+    for day in reversed(layout.lake_dates(lake_root, dataset)):
         candidates = layout.read_manifest(layout.LakePaths(lake_root, dataset, day)).get(
             "candidates") or {}
         if day <= upto and candidates.get("served_run_id") == run_id:
@@ -378,7 +378,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                    location=resolve_location(data_cfg.source.events.location,
                                              events_root if "://" in events_root
                                              else str(Path(events_root).resolve())))
-    cuts = [day for day in days.lake_dates(root, data_cfg.dataset)
+    cuts = [day for day in layout.lake_dates(root, data_cfg.dataset)
             if (args.first is None or day >= args.first)
             and (args.last is None or day <= args.last)]
     rows = backtest(get_spark("backtest"), data_cfg, cuts, opts, mlflow=not args.no_mlflow)

@@ -31,8 +31,7 @@ import json
 import logging
 import re
 from collections.abc import Callable, Mapping
-from datetime import date, datetime
-from pathlib import Path
+from datetime import datetime
 from typing import Any
 
 from py4j.protocol import Py4JJavaError
@@ -75,45 +74,34 @@ def settings_sha256(source: SourceConfig, cfg: IngestConfig, location: str) -> s
     return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()
 
 
-def _usable(before: layout.LakePaths, settings: str) -> tuple[_Previous | None, str]:
-    """`before`'s ingest output if a later run can add to it, else None and why not."""
+def _usable(before: layout.LakePaths, settings: str) -> tuple[_Previous | None, str | None]:
+    """`before`'s ingest output if a later run can add to it, else None and why not
+    (None: it has no ingest output at all)."""
     day = before.logical_date
     entry = layout.read_manifest(before).get("ingest")
     folders = [before.path(layout.INTERACTIONS), before.path(layout.REJECTS)]
     if entry is None or not all(folder.is_dir() for folder in folders):
-        return None, f"no ingest output for {day}"
+        return None, None
     if entry.get("format") != EVENTS_FORMAT or entry.get("partitions") is None:
         return None, f"{day} was not ingested from a daily event log"
     if entry.get("settings_sha256") != settings or "rejects_rows" not in entry:
         return None, f"{day} was ingested with other source/ingest settings"
     return _Previous(before, tuple(entry["partitions"]), int(entry["rows"]),
-                     int(entry["rejects_rows"])), ""
-
-
-def _earlier_dates(paths: layout.LakePaths) -> list[str]:
-    """The dataset's logical dates before this run's, newest first."""
-    folder = Path(paths.root) / paths.dataset
-    if not folder.is_dir():
-        return []
-    dates = []
-    for child in folder.iterdir():
-        with contextlib.suppress(ValueError):
-            if child.is_dir() and date.fromisoformat(child.name).isoformat() == child.name:
-                dates.append(child.name)
-    return sorted((d for d in dates if d < paths.logical_date), reverse=True)
+                     int(entry["rejects_rows"])), None
 
 
 def _previous(paths: layout.LakePaths, settings: str) -> tuple[_Previous | None, str]:
     """The newest earlier output this run can add to (D-1 on a nightly schedule; after a
     gap, the last night that ran), else None and why the newest one cannot serve."""
-    why_not = f"no ingest output before {paths.logical_date}"
-    for day in _earlier_dates(paths):
+    why_not = None
+    for day in reversed(layout.lake_dates(paths.root, paths.dataset)):
+        if day >= paths.logical_date:
+            continue
         previous, reason = _usable(layout.LakePaths(paths.root, paths.dataset, day), settings)
         if previous is not None:
             return previous, ""
-        if reason != f"no ingest output for {day}" and why_not.startswith("no ingest"):
-            why_not = reason  # the newest output there is, and why it does not serve
-    return None, why_not
+        why_not = why_not or reason  # the newest output there is, and why it does not serve
+    return None, why_not or f"no ingest output before {paths.logical_date}"
 
 
 def ingest_events(spark: SparkSession, source: SourceConfig, cfg: IngestConfig,

@@ -185,7 +185,7 @@ def test_a_date_that_already_has_a_run_is_refused_or_run_again(
         fake_airflow: stack.Settings) -> None:
     # Airflow keeps one run per logical date, and `make run` (dags test) makes one too.
     _FakeAirflow.runs = [{"dag_run_id": "manual__2026-11-23T00:00:00+00:00",
-                          "state": "success"}]
+                          "state": "success", "logical_date": "2026-11-23T00:00:00Z"}]
     api = trigger.Api.login(fake_airflow)
     with pytest.raises(trigger.TriggerError, match="already has a run for 2026-11-23 "
                        r"\(manual__2026-11-23T00:00:00\+00:00, success.*RERUN=1"):

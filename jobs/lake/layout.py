@@ -39,7 +39,7 @@ import shutil
 import uuid
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Any
 
@@ -224,6 +224,22 @@ class LakePaths:
     @property
     def manifest(self) -> Path:
         return self.base / MANIFEST
+
+
+def lake_dates(root: Path, dataset: str) -> list[str]:
+    """The logical dates the lake holds a run's manifest for, oldest first."""
+    folder = Path(root) / dataset
+    if not folder.is_dir():
+        return []
+    found = []
+    for child in folder.iterdir():
+        try:
+            is_date = date.fromisoformat(child.name).isoformat() == child.name
+        except ValueError:
+            is_date = False
+        if is_date and (child / MANIFEST).is_file():
+            found.append(child.name)
+    return sorted(found)
 
 
 @contextlib.contextmanager

@@ -32,9 +32,8 @@ from __future__ import annotations
 
 import argparse
 import sys
-import urllib.parse
 from collections.abc import Sequence
-from datetime import UTC, date, datetime, timedelta
+from datetime import date, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -43,17 +42,13 @@ from jobs.lake.cli import logical_date
 from jobs.lake.loader import read_yaml
 from jobs.ops import days
 from jobs.ops.stack import settings_from_env
-from jobs.ops.trigger import Api, TriggerError, follow, unpaused
+from jobs.ops.trigger import Api, TriggerError, follow, midnight, runs_by_date, unpaused
 
 REPROCESS = ("none", "failed", "completed")
 
 
-def _midnight(day: str) -> str:
-    return datetime.combine(date.fromisoformat(day), datetime.min.time(), UTC).isoformat()
-
-
 def _body(dag_id: str, first: str, last: str, reprocess: str) -> dict[str, Any]:
-    return {"dag_id": dag_id, "from_date": _midnight(first), "to_date": _midnight(last),
+    return {"dag_id": dag_id, "from_date": midnight(first), "to_date": midnight(last),
             "run_backwards": False, "reprocess_behavior": reprocess, "max_active_runs": 1}
 
 
@@ -62,16 +57,6 @@ def planned_dates(api: Api, dag_id: str, first: str, last: str, reprocess: str) 
     found = api.call("POST", "/backfills/dry_run", _body(dag_id, first, last, reprocess))
     return sorted(str(info["logical_date"])[:10] for info in found.get("backfills", [])
                   if info.get("logical_date"))
-
-
-def runs_by_date(api: Api, dag_id: str, first: str, last: str) -> dict[str, dict[str, Any]]:
-    """{date: the DAG's run of that logical date} for the dates from first to last."""
-    query = urllib.parse.urlencode({"logical_date_gte": _midnight(first),
-                                    "logical_date_lte": _midnight(last), "limit": 1000,
-                                    "order_by": "logical_date"})
-    found = api.call("GET", f"/dags/{dag_id}/dagRuns?{query}")
-    return {str(run["logical_date"])[:10]: run for run in found.get("dag_runs", [])
-            if run.get("logical_date")}
 
 
 def _dates(first: str, last: str) -> list[str]:

@@ -25,7 +25,6 @@ import dataclasses
 import json
 import sys
 from collections.abc import Iterable, Mapping, Sequence
-from datetime import date
 from pathlib import Path
 from typing import Any
 
@@ -118,25 +117,9 @@ def summarize(manifest: Mapping[str, Any], logical_date: str, *, k: int = 10) ->
     return Day(logical_date, **fields)
 
 
-def lake_dates(lake_root: Path, dataset: str) -> list[str]:
-    """The logical dates the lake holds a manifest for, oldest first."""
-    folder = Path(lake_root) / dataset
-    if not folder.is_dir():
-        return []
-    found = []
-    for child in folder.iterdir():
-        try:
-            is_date = date.fromisoformat(child.name).isoformat() == child.name
-        except ValueError:
-            is_date = False
-        if is_date and (child / layout.MANIFEST).is_file():
-            found.append(child.name)
-    return sorted(found)
-
-
 def days(lake_root: Path, dataset: str, dates: Iterable[str] | None = None) -> list[Day]:
     """A Day per date (default: every date in the lake), oldest first."""
-    chosen = lake_dates(lake_root, dataset) if dates is None else sorted(dates)
+    chosen = layout.lake_dates(lake_root, dataset) if dates is None else sorted(dates)
     return [summarize(layout.read_manifest(layout.LakePaths(Path(lake_root), dataset, day)),
                       day) for day in chosen]
 
@@ -157,7 +140,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     dataset = str(read_yaml(args.config)["dataset"])
     root = args.lake_root.resolve() if args.lake_root else layout.lake_root_from_env()
-    chosen = [day for day in lake_dates(root, dataset)
+    chosen = [day for day in layout.lake_dates(root, dataset)
               if (args.first is None or day >= args.first)
               and (args.last is None or day <= args.last)]
     summary = days(root, dataset, chosen)

@@ -77,20 +77,27 @@ def _request(method: str, url: str, payload: Mapping[str, Any] | None = None, *,
         raise TriggerError(f"{method} {url}: {exc}; is the stack up (`make status`)?") from exc
 
 
-def existing_run(api: Api, dag_id: str, logical_date: str) -> dict[str, Any] | None:
-    """The run of `dag_id` for `logical_date` (Airflow holds at most one per date), if any."""
-    moment = datetime.combine(date.fromisoformat(logical_date), datetime.min.time(), UTC)
-    query = urllib.parse.urlencode({"logical_date_gte": moment.isoformat(),
-                                    "logical_date_lte": moment.isoformat()})
-    runs = api.call("GET", f"/dags/{dag_id}/dagRuns?{query}").get("dag_runs", [])
-    return runs[0] if runs else None
+def midnight(day: str) -> str:
+    """A logical date as Airflow's API writes it: midnight UTC, ISO 8601."""
+    return datetime.combine(date.fromisoformat(day), datetime.min.time(), UTC).isoformat()
+
+
+def runs_by_date(api: Api, dag_id: str, first: str, last: str) -> dict[str, dict[str, Any]]:
+    """{date: the DAG's run of that logical date} for the dates from first to last
+    (Airflow holds at most one run per logical date)."""
+    query = urllib.parse.urlencode({"logical_date_gte": midnight(first),
+                                    "logical_date_lte": midnight(last), "limit": 1000,
+                                    "order_by": "logical_date"})
+    found = api.call("GET", f"/dags/{dag_id}/dagRuns?{query}")
+    return {str(run["logical_date"])[:10]: run for run in found.get("dag_runs", [])
+            if run.get("logical_date")}
 
 
 def trigger(api: Api, dag_id: str, logical_date: str, *, rerun: bool = False) -> str:
     """Create the run of `logical_date` (midnight UTC); returns its run id. Airflow keeps
     one run per logical date (`make run` makes one too): with `rerun`, that run is cleared
     and runs again; without, it is an error that says so."""
-    found = existing_run(api, dag_id, logical_date)
+    found = runs_by_date(api, dag_id, logical_date, logical_date).get(logical_date)
     if found is not None:
         run_id = str(found["dag_run_id"])
         if not rerun:
@@ -100,10 +107,10 @@ def trigger(api: Api, dag_id: str, logical_date: str, *, rerun: bool = False) ->
         api.call("POST", f"/dags/{dag_id}/dagRuns/{urllib.parse.quote(run_id)}/clear",
                  {"dry_run": False})
         return run_id
-    moment = datetime.combine(date.fromisoformat(logical_date), datetime.min.time(), UTC)
-    run_id = f"manual__{moment.isoformat()}__make_trigger_{int(time.time())}"
+    moment = midnight(logical_date)
+    run_id = f"manual__{moment}__make_trigger_{int(time.time())}"
     body = api.call("POST", f"/dags/{dag_id}/dagRuns",
-                    {"dag_run_id": run_id, "logical_date": moment.isoformat()})
+                    {"dag_run_id": run_id, "logical_date": moment})
     return str(body["dag_run_id"])
 
 

@@ -126,7 +126,10 @@ def fit_ease(user_idx: Tensor, item_idx: Tensor, n_users: int, n_items: int, *, 
     weights.fill_diagonal_(0.0)
     log.info("EASE fitted: %d users x %d items, %d positives, l2=%g, %.1f s on %s",
              n_users, n_items, items.numel(), l2, time.perf_counter() - started, device.type)
-    return weights.to(torch.float32)
+    # cholesky_inverse returns P column-major: row-major B makes each history item's row one
+    # contiguous read (embedding_bag over a column-major B measured 100x slower on the CPU,
+    # and the pair scorer's reshape would copy B on every call).
+    return weights.to(torch.float32).contiguous()
 
 
 def choose_l2(grid: Sequence[float],
@@ -174,7 +177,8 @@ class EASE(nn.Module):
             raise ValueError(f"history_offsets end at {int(history_offsets[-1])}, "
                              f"history_items holds {history_items.numel()}")
         self.n_users, self.n_items = history_offsets.numel() - 1, weights.shape[0]
-        self.register_buffer("weights", weights)  # (n_items, n_items), shared, not copied
+        # (n_items, n_items), shared, not copied when already row-major (see fit_ease)
+        self.register_buffer("weights", weights.contiguous())
         self.register_buffer("history_items", history_items.to(weights.device, torch.int64))
         self.register_buffer("history_offsets", history_offsets.to(weights.device, torch.int64))
 

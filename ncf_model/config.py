@@ -254,17 +254,24 @@ DEFAULT_L2_GRID = (50.0, 100.0, 200.0, 500.0, 1000.0, 2000.0)
 
 @dataclasses.dataclass(frozen=True)
 class EaseConfig:
-    """The `ease` section: EASE^R's lambda grid (chosen on validation) and the memory it may
-    take (about 3 x n_items^2 floats: ML-20M's 26,744 items need 8.6 GB). Over the limit,
-    the family is skipped with the reason logged; the other candidates go on."""
+    """The `ease` section: EASE^R's lambda grid (chosen on validation), the memory it may
+    take (about 3 x n_items^2 floats: ML-20M's 26,744 items need 8.6 GB) and the time its
+    fits may take (estimated on the device first). Over either limit, the family is skipped
+    with the reason logged; the other candidates go on."""
 
     l2_grid: tuple[float, ...] = DEFAULT_L2_GRID
     max_memory_gb: float = 8.0
+    # The fits' time budget: len(l2_grid) + 2 fits (the grid, the refit for test, the
+    # served refit), estimated before the first; over it the family is skipped with the
+    # reason. None: no limit. ML-20M's 26,744 items need ~2 h on 2 CPU cores, seconds on a GPU.
+    max_minutes: float | None = 20.0
 
     def __post_init__(self) -> None:
         check_field(bool(self.l2_grid) and all(value > 0 for value in self.l2_grid),
                     "l2_grid", "must hold at least one lambda, each > 0")
         check_field(self.max_memory_gb > 0, "max_memory_gb", "must be > 0")
+        check_field(self.max_minutes is None or self.max_minutes > 0, "max_minutes",
+                    "must be > 0, or null for no limit")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -33,7 +33,9 @@ from ncf_model.models.baselines import popularity_scorer
 from ncf_model.models.ease import (
     EASE,
     EaseMemoryError,
+    EaseTimeError,
     check_ease_memory,
+    check_ease_time,
     choose_l2,
     fit_ease,
 )
@@ -206,8 +208,12 @@ class Ease:
     def select(self, data: ProtocolData) -> Selected:
         try:
             check_ease_memory(data.n_items, int(self.cfg.max_memory_gb * 1e9),
-                              limit_key="candidates.ease.max_memory_gb")
-        except EaseMemoryError as exc:
+                              limit_key="ease.max_memory_gb")
+            if self.cfg.max_minutes is not None:
+                check_ease_time(data.n_items, len(self.cfg.l2_grid) + 2,
+                                self.cfg.max_minutes * 60, device=data.device,
+                                limit_key="ease.max_minutes")
+        except (EaseMemoryError, EaseTimeError) as exc:
             raise FamilySkipped(str(exc)) from exc
         fitted: dict[float, EASE] = {}
 

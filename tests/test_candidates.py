@@ -312,7 +312,7 @@ def test_ease_over_its_memory_limit_is_skipped_with_the_reason(
     assert _main("train", config, paths) == 0
     assert _main("candidates", config, paths) == 0
     families = layout.read_manifest(paths)["candidates"]["families"]
-    assert "candidates.ease.max_memory_gb" in families["ease"]["skipped"]
+    assert "ease.max_memory_gb" in families["ease"]["skipped"]
     assert families["ease"]["validation"] == {} and families["ncf"]["skipped"] is None
     assert layout.read_manifest(paths)["candidates"]["served_family"] in ("ncf", "popularity")
 

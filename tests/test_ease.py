@@ -12,11 +12,15 @@ from ncf_model.models.common import PairScorer
 from ncf_model.models.ease import (
     DEFAULT_L2_GRID,
     EASE,
+    PROBE_ITEMS,
     EaseMemoryError,
+    EaseTimeError,
     check_ease_memory,
+    check_ease_time,
     choose_l2,
     estimate_ease_bytes,
     fit_ease,
+    probe_seconds,
 )
 
 N_USERS, N_ITEMS = 8, 6
@@ -113,6 +117,32 @@ def test_memory_guard_refuses_ml20m_on_a_small_limit() -> None:
     assert "26,744" in message and "8.6 GB" in message and "4.0 GB" in message
     assert "ease.max_memory_gb" in message and "\n" not in message
     assert check_ease_memory(1_000, 4_000_000_000) == estimate_ease_bytes(1_000)
+
+
+def test_time_guard_scales_the_probe_by_n_cubed_and_refuses_over_the_limit() -> None:
+    probed: list[int] = []
+
+    def probe(device, n_items: int) -> float:  # a device where the probe takes 0.5 s
+        probed.append(n_items)
+        return 0.5
+
+    n_items = 4 * PROBE_ITEMS
+    estimate = check_ease_time(n_items, 8, 3600.0, device="cpu", probe=probe)
+    assert estimate == 8 * 0.5 * 4 ** 3 and probed == [PROBE_ITEMS]  # 256 s
+    with pytest.raises(EaseTimeError) as refused:
+        check_ease_time(n_items, 8, 255.0, device="cpu", limit_key="ease.max_minutes",
+                        probe=probe)
+    message = str(refused.value)
+    assert "ease.max_minutes" in message and f"n_items={n_items:,}" in message
+    assert "8 fits" in message and "\n" not in message
+    # Small item sets are never probed: their fits take seconds.
+    assert check_ease_time(PROBE_ITEMS, 8, 1e-9, device="cpu", probe=probe) == 0.0
+    assert probed == [PROBE_ITEMS, PROBE_ITEMS]
+
+
+def test_the_probe_times_a_real_factorisation() -> None:
+    seconds = probe_seconds("cpu", 64)
+    assert 0.0 < seconds < 5.0
 
 
 def test_choose_l2_picks_the_best_and_breaks_ties_to_the_larger() -> None:

@@ -66,6 +66,61 @@ def check_ease_memory(n_items: int, limit_bytes: int, *, dtype_bytes: int = 4,
     return estimate
 
 
+# The compute estimate's probe: one Cholesky + inverse of a PROBE_ITEMS² SPD matrix on the
+# device, scaled by (n_items / PROBE_ITEMS)³ (both are O(n³)); the best of PROBE_REPEATS.
+PROBE_ITEMS = 2048
+PROBE_REPEATS = 2
+
+
+class EaseTimeError(RuntimeError):
+    """The EASE fits for this many items would take longer than the configured budget."""
+
+
+def probe_seconds(device: torch.device | str, n_items: int = PROBE_ITEMS) -> float:
+    """Seconds of one float32 Cholesky + cholesky_inverse of an `n_items`² SPD matrix on
+    `device` (seeded; the best of PROBE_REPEATS), the O(n³) core of `fit_ease`."""
+    device = torch.device(device)
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(n_items, n_items, generator=g).to(device)
+    gram = x @ x.T / n_items + torch.eye(n_items, device=device)
+    best = math.inf
+    for _ in range(PROBE_REPEATS):
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        started = time.perf_counter()
+        factor, _ = torch.linalg.cholesky_ex(gram)
+        torch.cholesky_inverse(factor)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        best = min(best, time.perf_counter() - started)
+    return best
+
+
+def check_ease_time(n_items: int, fits: int, limit_seconds: float, *,
+                    device: torch.device | str, limit_key: str = "the EASE time limit",
+                    probe: Callable[[torch.device | str, int], float] = probe_seconds) -> float:
+    """Estimated seconds of `fits` EASE fits on `n_items` items on `device`, or
+    EaseTimeError when over `limit_seconds`. The estimate times a PROBE_ITEMS-item
+    Cholesky + inverse here and scales it by n_items³; it leaves out forming XᵀX and
+    scoring (small beside the factorisation once n_items is in the tens of thousands on a
+    CPU). Below PROBE_ITEMS items it returns 0 without probing: such fits take seconds."""
+    if n_items <= PROBE_ITEMS:
+        return 0.0
+    probed = probe(device, PROBE_ITEMS)
+    estimate = fits * probed * (n_items / PROBE_ITEMS) ** 3
+    log.info("EASE estimate: %d fits x %.0f s on %s for n_items=%d (a %d-item Cholesky + "
+             "inverse took %.3f s)", fits, estimate / fits, torch.device(device).type,
+             n_items, PROBE_ITEMS, probed)
+    if estimate > limit_seconds:
+        raise EaseTimeError(
+            f"EASE on n_items={n_items:,} needs ~{estimate / 60:.0f} min on "
+            f"{torch.device(device).type} ({fits} fits; a {PROBE_ITEMS:,}-item Cholesky + "
+            f"inverse took {probed:.3f} s, scaled by n_items³), over the limit of "
+            f"{limit_seconds / 60:g} min; raise {limit_key}, narrow ease.l2_grid or fit on "
+            "a GPU")
+    return estimate
+
+
 def _unique_pairs(row_idx: Tensor, col_idx: Tensor, n_rows: int,
                   n_cols: int) -> tuple[Tensor, Tensor]:
     """(rows, cols) int64: the distinct pairs, sorted by row then column."""

@@ -8,8 +8,9 @@ on the seeded synthetic MovieLens-20M log of bench/synthetic.py (generated once 
 $NCF_CACHE_DIR/synthetic or --cache-dir), with a config written here: configs/ml-20m.yaml
 with the synthetic file as its source and, with `--training capped` (the default), every
 trained family capped to 1 epoch with a larger batch (train, mf: 65,536 rows; sasrec: 1,024
-sequences of its 50 latest items; als: 5 sweeps) so that a CPU run ends; everything else as shipped (ingest, prepare, the
-candidates and their refits, ALS, EASE^R's grid, evaluate, validate, recommend, publish).
+sequences of its 50 latest items; als: 5 sweeps) so that a CPU run ends; everything else
+as shipped (ingest, prepare, the candidates and their refits, EASE^R's grid and its time
+guard, evaluate, validate, recommend, publish).
 `--training shipped` keeps the shipped training settings too. `--families` narrows
 candidates.families, for a quick smoke run only (the CPU test of bench/gpu_check.sh).
 

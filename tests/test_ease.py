@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 
+from ncf_model.models import ease as ease_module
 from ncf_model.models.common import PairScorer
 from ncf_model.models.ease import (
     DEFAULT_L2_GRID,
@@ -66,6 +67,27 @@ def test_diagonal_is_zero_duplicates_count_once_and_fits_repeat(pairs) -> None:
                        N_USERS, N_ITEMS, l2=1.0, device="cpu")
     assert torch.equal(doubled, weights)
     assert torch.equal(fit_ease(*pairs, N_USERS, N_ITEMS, l2=1.0, device="cpu"), weights)
+
+
+def test_gram_is_the_same_built_from_sparse_or_dense_blocks(monkeypatch) -> None:
+    g = torch.Generator().manual_seed(1)
+    n_users, n_items = 300, 70
+    users = torch.randint(0, n_users, (2_000,), generator=g)
+    items = torch.randint(0, n_items, (2_000,), generator=g)
+    items, users = ease_module._unique_pairs(items, users, n_items, n_users)
+    x = torch.zeros(n_users, n_items)
+    x[users, items] = 1.0
+    expected = x.T @ x
+    monkeypatch.setattr(ease_module, "_BLOCK_ELEMENTS", 1_000)  # several column blocks
+    for sparse_blocks in (True, False):
+        gram = ease_module._gram(items, users, n_users, n_items, torch.float32,
+                                 sparse_blocks=sparse_blocks)
+        assert torch.equal(gram, expected), sparse_blocks
+
+
+def test_fit_ease_returns_b_row_major(pairs) -> None:
+    """cholesky_inverse hands P back column-major; scoring reads B's rows."""
+    assert fit_ease(*pairs, N_USERS, N_ITEMS, l2=1.0, device="cpu").is_contiguous()
 
 
 def test_fit_ease_rejects_a_non_positive_l2(pairs) -> None:

@@ -254,8 +254,18 @@ def measure(work: Path, sampler: Sampler, wall: float) -> dict[str, Any]:
             "counts": {key: prepared.get(key) for key in (
                 "n_users", "n_items", "train_rows", "validation_rows", "test_rows")},
             "served_family": (manifest.get("candidates") or {}).get("served_family"),
+            "per_family": family_seconds(manifest),
             "validate_modes": {stage: (manifest.get(f"validate_{stage}") or {}).get("mode")
                                for stage in ("interactions", "splits", "recommendations")}}
+
+
+def family_seconds(manifest: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """Inside the candidates stage: each family's seconds per protocol step (select, refit
+    for test, refit to serve) and validation metric, or the reason it was skipped."""
+    families = (manifest.get("candidates") or {}).get("families") or {}
+    return {name: {"skipped": entry.get("skipped"), "seconds": entry.get("seconds") or {},
+                   "val_ndcg_10": (entry.get("validation") or {}).get("val_ndcg_10")}
+            for name, entry in families.items()}
 
 
 def markdown(result: dict[str, Any]) -> str:
@@ -276,6 +286,20 @@ def markdown(result: dict[str, Any]) -> str:
                      f"{stage['peak_python_gib']:.2f} |")
     lines.append(f"| **total** | {'success' if result['success'] else 'failed'} | "
                  f"{result['stage_seconds']:.1f} | {result['peak_rss_gib']:.2f} | | |")
+    if result.get("per_family"):
+        lines += ["", f"candidates, per family (served: {result.get('served_family')}):", "",
+                  "| family | select s | refit for test s | refit to serve s | val NDCG@10 |",
+                  "|---|---:|---:|---:|---:|"]
+        for name, family in result["per_family"].items():
+            if family["skipped"]:
+                lines.append(f"| {name} | skipped: {family['skipped']} | | | |")
+                continue
+            seconds = family["seconds"]
+            cells = [f"{seconds[key]:.1f}" if key in seconds else ""
+                     for key in ("select", "refit_test", "refit_serve")]
+            metric = family["val_ndcg_10"]
+            lines.append(f"| {name} | {' | '.join(cells)} | "
+                         f"{'' if metric is None else f'{metric:.4f}'} |")
     return "\n".join(lines) + "\n"
 
 

@@ -29,7 +29,8 @@ def test_dag_scale_config_caps_training_and_keeps_the_rest_as_shipped(tmp_path: 
     assert data.source.files["ratings"].sha256 == sha
     assert (model.train.epochs, model.train.batch_size) == (1, 65_536)
     assert (model.mf.epochs, model.mf.batch_size) == (1, 65_536)
-    assert (model.sasrec.epochs, model.sasrec.batch_size) == (1, 1_024)
+    assert (model.sasrec.epochs, model.sasrec.batch_size, model.sasrec.max_len) == (1, 1_024, 50)
+    assert data.als.max_iter == 5
     shipped = load_data_config(REPO / "configs" / "ml-20m.yaml")
     assert data.prepare == shipped.prepare and data.ingest == shipped.ingest
     assert data.candidates == shipped.candidates
@@ -68,6 +69,17 @@ def test_sampler_peaks_per_interval_and_the_table() -> None:
     for task in dag_scale.TASKS:
         assert f"| {task} | success | 2.0 | 3.00 | 2.00 | 1.00 |" in table
     assert "| **total** | success | 22.0 | 5.00 | | |" in table
+    assert "per family" not in table  # no candidates entry in the manifest
+    manifest = {"candidates": {"served_family": "mf", "families": {
+        "mf": {"skipped": None, "seconds": {"select": 3.0, "refit_test": 2.5, "refit_serve": 2.0},
+               "validation": {"val_ndcg_10": 0.41}},
+        "ease": {"skipped": "EASE on n_items=26,744 needs ~30 min", "seconds": {},
+                 "validation": {}}}}}
+    result["per_family"] = dag_scale.family_seconds(manifest)
+    result["served_family"] = "mf"
+    table = dag_scale.markdown(result)
+    assert "(served: mf)" in table and "| mf | 3.0 | 2.5 | 2.0 | 0.4100 |" in table
+    assert "| ease | skipped: EASE on n_items=26,744 needs ~30 min | | | |" in table
 
 
 def test_gpu_summary_has_a_row_per_step_and_fails_on_a_timeout(

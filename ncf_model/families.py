@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -215,13 +216,22 @@ class Ease:
                                 limit_key="ease.max_minutes")
         except (EaseMemoryError, EaseTimeError) as exc:
             raise FamilySkipped(str(exc)) from exc
-        fitted: dict[float, EASE] = {}
+        # Only the best model so far is kept (choose_l2's order: score, then the larger λ):
+        # each holds an n_items² B (10M events: 6 x 0.7 GB for the grid).
+        leader: dict[str, Any] = {}
 
         def score(l2: float) -> float:
-            fitted[l2] = self._fit(data, SELECT_ON, l2)
-            return evaluate(fitted[l2], data.validation, data.k)[self.metric]
+            model = self._fit(data, SELECT_ON, l2)
+            value = evaluate(model, data.validation, data.k)[self.metric]
+            if not math.isnan(value) and (not leader or (value, l2) > leader["key"]):
+                leader.update(key=(value, l2), model=model)
+            del model
+            return float(value)
 
         best, scores = choose_l2(self.cfg.l2_grid, score)
+        if leader["key"][1] != best:
+            raise AssertionError(f"ease: kept lambda {leader['key'][1]}, chose {best}")
+        fitted = {best: leader.pop("model")}
         log.info("ease: validation %s per lambda %s -> lambda %g", self.metric,
                  {l2: round(value, 4) for l2, value in scores.items()}, best)
         metrics = {f"val_{self.metric}_l2_{l2:g}": value for l2, value in scores.items()}

@@ -263,7 +263,7 @@ class EaseConfig:
     max_memory_gb: float = 8.0
     # The fits' time budget: len(l2_grid) + 2 fits (the grid, the refit for test, the
     # served refit), estimated before the first; over it the family is skipped with the
-    # reason. None: no limit. ML-20M's 26,744 items need ~2 h on 2 CPU cores, seconds on a GPU.
+    # reason. None: no limit. ML-20M's 26,744 items: ~28 min estimated on 2 CPU cores.
     max_minutes: float | None = 20.0
 
     def __post_init__(self) -> None:

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -37,7 +36,7 @@ from ncf_model.models.ease import (
     EaseTimeError,
     check_ease_memory,
     check_ease_time,
-    choose_l2,
+    fit_best_l2,
     fit_ease,
 )
 from ncf_model.models.sasrec import SASRec, build_histories
@@ -216,26 +215,13 @@ class Ease:
                                 limit_key="ease.max_minutes")
         except (EaseMemoryError, EaseTimeError) as exc:
             raise FamilySkipped(str(exc)) from exc
-        # Only the best model so far is kept (choose_l2's order: score, then the larger λ):
-        # each holds an n_items² B (10M events: 6 x 0.7 GB for the grid).
-        leader: dict[str, Any] = {}
-
-        def score(l2: float) -> float:
-            model = self._fit(data, SELECT_ON, l2)
-            value = evaluate(model, data.validation, data.k)[self.metric]
-            if not math.isnan(value) and (not leader or (value, l2) > leader["key"]):
-                leader.update(key=(value, l2), model=model)
-            del model
-            return float(value)
-
-        best, scores = choose_l2(self.cfg.l2_grid, score)
-        if leader["key"][1] != best:
-            raise AssertionError(f"ease: kept lambda {leader['key'][1]}, chose {best}")
-        fitted = {best: leader.pop("model")}
+        best, scores, model = fit_best_l2(
+            self.cfg.l2_grid, lambda l2: self._fit(data, SELECT_ON, l2),
+            lambda fitted: evaluate(fitted, data.validation, data.k)[self.metric])
         log.info("ease: validation %s per lambda %s -> lambda %g", self.metric,
                  {l2: round(value, 4) for l2, value in scores.items()}, best)
         metrics = {f"val_{self.metric}_l2_{l2:g}": value for l2, value in scores.items()}
-        return Selected(fitted[best], {"l2": best}, {**metrics, "l2": best})
+        return Selected(model, {"l2": best}, {**metrics, "l2": best})
 
     def refit(self, data: ProtocolData, splits: tuple[str, ...],
               settings: Mapping[str, Any]) -> nn.Module:

@@ -20,6 +20,7 @@ from ncf_model.models.ease import (
     check_ease_time,
     choose_l2,
     estimate_ease_bytes,
+    fit_best_l2,
     fit_ease,
     probe_seconds,
 )
@@ -176,6 +177,25 @@ def test_choose_l2_picks_the_best_and_breaks_ties_to_the_larger() -> None:
     assert 500.0 in DEFAULT_L2_GRID
     with pytest.raises(ValueError, match="non-empty"):
         choose_l2((), lambda l2: 0.0)
+
+
+def test_fit_best_l2_returns_the_chosen_model_and_holds_one_at_a_time() -> None:
+    scores = {50.0: 0.30, 100.0: 0.35, 200.0: 0.35, 500.0: float("nan")}
+    alive: set[float] = set()
+
+    class Model:
+        def __init__(self, l2: float) -> None:
+            assert len(alive) <= 1  # earlier losers are gone before the next fit
+            self.l2 = l2
+            alive.add(l2)
+
+        def __del__(self) -> None:
+            alive.discard(self.l2)
+
+    best, seen, model = fit_best_l2(list(scores), Model, lambda m: scores[m.l2])
+    assert best == 200.0 and model.l2 == 200.0  # the tie goes to the larger λ; NaN never wins
+    assert best == choose_l2(list(scores), scores.__getitem__)[0]
+    assert seen.keys() == scores.keys()
 
 
 def test_pair_scorer_exports_with_a_dynamic_batch(pairs) -> None:

@@ -40,7 +40,7 @@ from ncf_model.config import ModelConfig  # noqa: E402
 from ncf_model.data import Pairs, TrainingData  # noqa: E402
 from ncf_model.models import build_model  # noqa: E402
 from ncf_model.topk import recommend_top_k  # noqa: E402
-from ncf_model.train import select_device  # noqa: E402
+from ncf_model.train import make_optimizer, select_device  # noqa: E402
 
 # (users, items, training positives): ML-100K and ML-20M less one test and one validation
 # positive per user.
@@ -103,8 +103,7 @@ def _model(args: argparse.Namespace, device: torch.device) -> nn.Module:
 
 
 def _optimizer(model: nn.Module, device: torch.device) -> torch.optim.Optimizer:
-    return torch.optim.Adam(model.parameters(), lr=1e-3,
-                            fused=True if device.type == "cuda" else None)
+    return make_optimizer(model, "adam", lr=1e-3, weight_decay=0.0, device=device)
 
 
 def _step_fn(model: nn.Module, optimizer: torch.optim.Optimizer, device: torch.device,

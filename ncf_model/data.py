@@ -3,9 +3,11 @@
 Reads a lake pairs folder (`train/`, `validation/`, `test/`: user_idx, item_idx, label,
 see `jobs.lake.layout.PAIRS_SCHEMA`) once with pyarrow and keeps it on the device. Each
 training epoch draws its negatives with one seeded `torch.randint`, redraws exactly the
-draws that hit one of the user's positives, shuffles with `torch.randperm` and batches
-with `.split()`: no Dataset, no DataLoader, no Python loop over users. For the BPR loss,
-`pair_epoch` pairs every positive with its own freshly drawn negatives instead.
+draws that hit one of the user's positives, shuffles with `torch.randperm` and gathers
+each batch from int32 columns in that order when the loop reaches it (`Batches`): no
+Dataset, no DataLoader, no Python loop over users, and no shuffled copy of the epoch.
+For the BPR loss, `pair_epoch` pairs every positive with its own freshly drawn negatives
+instead.
 
 It is also the torch side's one reader of the lake: each split's pairs and positives,
 the id vocabularies, side features, the ALS factors and the sequences. Models
@@ -15,6 +17,7 @@ the id vocabularies, side features, the ALS factors and the sequences. Models
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -119,12 +122,18 @@ class TrainingData:
         return int(self.user.shape[0])
 
     def is_positive(self, user: Tensor, item: Tensor) -> Tensor:
-        """(N,) bool: whether each (user, item) is one of the training positives."""
-        keys = user * self.n_items + item
+        """(N,) bool: whether each (user, item) is one of the training positives. Looked up
+        `_LOOKUP_CHUNK` pairs at a time: its int64 keys and positions stay bounded."""
+        found = torch.zeros(user.shape, dtype=torch.bool, device=user.device)
         if self._positive_keys.numel() == 0:
-            return torch.zeros_like(keys, dtype=torch.bool)
-        at = torch.searchsorted(self._positive_keys, keys).clamp_(max=len(self._positive_keys) - 1)
-        return self._positive_keys[at] == keys
+            return found
+        last = len(self._positive_keys) - 1
+        for start in range(0, user.shape[0], _LOOKUP_CHUNK):
+            stop = start + _LOOKUP_CHUNK
+            keys = user[start:stop].long() * self.n_items + item[start:stop].long()
+            at = torch.searchsorted(self._positive_keys, keys).clamp_(max=last)
+            found[start:stop] = self._positive_keys[at] == keys
+        return found
 
     def sample_negatives(self, n_negatives: int,
                          generator: torch.Generator) -> tuple[Tensor, Tensor]:
@@ -152,7 +161,7 @@ class TrainingData:
             raise ValueError(f"batch_size={batch_size}, n_negatives={n_negatives}: must be >= 1")
 
     def epoch(self, n_negatives: int, batch_size: int, generator: torch.Generator,
-              mode: str) -> list[Batch]:
+              mode: str) -> Batches:
         """One shuffled pass over the positives and their negatives, in batches.
 
         mode "resample": `n_negatives` fresh negatives per positive, drawn with `generator`;
@@ -169,25 +178,58 @@ class TrainingData:
                 raise ValueError("negatives: lake, but the train pairs hold no label-0 rows; "
                                  "write negatives in prepare or use negatives: resample")
             neg_user, neg_item = self.lake_user, self.lake_item
-        user = torch.cat([self.user, neg_user])
-        item = torch.cat([self.item, neg_item])
-        label = torch.cat([torch.ones(self.n_positives, device=self.device),
-                           torch.zeros(neg_user.shape[0], device=self.device)])
+        user = _compact(self.user, neg_user)
+        item = _compact(self.item, neg_item)
+        del neg_user, neg_item
         order = torch.randperm(user.shape[0], generator=generator, device=self.device)
-        return list(zip(user[order].split(batch_size), item[order].split(batch_size),
-                        label[order].split(batch_size), strict=True))
+        return Batches((user, item), order, batch_size, n_positives=self.n_positives)
 
     def pair_epoch(self, n_negatives: int, batch_size: int,
-                   generator: torch.Generator) -> list[PairBatch]:
+                   generator: torch.Generator) -> Batches:
         """One shuffled pass of (user, positive, negative) triples for a pairwise loss: each
         positive `n_negatives` times, each time with its own negative, drawn as in
         `sample_negatives` (never one of the user's positives)."""
         self._check(n_negatives, batch_size)
         user, negative = self.sample_negatives(n_negatives, generator)  # (P * n,), (P * n,)
-        positive = self.item.repeat_interleave(n_negatives)  # (P * n,), aligned with `user`
+        user, negative = _compact(user), _compact(negative)
+        positive = _compact(self.item).repeat_interleave(n_negatives)  # aligned with `user`
         order = torch.randperm(user.shape[0], generator=generator, device=self.device)
-        return list(zip(user[order].split(batch_size), positive[order].split(batch_size),
-                        negative[order].split(batch_size), strict=True))
+        return Batches((user, positive, negative), order, batch_size)
+
+
+# Pairs looked up at once in TrainingData.is_positive (int64 keys: 8 bytes each).
+_LOOKUP_CHUNK = 1 << 23
+
+
+def _compact(*parts: Tensor) -> Tensor:
+    """The indices of `parts`, concatenated, as int32: an epoch's columns at half the bytes
+    (user and item indices stay far below 2**31)."""
+    return torch.cat([part.to(torch.int32) for part in parts])
+
+
+class Batches(Sequence[Batch]):
+    """One epoch's batches, gathered from its columns one batch at a time in the shuffled
+    `order`: the epoch holds its int32 columns and the order, never a shuffled copy of
+    them. Each batch is int64 indices (and, given `n_positives`, a float32 label: 1 for the
+    rows before `n_positives`, the positives, else 0)."""
+
+    def __init__(self, columns: tuple[Tensor, ...], order: Tensor, batch_size: int, *,
+                 n_positives: int | None = None) -> None:
+        self._columns, self._order = columns, order
+        self._batch_size, self._n_positives = batch_size, n_positives
+
+    def __len__(self) -> int:
+        return math.ceil(self._order.shape[0] / self._batch_size)
+
+    def __getitem__(self, index: int) -> Batch:  # type: ignore[override]
+        if not -len(self) <= index < len(self):
+            raise IndexError(f"batch {index} of {len(self)}")
+        start = (index % len(self)) * self._batch_size
+        rows = self._order[start:start + self._batch_size]
+        batch = tuple(column[rows].long() for column in self._columns)
+        if self._n_positives is None:
+            return batch  # type: ignore[return-value]
+        return (*batch, (rows < self._n_positives).float())  # type: ignore[return-value]
 
 
 @dataclass(frozen=True)

@@ -136,6 +136,25 @@ def auc_of_counts(counts: PositiveCounts) -> float:
 
 # --- full ranking -------------------------------------------------------------------------
 
+# Up to this many positives per row, counting a row's scores once per positive is cheaper
+# than sorting it (leave-one-out has one).
+_COUNT_MAX_POSITIVES = 8
+
+
+def _count_at_or_above(scores: Tensor, thresholds: Tensor) -> Tensor:
+    """(C, M) int64: how many of each row's `scores` (C, n) are >= each of its `thresholds`
+    (C, M): one comparison pass per threshold when M is small, else a sort of each row and
+    a binary search (the same counts)."""
+    n_rows, width = thresholds.shape
+    if width > _COUNT_MAX_POSITIVES:
+        ranked = torch.sort(scores, dim=1).values
+        return scores.shape[1] - torch.searchsorted(ranked, thresholds.contiguous())
+    counts = torch.empty((n_rows, width), dtype=torch.int64, device=scores.device)
+    for j in range(width):
+        counts[:, j] = (scores >= thresholds[:, j:j + 1]).sum(dim=1)
+    return counts
+
+
 def full_ranking_positions(scores: Tensor, positive_row: Tensor, positive_item: Tensor,
                            seen_row: Tensor, seen_item: Tensor) -> Tensor:
     """(P,) int64: each positive's 0-based position in its row's ranked candidate list.
@@ -156,9 +175,9 @@ def full_ranking_positions(scores: Tensor, positive_row: Tensor, positive_item: 
     other[seen_row.long(), seen_item.long()] = False
     other[positive_row, positive_item] = False
     n_other = other.sum(dim=1)  # (C,)
-    # Non-candidates go to -inf, at the front of each ascending row: they are counted only
-    # for a positive scoring -inf itself, and the min() with n_other removes them again.
-    ranked = torch.sort(scores.masked_fill(~other, float("-inf")), dim=1).values  # (C, n_items)
+    # Non-candidates go to -inf: they are counted only for a positive scoring -inf itself,
+    # and the min() with n_other removes them again.
+    masked = scores.masked_fill(~other, float("-inf"))  # (C, n_items)
     # The positives as a (C, M) matrix, one row per user, padded at the end of each row.
     n_pos = torch.bincount(positive_row, minlength=n_rows)  # (C,)
     width = int(n_pos.max()) if positive_row.numel() else 0
@@ -174,7 +193,7 @@ def full_ranking_positions(scores: Tensor, positive_row: Tensor, positive_item: 
     # Best positive first; the stable sort keeps real -inf positives before the padding.
     order = torch.sort(padded, dim=1, descending=True, stable=True).indices  # (C, M)
     sorted_scores = torch.gather(padded, 1, order)
-    at_or_above = n_items - torch.searchsorted(ranked, sorted_scores.contiguous())  # (C, M)
+    at_or_above = _count_at_or_above(masked, sorted_scores)  # (C, M)
     position = torch.minimum(at_or_above, n_other[:, None]) + torch.arange(
         width, device=scores.device)  # (C, M): j better positives before the j-th
     # Back to the input order of the positives: (row, sorted slot) -> padded slot -> input.

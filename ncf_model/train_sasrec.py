@@ -42,7 +42,7 @@ from ncf_model.data import Pairs
 from ncf_model.evaluate import evaluate
 from ncf_model.models.sasrec import PAD, SASRec
 from ncf_model.resume import PhaseState, Progress
-from ncf_model.train import OnEpoch, TrainResult, close_epoch
+from ncf_model.train import OnEpoch, TrainResult, close_epoch, make_optimizer
 
 log = logging.getLogger(__name__)
 
@@ -167,8 +167,8 @@ def train_sasrec(model: SASRec, train_seqs: Tensor, validate: Validate | None,
                          "item_idx i is token i + 1)")
     model.to(device)
     cuda = device.type == "cuda"
-    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay,
-                                 fused=True if cuda else None)
+    optimizer = make_optimizer(model, "adam", lr=cfg.lr, weight_decay=cfg.weight_decay,
+                               device=device)
     hidden_states: Callable[[Tensor], Tensor] = model.hidden_states
     if cfg.compile and cuda:
         hidden_states = torch.compile(model.hidden_states, dynamic=True)

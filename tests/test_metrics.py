@@ -10,6 +10,7 @@ import torch
 
 from ncf_model.metrics import (
     FullRankingSums,
+    _count_at_or_above,
     auc,
     full_ranking_metrics,
     full_ranking_positions,
@@ -306,3 +307,16 @@ def test_full_ranking_parity_with_a_python_loop_on_random_data() -> None:
         got = full_ranking_metrics(scores, row, item, seen_row, seen_item, k=k)
         assert got == pytest.approx(expected)
     assert 0.0 < got["full_recall_10"] < got["full_hr_10"] < 1.0
+
+
+@pytest.mark.parametrize("width", [0, 1, 3, 8, 9, 12])
+def test_counting_and_sorting_give_the_same_at_or_above_counts(width: int) -> None:
+    # Both sides of _COUNT_MAX_POSITIVES (a pass per threshold, or a sort and a binary
+    # search), against a brute-force count, with ties and -inf in the rows.
+    generator = torch.Generator().manual_seed(width)
+    scores = torch.randint(0, 6, (7, 40), generator=generator).float()
+    scores[scores == 0] = float("-inf")
+    thresholds = torch.randint(0, 6, (7, width), generator=generator).float()
+    thresholds[thresholds == 0] = float("-inf")
+    expected = (scores[:, None, :] >= thresholds[:, :, None]).sum(dim=2)
+    assert torch.equal(_count_at_or_above(scores, thresholds), expected)

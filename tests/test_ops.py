@@ -46,6 +46,23 @@ def test_the_api_port_and_the_execution_api_url_are_set_together(tmp_path: Path)
             assert argv[argv.index("--host") + 1] == "127.0.0.1", name
 
 
+def test_every_airflow_process_preloads_what_the_tasks_import(tmp_path: Path) -> None:
+    # Airflow imports airflow_local_settings at start-up: the scheduler imports the task
+    # modules once, and the LocalExecutor's forked workers and tasks inherit them.
+    env = stack.airflow_env(_settings(tmp_path), schedule=False,
+                            environ={"PYTHONPATH": "/elsewhere"})
+    assert env["PYTHONPATH"].split(":") == [str(stack.PRELOAD_DIR), "/elsewhere"]
+    assert (stack.PRELOAD_DIR / "airflow_local_settings.py").is_file()
+    assert stack.airflow_env(_settings(tmp_path), schedule=False,
+                             environ={})["PYTHONPATH"] == str(stack.PRELOAD_DIR)
+    probe = ("import sys, airflow_local_settings; "
+             "print('airflow.providers.apache.spark.operators.spark_submit' in sys.modules)")
+    done = subprocess.run([sys.executable, "-c", probe], env={**env, "PATH": "/usr/bin:/bin"},
+                          capture_output=True, text=True, check=False, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip().splitlines()[-1] == "True"
+
+
 def test_down_stops_exactly_the_processes_up_started(tmp_path: Path) -> None:
     s = _settings(tmp_path)
     s.folder.mkdir(parents=True)

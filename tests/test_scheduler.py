@@ -101,6 +101,11 @@ def production(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Production]
             assert "login     admin / " in summary  # the generated password, shown once
             assert "login" not in stack.up(s, schedule=False)  # already up: nothing restarted
             assert set(stack.running(s)) == set(stack.commands(s))
+            # The servers and the dag-processor yield the cores; the scheduler, whose
+            # workers fork the tasks, does not.
+            assert {name: os.getpriority(os.PRIO_PROCESS, pid)
+                    for name, pid in stack.running(s).items()} == {
+                name: stack.BACKGROUND_NICE.get(name, 0) for name in stack.commands(s)}
             api = _login_when_parsed(s)
             api.call("PATCH", f"/dags/{DAG}", {"is_paused": False})
             prod = Production(root=root, settings=s, api=api, db_file=root / "reco.db",

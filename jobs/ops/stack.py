@@ -37,6 +37,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 STACK_DIR = "stack"
+PRELOAD_DIR = Path(__file__).resolve().parent / "preload"
+# Niceness of the components no task runs under: the UIs' servers and the dag-processor
+# yield the cores to the tasks (which the scheduler's workers fork: it keeps 0).
+BACKGROUND_NICE = {"api-server": 10, "dag-processor": 10, "mlflow": 10}
 PASSWORD_SHOWN = ".password-shown"
 TORCH_POOL = "ncf_torch"  # one torch task at a time: two on a small node fight for cores
 START_TIMEOUT_S = 180.0
@@ -102,6 +106,10 @@ def airflow_env(s: Settings, *, schedule: bool,
         "NCF_TORCH_POOL": TORCH_POOL,
         "MLFLOW_TRACKING_URI": s.tracking_uri,
         "PATH": f"{s.bin_dir}:{env.get('PATH', '')}",
+        # airflow_local_settings.py: the modules every task needs, imported once in the
+        # scheduler, before the LocalExecutor forks its workers and they fork the tasks.
+        "PYTHONPATH": os.pathsep.join(filter(None, (str(PRELOAD_DIR),
+                                                    env.get("PYTHONPATH")))),
     })
     return env
 
@@ -186,7 +194,10 @@ def up(s: Settings, *, schedule: bool) -> str:
         if name in already:
             continue
         log = (s.folder / f"{name}.log").open("ab")
-        process = subprocess.Popen(argv, env=env, stdout=log, stderr=subprocess.STDOUT,
+        # coreutils nice execs the command: the PID file names the component itself.
+        nice = ["nice", "-n", str(BACKGROUND_NICE[name])] if name in BACKGROUND_NICE else []
+        process = subprocess.Popen([*nice, *argv], env=env, stdout=log,
+                                   stderr=subprocess.STDOUT,
                                    stdin=subprocess.DEVNULL, start_new_session=True)
         _pid_file(s, name).write_text(f"{process.pid}\n")
     _wait_healthy("api-server", f"{s.airflow_url}/api/v2/monitor/health", s)

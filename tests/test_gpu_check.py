@@ -27,8 +27,8 @@ def test_dag_scale_config_caps_training_and_keeps_the_rest_as_shipped(tmp_path: 
     data, model = load_data_config(capped), load_ncf_config(capped)
     assert data.dataset == dag_scale.DATASET
     assert data.source.files["ratings"].sha256 == sha
-    assert (model.train.epochs, model.train.batch_size) == (1, 262_144)
-    assert (model.mf.epochs, model.mf.batch_size) == (1, 262_144)
+    assert (model.train.epochs, model.train.batch_size) == (1, 65_536)
+    assert (model.mf.epochs, model.mf.batch_size) == (1, 65_536)
     assert (model.sasrec.epochs, model.sasrec.batch_size, model.sasrec.max_len) == (1, 1_024, 50)
     assert data.als.max_iter == 5
     shipped = load_data_config(REPO / "configs" / "ml-20m.yaml")

@@ -5,6 +5,7 @@
     jobs/quality/   Great Expectations gates: jobs.lake, pandas, GX; no Spark, no torch
     jobs/serving/   the SQL table: jobs.lake, pandas, SQLAlchemy; no Spark, no torch, no GX
     jobs/ops/       the local production stack and its REST client: standard library, jobs.lake
+                    (jobs/ops/preload: what Airflow's processes import at start-up: Airflow)
     jobs/*.py       Spark stages and helpers: jobs.lake and each other; no torch, GX, SQL
     ncf_model/      torch: jobs.lake only from jobs; no Spark, GX or SQLAlchemy
     ncf_model/models/  models only: no I/O (no lake, pyarrow, pandas, MLflow)
@@ -73,8 +74,13 @@ JOBS_OUTSIDE_LAKE = ("jobs.quality", "jobs.serving", "jobs.ingest", "jobs.prepar
 RULES = [
     ("jobs/lake is the contract: no heavy dependency, no other part of jobs or ncf_model",
      _files("jobs/lake"), (*HEAVY, *JOBS_OUTSIDE_LAKE, "ncf_model"), False),
-    ("jobs/ops runs the local stack: standard library and jobs.lake", _files("jobs/ops"),
+    ("jobs/ops runs the local stack: standard library and jobs.lake",
+     [path for path in _files("jobs/ops") if "preload" not in path.parts],
      (*HEAVY, *JOBS_OUTSIDE_LAKE, "ncf_model"), False),
+    ("jobs/ops/preload is imported by Airflow's processes: Airflow and PyYAML only",
+     _files("jobs/ops/preload"),
+     tuple(name for name in (*HEAVY, *JOBS_OUTSIDE_LAKE, "ncf_model") if name != "airflow"),
+     False),
     ("jobs/quality: no Spark, torch or SQL", _files("jobs/quality"),
      (*SPARK, "torch", "mlflow", "sqlalchemy", "ncf_model", "jobs.serving"), False),
     ("jobs/serving: no Spark, torch or GX", _files("jobs/serving"),

@@ -11,6 +11,7 @@ from ncf_model.checkpoint import upgrade_hybrid_state
 from ncf_model.config import ModelConfig
 from ncf_model.features import FeatureVocabulary, SideFeatures
 from ncf_model.models import GMF, MF, MLP, Hybrid, NeuMF, PairScorer, build_model
+from ncf_model.models.common import Embedding
 
 N_USERS, N_ITEMS = 7, 11
 KINDS = ("mf", "gmf", "mlp", "neumf", "hybrid")
@@ -289,3 +290,25 @@ def test_a_hybrid_state_saved_with_flat_bags_loads_into_padded_bags() -> None:
     user, item = torch.arange(N_USERS).repeat(2)[:N_ITEMS], torch.arange(N_ITEMS)
     assert torch.equal(loaded.item_bags, model.item_bags)
     assert torch.allclose(loaded(user, item), model(user, item))
+
+
+@pytest.mark.parametrize("shape", [(50,), (10, 5)])
+def test_the_cpu_training_lookup_matches_nn_embedding(shape: tuple[int, ...]) -> None:
+    # The models' Embedding takes a faster backward (zeros + index_add_) when training on
+    # the CPU: the same rows forward, the same gradient (repeated indices summed).
+    torch.manual_seed(0)
+    ours = Embedding(7, 4)
+    theirs = torch.nn.Embedding(7, 4)
+    theirs.load_state_dict(ours.state_dict())
+    index = torch.randint(7, shape)
+    upstream = torch.randn(*shape, 4)
+    out = ours(index)
+    (out * upstream).sum().backward()
+    (theirs(index) * upstream).sum().backward()
+    assert torch.equal(out, theirs(index))
+    assert ours.weight.grad is not None and theirs.weight.grad is not None
+    torch.testing.assert_close(ours.weight.grad, theirs.weight.grad)
+    assert out.grad_fn is not None and "GatherRows" in type(out.grad_fn).__name__
+    ours.eval()  # eval mode (and CUDA, and no grad) is nn.Embedding's own forward
+    assert "GatherRows" not in type(ours(index).grad_fn).__name__
+    assert isinstance(MF(3, 7, 4).user_embedding, Embedding)

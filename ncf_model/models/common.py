@@ -2,10 +2,45 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import Tensor, nn
 
 EMBEDDING_STD = 0.01  # the paper's N(0, 0.01) embedding initialisation
+
+
+class _GatherRows(torch.autograd.Function):
+    """weight[index] whose backward is zeros + `index_add_`: the same gradient as torch's
+    embedding backward, which on the CPU sorts the indices first and is ~3x slower (an
+    ML-20M user table, 65,536 rows: 9.1 -> 3.1 ms; half of a NeuMF step's time)."""
+
+    @staticmethod
+    def forward(ctx: Any, weight: Tensor, index: Tensor) -> Tensor:
+        ctx.save_for_backward(index)
+        ctx.rows = weight.shape[0]
+        return weight.index_select(0, index.reshape(-1)).view(*index.shape, weight.shape[1])
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, None]:
+        (index,) = ctx.saved_tensors
+        flat = grad.reshape(-1, grad.shape[-1])
+        return grad.new_zeros((ctx.rows, flat.shape[1])).index_add_(0, index.reshape(-1),
+                                                                   flat), None
+
+
+class Embedding(nn.Embedding):
+    """nn.Embedding (the same parameter and state dict) whose training lookups on the CPU
+    take `_GatherRows`; on CUDA, in eval mode, and with padding, max_norm, sparse or
+    scale_grad_by_freq it is nn.Embedding's own."""
+
+    def forward(self, index: Tensor) -> Tensor:
+        if (self.training and index.device.type == "cpu" and self.weight.requires_grad
+                and torch.is_grad_enabled() and self.padding_idx is None
+                and self.max_norm is None and not self.sparse
+                and not self.scale_grad_by_freq):
+            return _GatherRows.apply(self.weight, index)  # type: ignore[no-any-return]
+        return super().forward(index)
 
 
 def init_weights(module: nn.Module) -> None:

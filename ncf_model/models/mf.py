@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from ncf_model.models.common import init_weights
+from ncf_model.models.common import Embedding, init_weights
 
 
 class MF(nn.Module):
@@ -17,10 +17,10 @@ class MF(nn.Module):
     def __init__(self, n_users: int, n_items: int, factors: int) -> None:
         super().__init__()
         self.n_users, self.n_items, self.factors = n_users, n_items, factors
-        self.user_embedding = nn.Embedding(n_users, factors)
-        self.item_embedding = nn.Embedding(n_items, factors)
-        self.user_bias = nn.Embedding(n_users, 1)
-        self.item_bias = nn.Embedding(n_items, 1)
+        self.user_embedding = Embedding(n_users, factors)
+        self.item_embedding = Embedding(n_items, factors)
+        self.user_bias = Embedding(n_users, 1)
+        self.item_bias = Embedding(n_items, 1)
         self.global_bias = nn.Parameter(torch.zeros(1))
         init_weights(self)
 

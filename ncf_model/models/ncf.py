@@ -11,7 +11,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
-from ncf_model.models.common import init_weights
+from ncf_model.models.common import Embedding, init_weights
 
 # Full ranking (score_all_items): the most first-layer activations (users x items x width)
 # an MLP tower holds at once, by device type; a chunk of users is cut in blocks. A GPU
@@ -26,8 +26,8 @@ class GMF(nn.Module):
     def __init__(self, n_users: int, n_items: int, factors: int) -> None:
         super().__init__()
         self.n_users, self.n_items, self.factors = n_users, n_items, factors
-        self.user_embedding = nn.Embedding(n_users, factors)
-        self.item_embedding = nn.Embedding(n_items, factors)
+        self.user_embedding = Embedding(n_users, factors)
+        self.item_embedding = Embedding(n_items, factors)
         self.head = nn.Linear(factors, 1)
         init_weights(self)
 
@@ -63,8 +63,8 @@ class MLP(nn.Module):
                              "(user and item embeddings are half of it each)")
         self.n_users, self.n_items = n_users, n_items
         self.layers, self.dropout, self.batch_norm = tuple(layers), dropout, batch_norm
-        self.user_embedding = nn.Embedding(n_users, layers[0] // 2)
-        self.item_embedding = nn.Embedding(n_items, layers[0] // 2)
+        self.user_embedding = Embedding(n_users, layers[0] // 2)
+        self.item_embedding = Embedding(n_items, layers[0] // 2)
         tower: list[nn.Module] = []
         for n_in, n_out in zip(layers[:-1], layers[1:], strict=True):
             tower.append(nn.Linear(n_in, n_out))

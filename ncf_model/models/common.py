@@ -39,7 +39,7 @@ class Embedding(nn.Embedding):
                 and torch.is_grad_enabled() and self.padding_idx is None
                 and self.max_norm is None and not self.sparse
                 and not self.scale_grad_by_freq):
-            return _GatherRows.apply(self.weight, index)  # type: ignore[no-any-return]
+            return _GatherRows.apply(self.weight, index)
         return super().forward(index)
 
 

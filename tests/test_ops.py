@@ -63,6 +63,36 @@ def test_every_airflow_process_preloads_what_the_tasks_import(tmp_path: Path) ->
     assert done.stdout.strip().splitlines()[-1] == "True"
 
 
+@pytest.mark.parametrize("schedule", [False, True])
+def test_up_sets_every_project_dag_paused_or_not_before_the_scheduler_starts(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, schedule: bool) -> None:
+    # A DAG an earlier `up --schedule` (or the UI) unpaused would otherwise run today's
+    # interval as soon as the scheduler starts; one `make run` registered paused would
+    # never be scheduled. The CLI calls and the start order, without starting Airflow.
+    s = _settings(tmp_path)
+    calls: list[list[str]] = []
+    monkeypatch.setattr(stack, "_run", lambda argv, env, what: calls.append(list(argv)))
+    monkeypatch.setattr(stack, "_wait_healthy", lambda *args, **kwargs: None)
+
+    class Started:
+        def __init__(self, argv: list[str], **kwargs: object) -> None:
+            calls.append(list(argv))
+            self.pid = 999_999
+
+    monkeypatch.setattr(stack.subprocess, "Popen", Started)
+    stack.up(s, schedule=schedule)
+    airflow = str(s.bin_dir / "airflow")
+    action = "unpause" if schedule else "pause"
+    assert [airflow, "dags", action, "--treat-dag-id-as-regex", "^ncf_", "--yes"] in calls
+    started = [argv for argv in calls if "scheduler" in argv]
+    assert calls.index([airflow, "dags", action, "--treat-dag-id-as-regex", "^ncf_",
+                        "--yes"]) < calls.index(started[0])
+    # The servers and the dag-processor start under nice; the scheduler does not.
+    assert started[0][0] == airflow
+    assert {argv[argv.index("-n") + 1] for argv in calls if argv[0] == "nice"} == {"10"}
+    assert sum(argv[0] == "nice" for argv in calls) == len(stack.BACKGROUND_NICE)
+
+
 def test_down_stops_exactly_the_processes_up_started(tmp_path: Path) -> None:
     s = _settings(tmp_path)
     s.folder.mkdir(parents=True)

@@ -36,6 +36,8 @@ def test_the_api_port_and_the_execution_api_url_are_set_together(tmp_path: Path)
     assert int(env["AIRFLOW__CORE__PARALLELISM"]) >= 2
     assert env["AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION"] == "True"
     assert env["NCF_TORCH_POOL"] == stack.TORCH_POOL
+    # The MLflow server's GenAI job runner, unused here, stays off (it polls all night).
+    assert env["MLFLOW_SERVER_ENABLE_JOB_EXECUTION"] == "false"
     # No stack-wide torch budget: the DAG sets each torch task's, as under `make run`.
     assert "NCF_TORCH_THREADS" not in env
     scheduled = stack.airflow_env(_settings(tmp_path), schedule=True, environ={})

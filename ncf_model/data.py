@@ -42,9 +42,9 @@ from ncf_model.models.baselines import FactorScorer
 
 log = logging.getLogger(__name__)
 
-Batch = tuple[Tensor, Tensor, Tensor]  # user (B,) int64, item (B,) int64, label (B,) float32
-# user (B,) int64, positive item (B,) int64, negative item (B,) int64
-PairBatch = tuple[Tensor, Tensor, Tensor]
+# user (B,) int64, item (B,) int64, label (B,) float32 (`epoch`); for a pairwise loss
+# user, positive item, negative item, each (B,) int64 (`pair_epoch`)
+Batch = tuple[Tensor, Tensor, Tensor]
 
 
 @dataclass(frozen=True)

@@ -181,7 +181,7 @@ class MFConfig:
                            patience=self.patience, k=k, seed=self.seed)
 
 
-SASREC_LOSSES = ("bce", "sampled_softmax")
+SASREC_LOSSES = ("bce", "sampled_softmax", "softmax")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -194,7 +194,7 @@ class SASRecTrainConfig:
     lr: float = 1e-3
     weight_decay: float = 0.0
     patience: int = 20  # epochs without a better `monitor` before stopping
-    loss: str = "bce"  # bce (one negative per position) or sampled_softmax
+    loss: str = "bce"  # bce (one negative per position), sampled_softmax or softmax (all items)
     n_negatives: int = 100  # per batch, sampled_softmax only (bce draws one per position)
     monitor: str = "hr_10"  # validate()'s key that picks the best epoch (higher is better)
     compile: bool = False  # torch.compile the model on CUDA (ignored on the CPU)
@@ -255,7 +255,8 @@ DEFAULT_L2_GRID = (50.0, 100.0, 200.0, 500.0, 1000.0, 2000.0)
 @dataclasses.dataclass(frozen=True)
 class EaseConfig:
     """The `ease` section: EASE^R's lambda grid (chosen on validation), the memory it may
-    take (about 3 x n_items^2 floats: ML-20M's 26,744 items need 8.6 GB) and the time its
+    take (about 3 x n_items^2 floats: ML-20M's 26,744 items need 8.6 GB; about one with
+    fewer users than items, solved on the users' side) and the time its
     fits may take (estimated on the device first). Over either limit, the family is skipped
     with the reason logged; the other candidates go on."""
 

@@ -189,7 +189,8 @@ def mf_family(cfg: MFConfig, k: int,
 @dataclass
 class Ease:
     """EASE^R (Steck, WWW 2019): closed form, lambda chosen on validation from a grid; its
-    item-item matrix needs ~3 x n_items^2 floats, checked against `max_memory_gb` first."""
+    item-item fit needs ~3 x n_items^2 floats (about one with fewer users than items),
+    checked against `max_memory_gb` and `max_minutes` first."""
 
     cfg: EaseConfig
     metric: str  # the validation metric lambda is chosen on, e.g. "ndcg_10"
@@ -208,11 +209,11 @@ class Ease:
     def select(self, data: ProtocolData) -> Selected:
         try:
             check_ease_memory(data.n_items, int(self.cfg.max_memory_gb * 1e9),
-                              limit_key="ease.max_memory_gb")
+                              n_users=data.n_users, limit_key="ease.max_memory_gb")
             if self.cfg.max_minutes is not None:
                 check_ease_time(data.n_items, len(self.cfg.l2_grid) + 2,
                                 self.cfg.max_minutes * 60, device=data.device,
-                                limit_key="ease.max_minutes")
+                                n_users=data.n_users, limit_key="ease.max_minutes")
         except (EaseMemoryError, EaseTimeError) as exc:
             raise FamilySkipped(str(exc)) from exc
         best, scores, model = fit_best_l2(

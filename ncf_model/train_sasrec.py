@@ -11,6 +11,10 @@ Losses (`SASRecTrainConfig.loss`):
   sampled_softmax: cross-entropy of the target against `n_negatives` negatives shared by
        the whole batch (one (B, L, d) x (d, k) product instead of B * L * k gathered
        vectors; uniform sampling needs no log-q correction, it shifts every logit alike).
+  softmax: cross-entropy of the target against every item, at the trained positions only
+       (Klenitskiy & Vasilev, RecSys 2023: SASRec trained so beats BERT4Rec); no sampling,
+       (positions x n_items) logits a batch, so for catalogues of up to some 10^4-10^5
+       items. The user's other items are negatives too, as in that paper.
 Negatives are drawn uniformly from all items on the device with the seeded `generator`,
 and never from the user's own sequence (the paper's code does the same): a bce negative
 that hits it is redrawn (up to MAX_REDRAWS rounds, so a user who has seen nearly every
@@ -108,7 +112,15 @@ def batch_loss(model: SASRec, seqs: Tensor, rows: Tensor, *, cfg: SASRecTrainCon
     device_type = seqs.device.type
     with torch.autocast(device_type=device_type, dtype=torch.bfloat16, enabled=autocast):
         states = hidden_states(inputs)  # (B, L, d)
-        positive = model.item_logits(states, targets)  # (B, L)
+        if cfg.loss == "softmax":
+            # (N, n_items) logits of the N trained positions; item_idx i is token i + 1.
+            every = states[trained] @ model.item_embedding.weight[1:].T
+        else:
+            positive = model.item_logits(states, targets)  # (B, L)
+    if cfg.loss == "softmax":
+        total = F.cross_entropy(every.float(), targets[trained] - 1, reduction="sum")
+        return total / n_trained.clamp(min=1), n_trained
+    with torch.autocast(device_type=device_type, dtype=torch.bfloat16, enabled=autocast):
         if cfg.loss == "bce":
             negatives = sample_negatives(rows, targets.shape[1], seen, model.n_items, generator)
             negative = model.item_logits(states, negatives)  # (B, L)

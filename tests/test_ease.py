@@ -60,6 +60,57 @@ def test_fit_ease_matches_the_numpy_reference(pairs) -> None:
         assert np.abs(expected).max() > 0.05  # not trivially near zero
 
 
+def _dense_reference(x: np.ndarray, l2: float) -> np.ndarray:
+    p = np.linalg.inv(x.T @ x + l2 * np.eye(x.shape[1]))
+    b = -p / np.diag(p)[None, :]
+    np.fill_diagonal(b, 0.0)
+    return b
+
+
+@pytest.mark.parametrize(("n_users", "n_items"), [(12, 40), (40, 12)])
+def test_either_side_of_the_solve_matches_the_numpy_reference(n_users, n_items) -> None:
+    """Fewer users than items solves (λI + XXᵀ) by Woodbury, more solves XᵀX + λI: both give
+    Steck's B, with a user holding nothing, an item nobody holds and duplicated pairs."""
+    assert ease_module.uses_dual(n_users, n_items) == (n_users < n_items)
+    g = torch.Generator().manual_seed(3)
+    users = torch.randint(0, n_users - 1, (150,), generator=g)  # the last user: no history
+    items = torch.randint(1, n_items, (150,), generator=g)  # item 0: nobody's
+    x = np.zeros((n_users, n_items))
+    x[users.numpy(), items.numpy()] = 1.0
+    for l2 in (0.5, 20.0):
+        weights = fit_ease(torch.cat([users, users[:9]]), torch.cat([items, items[:9]]),
+                           n_users, n_items, l2=l2, device="cpu")
+        expected = _dense_reference(x, l2)
+        assert weights.dtype == torch.float32 and weights.is_contiguous()
+        assert np.abs(weights.numpy() - expected).max() < 1e-5
+        assert np.abs(expected).max() > 0.05
+        assert torch.equal(weights.diagonal(), torch.zeros(n_items))
+        assert torch.equal(weights[0], torch.zeros(n_items))  # an item nobody holds
+        assert torch.equal(fit_ease(users, items, n_users, n_items, l2=l2, device="cpu"),
+                           weights)  # duplicates count once; refits repeat exactly
+
+
+def test_the_users_side_estimates_one_item_matrix_and_the_users_order() -> None:
+    n_users, n_items = 1_892, 17_632  # lastfm-2k
+    dual = estimate_ease_bytes(n_items, n_users=n_users)
+    assert dual == (n_items**2 + n_users * n_items + 3 * n_users**2) * 4
+    assert estimate_ease_bytes(n_items) == 3 * n_items**2 * 4 > 2.5 * dual
+    assert estimate_ease_bytes(100, n_users=500) == estimate_ease_bytes(100)  # items' side
+    with pytest.raises(EaseMemoryError, match=r"n_items² \+ n_users x n_items"):
+        check_ease_memory(n_items, 1_000_000_000, n_users=n_users)
+    probed: list[int] = []
+
+    def probe(device, size: int) -> float:
+        probed.append(size)
+        return 0.5
+
+    assert check_ease_time(n_items, 8, 3600.0, device="cpu", n_users=PROBE_ITEMS,
+                           probe=probe) == 0.0 and probed == []  # order n_users: small
+    estimate = check_ease_time(n_items, 8, 3600.0, device="cpu", n_users=2 * PROBE_ITEMS,
+                               probe=probe)
+    assert estimate == 8 * 0.5 * 2**3 and probed == [PROBE_ITEMS]
+
+
 def test_diagonal_is_zero_duplicates_count_once_and_fits_repeat(pairs) -> None:
     weights = fit_ease(*pairs, N_USERS, N_ITEMS, l2=1.0, device="cpu")
     assert torch.equal(weights.diagonal(), torch.zeros(N_ITEMS))

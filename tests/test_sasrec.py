@@ -18,6 +18,7 @@ from ncf_model.models.common import PairScorer
 from ncf_model.models.sasrec import SASRec, build_histories
 from ncf_model.resume import PhaseState, fingerprint
 from ncf_model.train_sasrec import (
+    batch_loss,
     pairs_validator,
     sample_negatives,
     sequence_keys,
@@ -182,7 +183,7 @@ def _train(seed: int, cfg: SASRecTrainConfig, **kwargs):
     return model, result, validation
 
 
-@pytest.mark.parametrize("loss", ["bce", "sampled_softmax"])
+@pytest.mark.parametrize("loss", ["bce", "sampled_softmax", "softmax"])
 def test_training_learns_the_walk_reproducibly(loss: str,
                                                caplog: pytest.LogCaptureFixture) -> None:
     cfg = SASRecTrainConfig(epochs=4, batch_size=16, lr=0.01, patience=4, loss=loss,
@@ -207,6 +208,26 @@ def test_training_learns_the_walk_reproducibly(loss: str,
     state, other = model.state_dict(), again.state_dict()
     assert state.keys() == other.keys()
     assert all(torch.equal(state[name], other[name]) for name in state)
+
+
+def test_full_softmax_is_the_cross_entropy_over_every_item_at_trained_positions() -> None:
+    model = model_for(3).eval()  # no dropout: the same states twice
+    seqs = torch.tensor([[0, 0, 4, 9, 2], [1, 2, 3, 4, 5], [0, 0, 0, 0, 7]])
+    cfg = SASRecTrainConfig(loss="softmax")
+    loss, n_trained = batch_loss(model, seqs, torch.arange(3), cfg=cfg,
+                                 seen=sequence_keys(seqs, n_items=model.n_items),
+                                 generator=torch.Generator().manual_seed(0))
+    states = model.hidden_states(seqs[:, :-1])  # (3, 4, d)
+    terms = []
+    for row in range(3):
+        for t in range(4):
+            target = int(seqs[row, t + 1])
+            if target == 0:  # padding is never a target
+                continue
+            logits = model.item_embedding.weight[1:] @ states[row, t]  # (n_items,)
+            terms.append(-torch.log_softmax(logits, dim=0)[target - 1])
+    assert int(n_trained) == len(terms) == 3 + 4 + 1  # a first item is predicted from nothing
+    assert torch.allclose(loss, torch.stack(terms).mean(), atol=1e-5)
 
 
 def _without_speed(history: list[dict[str, float]]) -> list[dict[str, float]]:

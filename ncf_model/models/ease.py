@@ -2,7 +2,9 @@
 
 A linear item-item model fitted in closed form on the binary user-item matrix X of the
 training positives: with G = XᵀX + λI and P = G⁻¹, the weights are B = -P / diag(P)
-(column j divided by P[j, j]) with diag(B) = 0, and a user's scores are X[u] @ B. There is
+(column j divided by P[j, j]) with diag(B) = 0, and a user's scores are X[u] @ B. With fewer
+users than items, P comes from the users' side instead (Woodbury: λP = I - Xᵀ(λI + XXᵀ)⁻¹X),
+an n_users³ factorisation and one n_items² matrix in memory instead of three. There is
 no training loop: `fit_ease` returns B, `choose_l2` picks λ on validation, and `EASE`
 holds B and each user's history so that it scores pairs like every other model family
 (`forward(user_idx, item_idx) -> (B,)` raw scores, `score_all_items` for full ranking) and
@@ -48,22 +50,37 @@ class EaseMemoryError(RuntimeError):
     """The EASE fit for this many items would exceed the configured memory limit."""
 
 
-def estimate_ease_bytes(n_items: int, dtype_bytes: int = 4) -> int:
-    """Peak bytes of `fit_ease` on `n_items` items: EASE_PEAK_MATRICES x n_items² x dtype."""
+def uses_dual(n_users: int | None, n_items: int) -> bool:
+    """Whether `fit_ease` solves on the users' side: fewer users than items."""
+    return n_users is not None and n_users < n_items
+
+
+def estimate_ease_bytes(n_items: int, dtype_bytes: int = 4, *,
+                        n_users: int | None = None) -> int:
+    """Peak bytes of `fit_ease` on `n_items` items: EASE_PEAK_MATRICES x n_items² x dtype;
+    with fewer users than items (the dual solve), n_items² + n_users x n_items (KX) +
+    EASE_PEAK_MATRICES x n_users² (the users' system) of dtype."""
+    if uses_dual(n_users, n_items):
+        assert n_users is not None
+        return (n_items * n_items + n_users * n_items
+                + EASE_PEAK_MATRICES * n_users * n_users) * dtype_bytes
     return EASE_PEAK_MATRICES * n_items * n_items * dtype_bytes
 
 
 def check_ease_memory(n_items: int, limit_bytes: int, *, dtype_bytes: int = 4,
+                      n_users: int | None = None,
                       limit_key: str = "the EASE memory limit") -> int:
     """The estimate of `estimate_ease_bytes`, or EaseMemoryError when it exceeds `limit_bytes`.
 
     `limit_key` names the setting the caller reads the limit from, for the message.
     """
-    estimate = estimate_ease_bytes(n_items, dtype_bytes)
+    estimate = estimate_ease_bytes(n_items, dtype_bytes, n_users=n_users)
     if estimate > limit_bytes:
+        shape = ("n_items² + n_users x n_items + 3 x n_users²" if uses_dual(n_users, n_items)
+                 else f"{EASE_PEAK_MATRICES} x n_items²")
         raise EaseMemoryError(
             f"EASE on n_items={n_items:,} needs ~{estimate / 1e9:.1f} GB "
-            f"({EASE_PEAK_MATRICES} x n_items² x {dtype_bytes} bytes), over the limit of "
+            f"({shape} x {dtype_bytes} bytes), over the limit of "
             f"{limit_bytes / 1e9:.1f} GB; raise {limit_key} or drop the ease family")
     return estimate
 
@@ -99,27 +116,30 @@ def probe_seconds(device: torch.device | str, n_items: int = PROBE_ITEMS) -> flo
 
 
 def check_ease_time(n_items: int, fits: int, limit_seconds: float, *,
-                    device: torch.device | str, limit_key: str = "the EASE time limit",
+                    device: torch.device | str, n_users: int | None = None,
+                    limit_key: str = "the EASE time limit",
                     probe: Callable[[torch.device | str, int], float] = probe_seconds) -> float:
     """Estimated seconds of `fits` EASE fits on `n_items` items on `device`, or
     EaseTimeError when over `limit_seconds`. The estimate times a PROBE_ITEMS-item
-    Cholesky + inverse here and scales it by n_items³; it leaves out forming XᵀX and
-    scoring (at 13,372 items on 2 CPU cores: 25 s estimated per fit, 26-35 s measured).
-    Below PROBE_ITEMS items it returns 0 without probing: such fits take seconds."""
-    if n_items <= PROBE_ITEMS:
+    Cholesky + inverse here and scales it by n³, n the order of the system solved:
+    n_items, or n_users when there are fewer (the dual solve). It leaves out forming XᵀX
+    and scoring (at 13,372 items on 2 CPU cores: 25 s estimated per fit, 26-35 s measured).
+    Below PROBE_ITEMS it returns 0 without probing: such fits take seconds."""
+    order = min(n_items, n_users or n_items)  # the dual solve's order is n_users
+    if order <= PROBE_ITEMS:
         return 0.0
     probed = probe(device, PROBE_ITEMS)
-    estimate = fits * probed * (n_items / PROBE_ITEMS) ** 3
-    log.info("EASE estimate: %d fits x %.0f s on %s for n_items=%d (a %d-item Cholesky + "
-             "inverse took %.3f s)", fits, estimate / fits, torch.device(device).type,
-             n_items, PROBE_ITEMS, probed)
+    estimate = fits * probed * (order / PROBE_ITEMS) ** 3
+    log.info("EASE estimate: %d fits x %.0f s on %s for n_items=%d, order %d (a %d-item "
+             "Cholesky + inverse took %.3f s)", fits, estimate / fits,
+             torch.device(device).type, n_items, order, PROBE_ITEMS, probed)
     if estimate > limit_seconds:
         raise EaseTimeError(
-            f"EASE on n_items={n_items:,} needs ~{estimate / 60:.0f} min on "
-            f"{torch.device(device).type} ({fits} fits; a {PROBE_ITEMS:,}-item Cholesky + "
-            f"inverse took {probed:.3f} s, scaled by n_items³), over the limit of "
-            f"{limit_seconds / 60:g} min; raise {limit_key}, narrow ease.l2_grid or fit on "
-            "a GPU")
+            f"EASE on n_items={n_items:,} (a system of order {order:,}) needs "
+            f"~{estimate / 60:.0f} min on {torch.device(device).type} ({fits} fits; a "
+            f"{PROBE_ITEMS:,}-item Cholesky + inverse took {probed:.3f} s, scaled by n³), "
+            f"over the limit of {limit_seconds / 60:g} min; raise {limit_key}, narrow "
+            "ease.l2_grid or fit on a GPU")
     return estimate
 
 
@@ -191,23 +211,11 @@ def _gram(items: Tensor, users: Tensor, n_users: int, n_items: int, dtype: torch
     return gram
 
 
-def fit_ease(user_idx: Tensor, item_idx: Tensor, n_users: int, n_items: int, *, l2: float,
-             device: torch.device | str, dtype: torch.dtype = torch.float32) -> Tensor:
-    """B (n_items, n_items) float32 on `device`: EASE^R fitted on the positive pairs.
-
-    Computed in `dtype`: float64 gives a far more precise inverse when G is ill-conditioned
-    (small λ, popular items) at twice the memory (`estimate_ease_bytes(n, 8)`). XᵀX holds
-    integer counts, exact in float32 below 2**24 users whatever the order of summation, so
-    G does not depend on how the sparse product is scheduled; refits give the same B.
-    """
-    if n_users < 1 or n_items < 1:
-        raise ValueError(f"n_users={n_users}, n_items={n_items}: both must be >= 1")
-    if not (math.isfinite(l2) and l2 > 0):
-        raise ValueError(f"l2={l2}: must be > 0 (it makes XᵀX + λI invertible)")
-    started = time.perf_counter()
-    device = torch.device(device)
+def _solve_items(user_idx: Tensor, item_idx: Tensor, n_users: int, n_items: int, *,
+                 l2: float, dtype: torch.dtype) -> Tensor:
+    """P = (XᵀX + λI)⁻¹ (n_items, n_items): the items' system, Cholesky + inverse."""
     # Item-major order: the pairs of a block of item columns are one contiguous slice.
-    items, users = _unique_pairs(item_idx.to(device), user_idx.to(device), n_items, n_users)
+    items, users = _unique_pairs(item_idx, user_idx, n_items, n_users)
     gram = _gram(items, users, n_users, n_items, dtype)  # G = XᵀX
     gram.diagonal().add_(l2)
     factor, info = torch.linalg.cholesky_ex(gram)
@@ -215,13 +223,63 @@ def fit_ease(user_idx: Tensor, item_idx: Tensor, n_users: int, n_items: int, *, 
     if int(info) != 0:
         raise ValueError(f"XᵀX + λI is not positive definite in {dtype} (l2={l2}, "
                          f"n_items={n_items}); raise l2 or fit in torch.float64")
-    weights = torch.cholesky_inverse(factor)  # P = G⁻¹
+    return torch.cholesky_inverse(factor)  # P = G⁻¹
+
+
+def _solve_users(user_idx: Tensor, item_idx: Tensor, n_users: int, n_items: int, *,
+                 l2: float, dtype: torch.dtype) -> Tensor:
+    """λP = I - Xᵀ(λI + XXᵀ)⁻¹X (n_items, n_items) by Woodbury: with fewer users than items
+    the factorised system is n_users², and Xᵀ(K X) is two sparse x dense products
+    (nnz x (n_users + n_items) multiply-adds). B = -P / diag(P) does not see the factor λ."""
+    users, items = _unique_pairs(user_idx, item_idx, n_users, n_items)  # user-major
+    kernel = _gram(users, items, n_items, n_users, dtype)  # XXᵀ (n_users, n_users)
+    kernel.diagonal().add_(l2)
+    factor, info = torch.linalg.cholesky_ex(kernel)
+    del kernel
+    if int(info) != 0:
+        raise ValueError(f"XXᵀ + λI is not positive definite in {dtype} (l2={l2}, "
+                         f"n_users={n_users}); raise l2 or fit in torch.float64")
+    inverse = torch.cholesky_inverse(factor)  # K = (λI + XXᵀ)⁻¹, symmetric
     del factor
+    order = torch.argsort(items * n_users + users)  # item-major: Xᵀ's rows in order
+    xt = _to_csr(torch.sparse_coo_tensor(
+        torch.stack([items[order], users[order]]),
+        torch.ones(items.numel(), device=items.device, dtype=dtype), (n_items, n_users),
+        is_coalesced=True, check_invariants=False))  # Xᵀ (n_items, n_users)
+    kx = torch.sparse.mm(xt, inverse).T.contiguous()  # (XᵀK)ᵀ = KX (n_users, n_items)
+    del inverse
+    scaled = torch.sparse.mm(xt, kx)  # XᵀKX (n_items, n_items)
+    scaled.neg_().diagonal().add_(1.0)  # I - XᵀKX = λP
+    return scaled
+
+
+def fit_ease(user_idx: Tensor, item_idx: Tensor, n_users: int, n_items: int, *, l2: float,
+             device: torch.device | str, dtype: torch.dtype = torch.float32) -> Tensor:
+    """B (n_items, n_items) float32 on `device`: EASE^R fitted on the positive pairs.
+
+    P is solved on the items' side, or on the users' side when there are fewer users than
+    items (`uses_dual`; the same B up to rounding, faster and a third of the memory).
+    Computed in `dtype`: float64 gives a far more precise inverse when the system is
+    ill-conditioned (small λ, popular items) at twice the memory. XᵀX holds integer counts,
+    exact in float32 below 2**24 users whatever the order of summation, so G does not
+    depend on how the sparse product is scheduled; refits give the same B.
+    """
+    if n_users < 1 or n_items < 1:
+        raise ValueError(f"n_users={n_users}, n_items={n_items}: both must be >= 1")
+    if not (math.isfinite(l2) and l2 > 0):
+        raise ValueError(f"l2={l2}: must be > 0 (it makes XᵀX + λI invertible)")
+    started = time.perf_counter()
+    device = torch.device(device)
+    dual = uses_dual(n_users, n_items)
+    solve = _solve_users if dual else _solve_items
+    weights = solve(user_idx.to(device), item_idx.to(device), n_users, n_items, l2=l2,
+                    dtype=dtype)
     # Column j of B is column j of P over -P[j, j]: the closed form of the constraint diag(B)=0.
     weights.div_(-weights.diagonal().clone())
     weights.fill_diagonal_(0.0)
-    log.info("EASE fitted: %d users x %d items, %d positives, l2=%g, %.1f s on %s",
-             n_users, n_items, items.numel(), l2, time.perf_counter() - started, device.type)
+    log.info("EASE fitted: %d users x %d items, %d pairs, l2=%g, %s side, %.1f s on %s",
+             n_users, n_items, user_idx.numel(), l2, "users'" if dual else "items'",
+             time.perf_counter() - started, device.type)
     # cholesky_inverse returns P column-major: row-major B makes each history item's row one
     # contiguous read (embedding_bag over a column-major B measured 100x slower on the CPU,
     # and the pair scorer's reshape would copy B on every call).

@@ -1,6 +1,6 @@
 """SASRec training throughput: sequences/s and trained positions/s of one epoch of
 `ncf_model.train_sasrec` on synthetic sequences of a dataset's shape, the paper's loss (bce,
-one negative per position) beside the sampled softmax in the same run.
+one negative per position) beside the sampled softmax and the full softmax in the same run.
 
     python bench/train_sasrec.py [--shape ml-100k|ml-1m|ml-20m] [--max-batches N] \
         [--device cuda] [--compile]
@@ -86,7 +86,7 @@ def main() -> None:
     # Untimed warm-up: the first optimizer step imports torch._dynamo (~3 s).
     warm = argparse.Namespace(**{**vars(args), "max_batches": 1})
     bench(seqs, n_items, max_len, loss="bce", args=warm, device=device)
-    for loss in ("bce", "sampled_softmax"):
+    for loss in ("bce", "sampled_softmax", "softmax"):
         row = bench(seqs, n_items, max_len, loss=loss, args=args, device=device)
         print(f"| {loss} | {row['sequences']:,.0f} | {row['seconds']:.1f} | "
               f"{row['sequences_per_s']:,.0f} | {row['positions_per_s']:,.0f} |", flush=True)

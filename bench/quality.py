@@ -2,13 +2,15 @@
 
     python bench/quality.py --raw-dir ../shared/data --seeds 3 \
         [--datasets ml-100k ml-latest-small lastfm-2k] [--families ncf mf als ease popularity]
+        [--set sasrec.loss=softmax ...]
 
 Per dataset the real stages run, each in its own process, exactly as the DAG runs them:
 ingest and prepare once (Spark, the dataset's config: leave-one-out by time, or a seeded
 random hold-out without timestamps, 99 sampled negatives: the split and the evaluation
 negatives stay fixed), then per seed `jobs.als`, `ncf_model train` and `ncf_model
 candidates` with every training seed (train.seed, mf.seed, als.seed, sasrec.seed) set to
-it, over the families the dataset's config lists (or --families). The
+it, over the families the dataset's config lists (or --families); `--set SECTION.KEY=VALUE`
+(a YAML value) changes one setting of every dataset's config, to compare settings. The
 candidates stage fits each family on train with its settings chosen on validation, refits
 it on train + validation and reports test; the served family is the best on validation.
 Prints, per dataset and family, mean ± std over the seeds of test HR@10 / NDCG@10
@@ -83,10 +85,11 @@ def bench_dataset(dataset: str, args: argparse.Namespace,
     results: dict[str, list[dict[str, Any]]] = {}
     for seed in SEEDS[:args.seeds]:
         overrides: dict[str, dict[str, Any]] = {
-            "train": {"seed": seed}, "mf": {"seed": seed}, "als": {"seed": seed},
-            "sasrec": {"seed": seed}}
+            section: dict(values) for section, values in args.set.items()}
+        for section in ("train", "mf", "als", "sasrec"):
+            overrides.setdefault(section, {})["seed"] = seed
         if args.families:  # else the dataset's own candidates
-            overrides["candidates"] = {"families": list(args.families)}
+            overrides.setdefault("candidates", {})["families"] = list(args.families)
         cfg = _config(base, work, f"seed{seed}", overrides)
         timings = {stage: _run([py, "-m", module, *stage_args, "--config", str(cfg), *common],
                                log, env)
@@ -111,6 +114,16 @@ def bench_dataset(dataset: str, args: argparse.Namespace,
     return results
 
 
+def _setting(text: str) -> tuple[str, str, Any]:
+    """`SECTION.KEY=VALUE` -> (section, key, the YAML value)."""
+    name, sep, value = text.partition("=")
+    section, dot, key = name.partition(".")
+    if not (sep and dot and section and key):
+        raise argparse.ArgumentTypeError(f"{text!r}: expected SECTION.KEY=VALUE, e.g. "
+                                         "sasrec.loss=softmax")
+    return section, key, yaml.safe_load(value)
+
+
 def _stat(values: list[float]) -> str:
     if not values:
         return "—"
@@ -129,7 +142,13 @@ def main() -> None:
                         help="default: each dataset config's candidates.families")
     parser.add_argument("--seeds", type=int, default=3, choices=range(1, len(SEEDS) + 1))
     parser.add_argument("--work", type=Path, default=Path("/tmp/ncf-quality"))
+    parser.add_argument("--set", type=_setting, action="append", default=[],
+                        metavar="SECTION.KEY=VALUE", help="change one config setting")
     args = parser.parse_args()
+    settings: dict[str, dict[str, Any]] = {}
+    for section, key, value in args.set:
+        settings.setdefault(section, {})[key] = value
+    args.set = settings
     args.work = args.work.resolve()
     args.raw_dir = Path(args.raw_dir).resolve()
     args.work.mkdir(parents=True, exist_ok=True)
@@ -137,7 +156,8 @@ def main() -> None:
            "NCF_MLFLOW_ARTIFACT_ROOT": str(args.work / "mlruns"),
            "SPARK_LOCAL_IP": "127.0.0.1", "PYTHONPATH": str(REPO)}
     env["PATH"] = f"{Path(sys.executable).parent}:{env.get('PATH', '')}"
-    print(f"load {os.getloadavg()[0]:.2f}; work folder {args.work}", flush=True)
+    print(f"load {os.getloadavg()[0]:.2f}; work folder {args.work}; settings {args.set}",
+          flush=True)
     table = {dataset: bench_dataset(dataset, args, env) for dataset in args.datasets}
     print(f"\n{args.seeds} seed(s), mean ± std; test after the refit on train + validation; "
           "val = the validation NDCG@10 that chooses")

@@ -211,19 +211,27 @@ def _gram(items: Tensor, users: Tensor, n_users: int, n_items: int, dtype: torch
     return gram
 
 
+def _inverse_gram(rows: Tensor, cols: Tensor, n_cols: int, n_rows: int, *, l2: float,
+                  dtype: torch.dtype, name: str) -> Tensor:
+    """(AᵀA + λI)⁻¹ (n_rows, n_rows) for the binary A whose pairs are (`cols`, `rows`),
+    sorted by `rows` (`_gram`): Cholesky, then its inverse. `name` says which system it is,
+    for the error."""
+    gram = _gram(rows, cols, n_cols, n_rows, dtype)
+    gram.diagonal().add_(l2)
+    factor, info = torch.linalg.cholesky_ex(gram)
+    del gram
+    if int(info) != 0:
+        raise ValueError(f"{name} + λI is not positive definite in {dtype} (l2={l2}, "
+                         f"order {n_rows}); raise l2 or fit in torch.float64")
+    return torch.cholesky_inverse(factor)
+
+
 def _solve_items(user_idx: Tensor, item_idx: Tensor, n_users: int, n_items: int, *,
                  l2: float, dtype: torch.dtype) -> Tensor:
     """P = (XᵀX + λI)⁻¹ (n_items, n_items): the items' system, Cholesky + inverse."""
     # Item-major order: the pairs of a block of item columns are one contiguous slice.
     items, users = _unique_pairs(item_idx, user_idx, n_items, n_users)
-    gram = _gram(items, users, n_users, n_items, dtype)  # G = XᵀX
-    gram.diagonal().add_(l2)
-    factor, info = torch.linalg.cholesky_ex(gram)
-    del gram
-    if int(info) != 0:
-        raise ValueError(f"XᵀX + λI is not positive definite in {dtype} (l2={l2}, "
-                         f"n_items={n_items}); raise l2 or fit in torch.float64")
-    return torch.cholesky_inverse(factor)  # P = G⁻¹
+    return _inverse_gram(items, users, n_users, n_items, l2=l2, dtype=dtype, name="XᵀX")
 
 
 def _solve_users(user_idx: Tensor, item_idx: Tensor, n_users: int, n_items: int, *,
@@ -232,15 +240,8 @@ def _solve_users(user_idx: Tensor, item_idx: Tensor, n_users: int, n_items: int,
     the factorised system is n_users², and Xᵀ(K X) is two sparse x dense products
     (nnz x (n_users + n_items) multiply-adds). B = -P / diag(P) does not see the factor λ."""
     users, items = _unique_pairs(user_idx, item_idx, n_users, n_items)  # user-major
-    kernel = _gram(users, items, n_items, n_users, dtype)  # XXᵀ (n_users, n_users)
-    kernel.diagonal().add_(l2)
-    factor, info = torch.linalg.cholesky_ex(kernel)
-    del kernel
-    if int(info) != 0:
-        raise ValueError(f"XXᵀ + λI is not positive definite in {dtype} (l2={l2}, "
-                         f"n_users={n_users}); raise l2 or fit in torch.float64")
-    inverse = torch.cholesky_inverse(factor)  # K = (λI + XXᵀ)⁻¹, symmetric
-    del factor
+    # K = (λI + XXᵀ)⁻¹ (n_users, n_users), symmetric
+    inverse = _inverse_gram(users, items, n_items, n_users, l2=l2, dtype=dtype, name="XXᵀ")
     order = torch.argsort(items * n_users + users)  # item-major: Xᵀ's rows in order
     xt = _to_csr(torch.sparse_coo_tensor(
         torch.stack([items[order], users[order]]),

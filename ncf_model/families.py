@@ -30,14 +30,12 @@ from ncf_model.data import FullRanking, Pairs, TrainingData
 from ncf_model.evaluate import evaluate
 from ncf_model.features import SideFeatures
 from ncf_model.models.baselines import popularity_scorer
-from ncf_model.models.ease import (
-    EASE,
+from ncf_model.models.ease import EASE, fit_best_l2, fit_ease
+from ncf_model.models.ease_limits import (
     EaseMemoryError,
     EaseTimeError,
     check_ease_memory,
     check_ease_time,
-    fit_best_l2,
-    fit_ease,
 )
 from ncf_model.models.sasrec import SASRec, build_histories
 from ncf_model.train import TrainResult, fit, refit

@@ -10,19 +10,16 @@ import torch
 
 from ncf_model.models import ease as ease_module
 from ncf_model.models.common import PairScorer
-from ncf_model.models.ease import (
-    DEFAULT_L2_GRID,
-    EASE,
+from ncf_model.models.ease import DEFAULT_L2_GRID, EASE, choose_l2, fit_best_l2, fit_ease
+from ncf_model.models.ease_limits import (
     PROBE_ITEMS,
     EaseMemoryError,
     EaseTimeError,
     check_ease_memory,
     check_ease_time,
-    choose_l2,
     estimate_ease_bytes,
-    fit_best_l2,
-    fit_ease,
     probe_seconds,
+    uses_dual,
 )
 
 N_USERS, N_ITEMS = 8, 6
@@ -71,7 +68,7 @@ def _dense_reference(x: np.ndarray, l2: float) -> np.ndarray:
 def test_either_side_of_the_solve_matches_the_numpy_reference(n_users, n_items) -> None:
     """Fewer users than items solves (λI + XXᵀ) by Woodbury, more solves XᵀX + λI: both give
     Steck's B, with a user holding nothing, an item nobody holds and duplicated pairs."""
-    assert ease_module.uses_dual(n_users, n_items) == (n_users < n_items)
+    assert uses_dual(n_users, n_items) == (n_users < n_items)
     g = torch.Generator().manual_seed(3)
     users = torch.randint(0, n_users - 1, (150,), generator=g)  # the last user: no history
     items = torch.randint(1, n_items, (150,), generator=g)  # item 0: nobody's

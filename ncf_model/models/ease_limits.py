@@ -20,8 +20,10 @@ log = logging.getLogger(__name__)
 # factor L coexist (G is freed once L exists), then L and P = G⁻¹ do, and cholesky_inverse
 # needs a third matrix of workspace (on CUDA, the identity it solves against): 3, which is
 # what the CPU peak RSS measured at n_items=4,000 (3.00 x n²x4 bytes). B is computed in
-# place in P, so it adds nothing; the dense X column blocks (_BLOCK_ELEMENTS) are small beside.
+# place in P, so it adds nothing; XᵀX's column blocks (ease._BLOCK_ELEMENTS) are small beside.
+# The users' side holds one n_items² matrix, n_users x n_items (KX) and this many n_users².
 EASE_PEAK_MATRICES = 3
+
 
 class EaseMemoryError(RuntimeError):
     """The EASE fit for this many items would exceed the configured memory limit."""
@@ -53,7 +55,8 @@ def check_ease_memory(n_items: int, limit_bytes: int, *, dtype_bytes: int = 4,
     """
     estimate = estimate_ease_bytes(n_items, dtype_bytes, n_users=n_users)
     if estimate > limit_bytes:
-        shape = ("n_items² + n_users x n_items + 3 x n_users²" if uses_dual(n_users, n_items)
+        shape = (f"n_items² + n_users x n_items + {EASE_PEAK_MATRICES} x n_users²"
+                 if uses_dual(n_users, n_items)
                  else f"{EASE_PEAK_MATRICES} x n_items²")
         raise EaseMemoryError(
             f"EASE on n_items={n_items:,} needs ~{estimate / 1e9:.1f} GB "
@@ -63,7 +66,8 @@ def check_ease_memory(n_items: int, limit_bytes: int, *, dtype_bytes: int = 4,
 
 
 # The compute estimate's probe: one Cholesky + inverse of a PROBE_ITEMS² SPD matrix on the
-# device, scaled by (n_items / PROBE_ITEMS)³ (both are O(n³)); the best of PROBE_REPEATS.
+# device, scaled by (order / PROBE_ITEMS)³, order the size of the system solved (both are
+# O(n³)); the best of PROBE_REPEATS.
 PROBE_ITEMS = 2048
 PROBE_REPEATS = 2
 

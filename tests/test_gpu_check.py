@@ -14,6 +14,7 @@ import pytest
 
 from bench import dag_scale, gpu_summary, recommend, synthetic
 from jobs.lake.config import load_data_config
+from jobs.ops import stack
 from ncf_model.config import load_ncf_config
 
 REPO = Path(__file__).resolve().parents[1]
@@ -27,8 +28,9 @@ def test_dag_scale_config_caps_training_and_keeps_the_rest_as_shipped(tmp_path: 
     data, model = load_data_config(capped), load_ncf_config(capped)
     assert data.dataset == dag_scale.DATASET
     assert data.source.files["ratings"].sha256 == sha
-    assert (model.train.epochs, model.train.batch_size) == (1, 65_536)
-    assert (model.mf.epochs, model.mf.batch_size) == (1, 65_536)
+    assert (model.train.epochs, model.train.batch_size, model.train.n_negatives) == (
+        1, 65_536, 4)
+    assert (model.mf.epochs, model.mf.batch_size, model.mf.n_negatives) == (1, 65_536, 4)
     assert (model.sasrec.epochs, model.sasrec.batch_size, model.sasrec.max_len) == (1, 1_024, 50)
     assert data.als.max_iter == 5
     shipped = load_data_config(REPO / "configs" / "ml-20m.yaml")
@@ -151,3 +153,30 @@ def test_gpu_check_runs_on_the_cpu_with_tiny_shapes(tmp_path: Path) -> None:
     assert result["counts"]["n_users"] == 200
     md = (work / "dag" / "dag_scale.md").read_text()
     assert all(f"| {task} | success |" in md for task in dag_scale.TASKS)
+
+
+@pytest.mark.slow
+@pytest.mark.spark
+def test_dag_scale_through_the_scheduler_runs_als_beside_train(tmp_path: Path) -> None:
+    """--mode scheduler: the production stack on free ports, one triggered run, the stack
+    stopped after; als and train overlap, so the run is shorter than its stages' sum."""
+    work = tmp_path / "work"
+    code = dag_scale.main(["--events", "20000", "--users", "200", "--items", "1000",
+                           "--families", "ncf,als,popularity", "--device", "cpu",
+                           "--mode", "scheduler", "--work", str(work),
+                           "--cache-dir", str(tmp_path / "cache"), "--timeout", "900"])
+    result = json.loads((work / "dag_scale.json").read_text())
+    assert code == 0, (work / "dag.log").read_text()[-3000:]
+    assert result["mode"] == "scheduler" and result["success"]
+    assert all(stage["state"] == "success" for stage in result["stages"].values())
+    intervals = dag_scale.task_intervals(work / "airflow", f"ncf_{dag_scale.DATASET}")
+    (train_start, train_end, _), (als_start, als_end, _) = intervals["train"], intervals["als"]
+    assert max(train_start, als_start) < min(train_end, als_end)  # side by side
+    assert 0 < result["run_seconds"] < result["stage_seconds"]
+    assert result["stages"]["als"]["peak_jvm_gib"] > 0  # the scheduler's tree holds the JVM
+    assert not stack_pids(work / "airflow")  # stopped
+    assert "mode scheduler" in (work / "dag_scale.md").read_text()
+
+
+def stack_pids(airflow_home: Path) -> dict[str, int]:
+    return stack.running(stack.Settings(airflow_home, 0, 0, 2, "", Path()))

@@ -187,10 +187,11 @@ def _run(argv: Sequence[str], env: Mapping[str, str], what: str) -> None:
         raise StackError(f"{what} failed ({done.returncode}): {done.stderr.strip()[-500:]}")
 
 
-def up(s: Settings, *, schedule: bool) -> str:
-    """Start what is not running yet; wait until both UIs answer. Returns a summary."""
+def up(s: Settings, *, schedule: bool, environ: Mapping[str, str] | None = None) -> str:
+    """Start what is not running yet; wait until both UIs answer. Returns a summary.
+    `environ`: the environment the components start from (default this process's)."""
     s.folder.mkdir(parents=True, exist_ok=True)
-    env = airflow_env(s, schedule=schedule)
+    env = airflow_env(s, schedule=schedule, environ=environ)
     airflow = str(s.bin_dir / "airflow")
     _run([airflow, "db", "migrate"], env, "airflow db migrate")
     _run([airflow, "pools", "set", TORCH_POOL, "1", "torch tasks: one at a time"], env,

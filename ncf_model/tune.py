@@ -2,7 +2,8 @@
 each with the same number of trials, scored on validation only.
 
     python -m ncf_model.tune --config configs/ml-100k.yaml --logical-date 2026-11-23 \\
-        [--lake-root R] [--trials 20] [--families ncf mf ease sasrec] [--seed 0] [--device cpu]
+        [--lake-root R] [--trials 20] [--families ncf mf ease als sasrec] [--seed 0] \\
+        [--device cpu]
     make tune DATASET=ml-100k [TRIALS=20] [DATE=...]
 
 Reads   train/ and validation/ of one lake run (positives and the shared evaluation
@@ -18,10 +19,12 @@ A trial replaces the sampled fields of the family's config section(s) (dataclass
 and runs the family's protocol step (a), `Family.select`: fit on train, epochs chosen on
 validation by early stopping (the configured epoch counts are kept as the ceiling). Its
 objective is `candidates.select_metric` of that fit on validation, the number the
-candidates stage chooses the served family by. Families trained per epoch (ncf, mf, sasrec)
-report each epoch's validation score to a MedianPruner, which stops trials running below
-the median of earlier trials at the same epoch. Same seed, same trials on the CPU: the
-sampler is seeded with --seed and each fit seeds torch from its section's `seed`.
+candidates stage chooses the served family by. ALS trials fit with jobs/als.py, the DAG's
+Spark job, in a subprocess on a scratch lake without test/ (ncf_model.tune_als). Families
+trained per epoch (ncf, mf, sasrec) report each epoch's validation score to a MedianPruner,
+which stops trials running below the median of earlier trials at the same epoch. Same seed,
+same trials on the CPU: the sampler is seeded with --seed and each fit seeds torch from its
+section's `seed`.
 """
 
 from __future__ import annotations
@@ -59,10 +62,11 @@ from ncf_model.families import (
 from ncf_model.stages.candidates import protocol_data
 from ncf_model.stages.common import StageError, manifest_entry
 from ncf_model.train import select_device
+from ncf_model.tune_als import AlsTrials, TrialAls, suggest_als
 
 log = logging.getLogger(__name__)
 
-TUNABLE = ("ncf", "mf", "ease", "sasrec")  # popularity has nothing to tune; als lives in Spark
+TUNABLE = ("ncf", "mf", "ease", "als", "sasrec")  # popularity has nothing to tune
 ENV_TORCH_THREADS = "NCF_TORCH_THREADS"  # as in ncf_model.cli
 # Judge no trial before PRUNE_STARTUP_TRIALS have finished (a median of one or two trials is
 # noise), nor at an epoch below PRUNE_WARMUP_EPOCHS (epochs count from 1): a small learning
@@ -116,7 +120,8 @@ def _suggest_sasrec(trial: optuna.trial.BaseTrial) -> Overrides:
 
 
 SPACES: dict[str, Callable[[optuna.trial.BaseTrial], Overrides]] = {
-    "ncf": _suggest_ncf, "mf": _suggest_mf, "ease": _suggest_ease, "sasrec": _suggest_sasrec}
+    "ncf": _suggest_ncf, "mf": _suggest_mf, "ease": _suggest_ease, "sasrec": _suggest_sasrec,
+    "als": lambda trial: {"als": suggest_als(trial)}}
 
 
 def apply_overrides(cfg: NCFConfig, overrides: Overrides) -> NCFConfig:
@@ -129,7 +134,7 @@ def apply_overrides(cfg: NCFConfig, overrides: Overrides) -> NCFConfig:
 def build_family(name: str, cfg: NCFConfig, *, on_epoch: OnEpoch | None = None,
                  sequences: tuple[Tensor, Tensor, Tensor] | None = None) -> Family:
     """The family `name` as the candidates stage builds it, from `cfg`'s sections, except
-    that ncf is trained here (the stage reuses the train task's model)."""
+    that ncf is trained here (the stage reuses the train task's model). ALS: AlsTrials."""
     if name == "ncf":
         return Trained("ncf", cfg.model, cfg.train, on_epoch=on_epoch)
     if name == "mf":
@@ -142,7 +147,7 @@ def build_family(name: str, cfg: NCFConfig, *, on_epoch: OnEpoch | None = None,
     raise ValueError(f"family {name!r} cannot be tuned: choose among {list(TUNABLE)}")
 
 
-def validation_score(family: Family, data: ProtocolData, metric: str) -> float:
+def validation_score(family: Family | TrialAls, data: ProtocolData, metric: str) -> float:
     """The objective: `metric` (candidates.select_metric) of the family's (a) fit on
     validation, as the candidates stage computes it. Test is never read."""
     selected = family.select(data)
@@ -180,10 +185,10 @@ def pruning_callback(trial: optuna.Trial, metric: str,
 
 def _objective(family_name: str, cfg: NCFConfig, data: ProtocolData, *, metric: str,
                parent: str, run_name: str, runs: list[str],
-               sequences: tuple[Tensor, Tensor, Tensor] | None) -> Callable[[optuna.Trial],
-                                                                               float]:
+               sequences: tuple[Tensor, Tensor, Tensor] | None,
+               als: AlsTrials | None) -> Callable[[optuna.Trial], float]:
     def objective(trial: optuna.Trial) -> float:
-        trial_cfg = apply_overrides(cfg, SPACES[family_name](trial))
+        overrides = SPACES[family_name](trial)
         tags = {"mlflow.parentRunId": parent, "ncf.stage": "tune", "ncf.family": family_name,
                 "ncf.trial": trial.number, "ncf.dataset": cfg.dataset}
         pruned: optuna.TrialPruned | None = None
@@ -194,8 +199,15 @@ def _objective(family_name: str, cfg: NCFConfig, data: ProtocolData, *, metric: 
             runs.append(run.run_id)
             trial.set_user_attr("run_id", run.run_id)
             run.log_params(trial.params)
-            family = build_family(family_name, trial_cfg, sequences=sequences,
-                                  on_epoch=pruning_callback(trial, metric, run))
+            family: Family | TrialAls
+            if family_name == "als":
+                if als is None:
+                    raise ValueError("tuning als needs AlsTrials (the config and lake run)")
+                family = als.family(overrides["als"])
+            else:
+                family = build_family(family_name, apply_overrides(cfg, overrides),
+                                      sequences=sequences,
+                                      on_epoch=pruning_callback(trial, metric, run))
             try:
                 value = validation_score(family, data, metric)
             except optuna.TrialPruned as exc:  # the run ends FINISHED, tagged pruned
@@ -217,7 +229,8 @@ def _objective(family_name: str, cfg: NCFConfig, data: ProtocolData, *, metric: 
 
 def tune_family(name: str, cfg: NCFConfig, data: ProtocolData, *, trials: int, seed: int,
                 parent: str, run_name: str,
-                sequences: tuple[Tensor, Tensor, Tensor] | None = None) -> dict[str, Any]:
+                sequences: tuple[Tensor, Tensor, Tensor] | None = None,
+                als: AlsTrials | None = None) -> dict[str, Any]:
     """One study of `trials` trials for family `name`; its best settings as config sections.
     A family that cannot run on this data (FamilySkipped) is returned with the reason."""
     metric = cfg.candidates.select_metric
@@ -232,7 +245,8 @@ def tune_family(name: str, cfg: NCFConfig, data: ProtocolData, *, trials: int, s
                              "best_value": None, "best_params": {}, "sections": {}}
     try:
         study.optimize(_objective(name, cfg, data, metric=metric, parent=parent,
-                                  run_name=run_name, runs=runs, sequences=sequences),
+                                  run_name=run_name, runs=runs, sequences=sequences,
+                                  als=als),
                        n_trials=trials)
     except FamilySkipped as exc:
         log.warning("tune %s skipped: %s", name, exc)
@@ -245,11 +259,13 @@ def tune_family(name: str, cfg: NCFConfig, data: ProtocolData, *, trials: int, s
         best = study.best_trial
         # The best trial's values replayed through the search space: the same overrides.
         overrides = SPACES[name](optuna.trial.FixedTrial(best.params))
-        best_cfg = apply_overrides(cfg, overrides)
+        if name == "als" and als is not None:
+            sections = {"als": als.section(overrides["als"])}
+        else:
+            best_cfg = apply_overrides(cfg, overrides)
+            sections = {section: json_safe(getattr(best_cfg, section)) for section in overrides}
         entry |= {"best_value": float(best.values[0]), "best_params": dict(best.params),
-                  "best_run": best.user_attrs["run_id"],
-                  "sections": {section: json_safe(getattr(best_cfg, section))
-                               for section in overrides}}
+                  "best_run": best.user_attrs["run_id"], "sections": sections}
     return entry
 
 
@@ -269,7 +285,8 @@ def load_data(cfg: NCFConfig, paths: layout.LakePaths, device: torch.device) -> 
 
 def tune(cfg: NCFConfig, data: ProtocolData, *, logical_date: str, families: Sequence[str],
          trials: int, seed: int = 0,
-         sequences: tuple[Tensor, Tensor, Tensor] | None = None) -> dict[str, Any]:
+         sequences: tuple[Tensor, Tensor, Tensor] | None = None,
+         als: AlsTrials | None = None) -> dict[str, Any]:
     """One study per family in `families`, each of `trials` trials (a fair budget), under
     one MLflow parent run. Returns {"parent_run_id", "metric", "families": {name: {
     best_value, best_params, sections (config sections to paste), trials, complete, pruned,
@@ -291,7 +308,7 @@ def tune(cfg: NCFConfig, data: ProtocolData, *, logical_date: str, families: Seq
     # The parent is closed while the children run: MLflow allows one active run, and the
     # children name their parent by the mlflow.parentRunId tag.
     results = {name: tune_family(name, cfg, data, trials=trials, seed=seed, parent=parent,
-                                 run_name=run_name, sequences=sequences)
+                                 run_name=run_name, sequences=sequences, als=als)
                for name in families}
     with tracking.start_run(cfg.dataset, run_name="", run_id=parent) as run:
         run.log_metrics({f"{name}_best_val_{metric}": entry["best_value"]
@@ -344,7 +361,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     sequences = load_sequences(paths) if "sasrec" in families else None
     result = tune(cfg, data, logical_date=paths.logical_date, families=families,
-                  trials=args.trials, seed=args.seed, sequences=sequences)
+                  trials=args.trials, seed=args.seed, sequences=sequences,
+                  als=AlsTrials(args.config, paths) if "als" in families else None)
     sys.stdout.write(format_yaml(result))
     return 0
 

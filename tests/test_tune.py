@@ -12,6 +12,7 @@ import pytest
 import torch
 import yaml
 
+from jobs.lake import layout
 from ncf_model import tune as tuning
 from ncf_model.config import EaseConfig, MFConfig, load_ncf_config
 from ncf_model.evaluate import evaluate
@@ -197,3 +198,36 @@ def test_a_pruned_trial_is_recorded_as_such(tmp_path: Path, mlflow_store: str,
     pruned = MlflowClient(tracking_uri=mlflow_store).get_run(ease["runs"][1])
     assert pruned.data.tags["ncf.trial_state"] == "pruned"
     assert pruned.info.status == "FINISHED" and f"val_{METRIC}" not in pruned.data.metrics
+
+
+@pytest.mark.spark
+def test_als_trials_fit_with_the_spark_job_and_never_see_test(
+        tmp_path: Path, mlflow_store: str) -> None:
+    """Each ALS trial runs jobs/als.py on a scratch lake whose test/ is empty; the study's
+    best value is the validation metric of those factors, the same again on a refit with
+    the best settings (ALS is seeded and its blocks fixed), and the printed `als` section
+    keeps the configured fields it does not sample."""
+    paths = _tiny_lake(tmp_path / "lake")
+    config = _config(tmp_path)
+    raw = yaml.safe_load(config.read_text())
+    config.write_text(yaml.safe_dump({**raw, "als": {"rank": 4, "max_iter": 3, "seed": 0}}))
+    cfg = load_ncf_config(config)
+    clean = stage.protocol_data(cfg, paths, torch.device("cpu"),
+                                {"n_users": N_USERS, "n_items": N_ITEMS})
+    trials = tuning.AlsTrials(config, paths)
+    result = tuning.tune(cfg, _poisoned(clean), logical_date=DATE, families=["als"],
+                         trials=2, seed=0, als=trials)
+    als = result["families"]["als"]
+    assert als["skipped"] is None and als["complete"] == 2
+    assert set(als["best_params"]) == {"rank", "reg_param", "alpha"}
+    section = als["sections"]["als"]
+    assert section["rank"] == als["best_params"]["rank"]
+    assert (section["max_iter"], section["seed"]) == (3, 0)  # configured, not sampled
+    again = trials.family(als["best_params"]).select(clean)
+    assert evaluate(again.scorer, clean.validation, K)[METRIC] == pytest.approx(
+        als["best_value"], abs=1e-6)
+    # The two taste groups are easy: ALS finds them from train alone.
+    assert als["best_value"] > 0.5
+    assert yaml.safe_load(tuning.format_yaml(result))["als"] == section
+    # The tuned lake's own als/ (the DAG's) is untouched: the trials wrote to scratch.
+    assert (layout.read_manifest(paths)["als"]["params"]["rank"]) == 2

@@ -214,6 +214,10 @@ class SASRecConfig:
     positives in time order (sequences/ of the lake), the epoch chosen on validation."""
 
     max_len: int = 200  # the latest items of a history the model reads
+    # Train on the whole history, in windows of max_len + 1 items overlapping by one
+    # (models.sasrec.build_windows), not only on its latest max_len + 1 items. The lake
+    # keeps prepare.sequence_length items of a history: raise it to give windows more.
+    windows: bool = False
     hidden: int = 64
     n_blocks: int = 2
     n_heads: int = 1

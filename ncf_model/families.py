@@ -37,7 +37,7 @@ from ncf_model.models.ease_limits import (
     check_ease_memory,
     check_ease_time,
 )
-from ncf_model.models.sasrec import SASRec, build_histories
+from ncf_model.models.sasrec import SASRec, build_histories, build_windows
 from ncf_model.train import TrainResult, fit, refit
 from ncf_model.train_sasrec import pairs_validator, train_sasrec
 
@@ -247,7 +247,10 @@ class Sequential:
     def recipe(self) -> dict[str, Any]:
         return {"family": self.name, "sasrec": json_safe(self.cfg)}
 
-    def _histories(self, data: ProtocolData, splits: tuple[str, ...], length: int) -> Tensor:
+    def _histories(self, data: ProtocolData, splits: tuple[str, ...], length: int, *,
+                   windows: bool = False) -> Tensor:
+        """Each user's latest `length` tokens (one row per user), or with `windows` the
+        training windows of the whole history (`build_windows`)."""
         assert self.sequences is not None  # checked by select
         user, item, position = self.sequences
         users, items, order = [user], [item], [position.double()]
@@ -256,8 +259,9 @@ class Sequential:
             users.append(pairs.user.long())
             items.append(pairs.item.long())
             order.append(torch.full((len(pairs),), _APPENDED_ORDER + rank, dtype=torch.float64))
-        return build_histories(torch.cat(users), torch.cat(items), torch.cat(order),
-                               data.n_users, length).to(data.device)
+        build = build_windows if windows else build_histories
+        return build(torch.cat(users), torch.cat(items), torch.cat(order), data.n_users,
+                     length).to(data.device)
 
     def _fit(self, data: ProtocolData, splits: tuple[str, ...], *,
              epochs: int | None) -> tuple[SASRec, TrainResult]:
@@ -269,7 +273,9 @@ class Sequential:
             train_cfg = dataclasses.replace(train_cfg, epochs=epochs, patience=epochs)
         generator = torch.Generator(device=data.device).manual_seed(self.cfg.seed)
         validate = pairs_validator(data.validation, data.k) if epochs is None else None
-        result = train_sasrec(model, self._histories(data, splits, self.cfg.max_len + 1),
+        train_seqs = self._histories(data, splits, self.cfg.max_len + 1,
+                                     windows=self.cfg.windows)
+        result = train_sasrec(model, train_seqs,
                               validate, train_cfg, device=data.device, generator=generator,
                               on_epoch=self.on_epoch if epochs is None else None,
                               name=f"sasrec {'+'.join(splits)}")

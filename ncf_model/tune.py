@@ -116,7 +116,8 @@ def _suggest_sasrec(trial: optuna.trial.BaseTrial) -> Overrides:
                        "n_blocks": trial.suggest_categorical("n_blocks", (1, 2)),
                        "dropout": trial.suggest_categorical("dropout", (0.1, 0.2, 0.3)),
                        "lr": trial.suggest_float("lr", 3e-4, 3e-3, log=True),
-                       "loss": trial.suggest_categorical("loss", ("bce", "softmax"))}}
+                       "loss": trial.suggest_categorical("loss", ("bce", "softmax")),
+                       "windows": trial.suggest_categorical("windows", (False, True))}}
 
 
 SPACES: dict[str, Callable[[optuna.trial.BaseTrial], Overrides]] = {

@@ -13,6 +13,7 @@ beside the fit on any dataset worth tuning.
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import tempfile
@@ -95,7 +96,8 @@ class TrialAls:
             done = subprocess.run(
                 [sys.executable, "-m", "jobs.als", "--config", str(trial_config),
                  "--logical-date", source.logical_date, "--lake-root", str(Path(tmp) / "lake")],
-                cwd=REPO, capture_output=True, text=True, check=False)
+                cwd=REPO, capture_output=True, text=True, check=False,
+                env={"PYSPARK_PYTHON": sys.executable, **os.environ})
             if done.returncode != 0:
                 output = (done.stdout + done.stderr)[-LOG_TAIL:]
                 raise AlsTrialError(f"jobs/als.py failed (exit {done.returncode}) with als "

@@ -15,7 +15,7 @@ from ncf_model.config import SASRecTrainConfig
 from ncf_model.data import Pairs
 from ncf_model.evaluate import evaluate
 from ncf_model.models.common import PairScorer
-from ncf_model.models.sasrec import SASRec, build_histories
+from ncf_model.models.sasrec import SASRec, build_histories, build_windows
 from ncf_model.resume import PhaseState, fingerprint
 from ncf_model.train_sasrec import (
     batch_loss,
@@ -116,6 +116,42 @@ def test_build_histories_matches_a_python_reference() -> None:
         build_histories(user, item, order, 3, max_len)
 
 
+@pytest.mark.parametrize("length", [2, 3, 4, 6])
+def test_build_windows_trains_every_transition_of_the_whole_history_once(length: int) -> None:
+    generator = torch.Generator().manual_seed(length)
+    n_users = 6
+    user = torch.randint(0, n_users - 1, (60,), generator=generator)  # the last user: none
+    item = torch.randint(0, 30, (60,), generator=generator)
+    order = torch.randperm(60, generator=generator).double()
+    windows = build_windows(user, item, order, n_users, length)
+    stride = length - 1
+    expected, transitions = [], []
+    for u in range(n_users):
+        tokens = [int(i) + 1 for _o, i in sorted(
+            (float(o), int(i)) for v, i, o in zip(user, item, order, strict=True)
+            if int(v) == u)]
+        # the targets a single left-padded row trains: (previous token or padding, token)
+        transitions += [(([0] + tokens)[k], tokens[k]) for k in range(len(tokens))]
+        n = len(tokens)
+        for w in range((n - 1) // stride + 1 if n else 0):  # from the end, overlapping by one
+            chunk = tokens[max(0, n - 1 - w * stride - stride):n - w * stride]
+            expected.append([0] * (length - len(chunk)) + chunk)
+    assert windows.tolist() == expected
+    trained = [(int(a), int(b)) for row in windows for a, b in zip(row[:-1], row[1:],
+                                                                    strict=True) if int(b)]
+    assert sorted(trained) == sorted(transitions)  # each transition once, none lost
+    # Each user's first window is its latest: the row build_histories gives it.
+    counts = torch.bincount(user, minlength=n_users).tolist()
+    n_windows = [(n - 1) // stride + 1 if n else 0 for n in counts]
+    starts = [sum(n_windows[:u]) for u in range(n_users)]
+    latest = build_histories(user, item, order, n_users, length)
+    for u in range(n_users):
+        if counts[u]:
+            assert windows[starts[u]].tolist() == latest[u].tolist()
+    with pytest.raises(ValueError, match="at least 2 columns"):
+        build_windows(user, item, order, n_users, 1)
+
+
 def test_forward_equals_score_all_items_and_an_empty_history_is_finite() -> None:
     model = model_for(3)
     model.train()  # a few steps so the LayerNorm biases are not 0
@@ -208,6 +244,20 @@ def test_training_learns_the_walk_reproducibly(loss: str,
     state, other = model.state_dict(), again.state_dict()
     assert state.keys() == other.keys()
     assert all(torch.equal(state[name], other[name]) for name in state)
+
+
+def test_windows_of_short_length_still_learn_the_walk() -> None:
+    """Windows of 3 items (2 inputs) cut every walk into several training rows: more rows
+    than users, every step trained once, and the model learns the walk from them."""
+    (user, item, order), validation = walks()
+    windows = build_windows(user, item, order, N_USERS, 3)
+    assert windows.shape[0] > N_USERS
+    model = model_for(5, max_len=2)
+    model.set_histories(build_histories(user, item, order, N_USERS, 2))
+    cfg = SASRecTrainConfig(epochs=4, batch_size=16, lr=0.01, patience=4, loss="softmax")
+    result = train_sasrec(model, windows, pairs_validator(validation, K), cfg, device=CPU,
+                          generator=torch.Generator().manual_seed(5))
+    assert result.best_metrics[f"val_hr_{K}"] >= 0.9
 
 
 def test_full_softmax_is_the_cross_entropy_over_every_item_at_trained_positions() -> None:

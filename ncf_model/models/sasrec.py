@@ -26,6 +26,31 @@ from torch import Tensor, nn
 PAD = 0  # the padding token; item_idx i is token i + 1
 
 
+def _from_end(user_idx: Tensor, item_idx: Tensor, order: Tensor,
+              n_users: int, max_len: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """(user, item, from_end, count) of the rows sorted by (user, order): from_end 0 is a
+    user's most recent row, count (n_users,) each user's rows; the arguments checked."""
+    if not user_idx.shape == item_idx.shape == order.shape or user_idx.dim() != 1:
+        raise ValueError(f"user_idx, item_idx and order must be 1-d and of equal length, got "
+                         f"{tuple(user_idx.shape)}, {tuple(item_idx.shape)}, "
+                         f"{tuple(order.shape)}")
+    if n_users < 1 or max_len < 1:
+        raise ValueError(f"n_users={n_users}, max_len={max_len}: both must be >= 1")
+    user, item = user_idx.long(), item_idx.long()
+    if user.numel() and (int(user.min()) < 0 or int(user.max()) >= n_users):
+        raise ValueError(f"user_idx outside 0..{n_users - 1} (n_users={n_users})")
+    if item.numel() and int(item.min()) < 0:
+        raise ValueError("item_idx holds negative values; item_idx must be >= 0")
+    # Sort by (user, order): by order first, then stably by user.
+    by_time = torch.argsort(order, stable=True)
+    rows = by_time[torch.argsort(user[by_time], stable=True)]  # (N,)
+    user, item = user[rows], item[rows]
+    count = torch.bincount(user, minlength=n_users)  # (n_users,)
+    start = torch.cumsum(count, 0) - count  # (n_users,) each user's first sorted row
+    rank = torch.arange(len(user), device=user.device) - start[user]  # (N,) 0 = oldest
+    return user, item, count[user] - 1 - rank, count
+
+
 def build_histories(user_idx: Tensor, item_idx: Tensor, order: Tensor, n_users: int,
                     max_len: int) -> Tensor:
     """(n_users, max_len) int64 tokens: each user's last `max_len` items in time order,
@@ -36,32 +61,35 @@ def build_histories(user_idx: Tensor, item_idx: Tensor, order: Tensor, n_users: 
     the result is the training sequences of `ncf_model.train_sasrec` (input = all but the
     last column, target = all but the first).
     """
-    if not user_idx.shape == item_idx.shape == order.shape or user_idx.dim() != 1:
-        raise ValueError(f"user_idx, item_idx and order must be 1-d and of equal length, got "
-                         f"{tuple(user_idx.shape)}, {tuple(item_idx.shape)}, "
-                         f"{tuple(order.shape)}")
-    if n_users < 1 or max_len < 1:
-        raise ValueError(f"n_users={n_users}, max_len={max_len}: both must be >= 1")
-    device = user_idx.device
-    histories = torch.zeros((n_users, max_len), dtype=torch.int64, device=device)
-    if user_idx.numel() == 0:
-        return histories
-    user, item = user_idx.long(), item_idx.long()
-    if int(user.min()) < 0 or int(user.max()) >= n_users:
-        raise ValueError(f"user_idx outside 0..{n_users - 1} (n_users={n_users})")
-    if int(item.min()) < 0:
-        raise ValueError("item_idx holds negative values; item_idx must be >= 0")
-    # Sort by (user, order): by order first, then stably by user.
-    by_time = torch.argsort(order, stable=True)
-    rows = by_time[torch.argsort(user[by_time], stable=True)]  # (N,)
-    user, item = user[rows], item[rows]
-    count = torch.bincount(user, minlength=n_users)  # (n_users,)
-    start = torch.cumsum(count, 0) - count  # (n_users,) each user's first sorted row
-    rank = torch.arange(len(user), device=device) - start[user]  # (N,) 0 = oldest
-    from_end = count[user] - 1 - rank  # (N,) 0 = the most recent
+    user, item, from_end, _ = _from_end(user_idx, item_idx, order, n_users, max_len)
+    histories = torch.zeros((n_users, max_len), dtype=torch.int64, device=user_idx.device)
     kept = from_end < max_len
     histories[user[kept], max_len - 1 - from_end[kept]] = item[kept] + 1
     return histories
+
+
+def build_windows(user_idx: Tensor, item_idx: Tensor, order: Tensor, n_users: int,
+                  length: int) -> Tensor:
+    """(W, length) int64 training sequences that cover each user's whole history: the
+    latest `length` items (as `build_histories`), then the `length` items that end where
+    that one starts, and so on back to the oldest (left-padded), windows overlapping by one
+    item so that every transition is trained exactly once (the first item of a window is
+    only an input). Users without rows have no window; rows are ordered by user, latest
+    window first. `length` >= 2: a window is input = all but its last column, target = all
+    but its first."""
+    if length < 2:
+        raise ValueError(f"length={length}: a training window needs at least 2 columns")
+    user, item, from_end, count = _from_end(user_idx, item_idx, order, n_users, length)
+    stride = length - 1
+    windows = torch.where(count > 0, (count - 1).clamp(min=0) // stride + 1, 0)  # (n_users,)
+    first = torch.cumsum(windows, 0) - windows  # (n_users,) each user's first window
+    out = torch.zeros((int(windows.sum()), length), dtype=torch.int64, device=user_idx.device)
+    window, offset = from_end // stride, from_end % stride
+    out[first[user] + window, stride - offset] = item + 1
+    # The oldest item of each window but the last is also the input that opens the next.
+    opens = (offset == 0) & (window > 0)
+    out[first[user[opens]] + window[opens] - 1, 0] = item[opens] + 1
+    return out
 
 
 class CausalSelfAttention(nn.Module):

@@ -217,6 +217,7 @@ class SASRecConfig:
     # Train on the whole history, in windows of max_len + 1 items overlapping by one
     # (models.sasrec.build_windows), not only on its latest max_len + 1 items. The lake
     # keeps prepare.sequence_length items of a history: raise it to give windows more.
+    # A bce negative then avoids the items of its own window (not the whole history).
     windows: bool = False
     hidden: int = 64
     n_blocks: int = 2

@@ -35,6 +35,7 @@ import os
 import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import optuna
@@ -148,6 +149,28 @@ def build_family(name: str, cfg: NCFConfig, *, on_epoch: OnEpoch | None = None,
     raise ValueError(f"family {name!r} cannot be tuned: choose among {list(TUNABLE)}")
 
 
+@dataclass(frozen=True)
+class ConfigFamilies:
+    """Builds a trial's family from `cfg`'s sections with the trial's fields replaced (every
+    tunable family but ALS, whose section lives in the data config: tune_als.AlsTrials)."""
+
+    cfg: NCFConfig
+    sequences: tuple[Tensor, Tensor, Tensor] | None = None
+
+    def family(self, name: str, overrides: Overrides,
+               on_epoch: OnEpoch | None = None) -> Family:
+        return build_family(name, apply_overrides(self.cfg, overrides),
+                            sequences=self.sequences, on_epoch=on_epoch)
+
+    def sections(self, overrides: Overrides) -> dict[str, Any]:
+        """The whole config sections the overrides touch, as YAML-ready values."""
+        tuned = apply_overrides(self.cfg, overrides)
+        return {section: json_safe(getattr(tuned, section)) for section in overrides}
+
+
+Builder = ConfigFamilies | AlsTrials
+
+
 def validation_score(family: Family | TrialAls, data: ProtocolData, metric: str) -> float:
     """The objective: `metric` (candidates.select_metric) of the family's (a) fit on
     validation, as the candidates stage computes it. Test is never read."""
@@ -186,8 +209,7 @@ def pruning_callback(trial: optuna.Trial, metric: str,
 
 def _objective(family_name: str, cfg: NCFConfig, data: ProtocolData, *, metric: str,
                parent: str, run_name: str, runs: list[str],
-               sequences: tuple[Tensor, Tensor, Tensor] | None,
-               als: AlsTrials | None) -> Callable[[optuna.Trial], float]:
+               builder: Builder) -> Callable[[optuna.Trial], float]:
     def objective(trial: optuna.Trial) -> float:
         overrides = SPACES[family_name](trial)
         tags = {"mlflow.parentRunId": parent, "ncf.stage": "tune", "ncf.family": family_name,
@@ -200,15 +222,8 @@ def _objective(family_name: str, cfg: NCFConfig, data: ProtocolData, *, metric: 
             runs.append(run.run_id)
             trial.set_user_attr("run_id", run.run_id)
             run.log_params(trial.params)
-            family: Family | TrialAls
-            if family_name == "als":
-                if als is None:
-                    raise ValueError("tuning als needs AlsTrials (the config and lake run)")
-                family = als.family(overrides["als"])
-            else:
-                family = build_family(family_name, apply_overrides(cfg, overrides),
-                                      sequences=sequences,
-                                      on_epoch=pruning_callback(trial, metric, run))
+            family = builder.family(family_name, overrides,
+                                    on_epoch=pruning_callback(trial, metric, run))
             try:
                 value = validation_score(family, data, metric)
             except optuna.TrialPruned as exc:  # the run ends FINISHED, tagged pruned
@@ -229,9 +244,7 @@ def _objective(family_name: str, cfg: NCFConfig, data: ProtocolData, *, metric: 
 
 
 def tune_family(name: str, cfg: NCFConfig, data: ProtocolData, *, trials: int, seed: int,
-                parent: str, run_name: str,
-                sequences: tuple[Tensor, Tensor, Tensor] | None = None,
-                als: AlsTrials | None = None) -> dict[str, Any]:
+                parent: str, run_name: str, builder: Builder) -> dict[str, Any]:
     """One study of `trials` trials for family `name`; its best settings as config sections.
     A family that cannot run on this data (FamilySkipped) is returned with the reason."""
     metric = cfg.candidates.select_metric
@@ -246,8 +259,7 @@ def tune_family(name: str, cfg: NCFConfig, data: ProtocolData, *, trials: int, s
                              "best_value": None, "best_params": {}, "sections": {}}
     try:
         study.optimize(_objective(name, cfg, data, metric=metric, parent=parent,
-                                  run_name=run_name, runs=runs, sequences=sequences,
-                                  als=als),
+                                  run_name=run_name, runs=runs, builder=builder),
                        n_trials=trials)
     except FamilySkipped as exc:
         log.warning("tune %s skipped: %s", name, exc)
@@ -260,13 +272,9 @@ def tune_family(name: str, cfg: NCFConfig, data: ProtocolData, *, trials: int, s
         best = study.best_trial
         # The best trial's values replayed through the search space: the same overrides.
         overrides = SPACES[name](optuna.trial.FixedTrial(best.params))
-        if name == "als" and als is not None:
-            sections = {"als": als.section(overrides["als"])}
-        else:
-            best_cfg = apply_overrides(cfg, overrides)
-            sections = {section: json_safe(getattr(best_cfg, section)) for section in overrides}
         entry |= {"best_value": float(best.values[0]), "best_params": dict(best.params),
-                  "best_run": best.user_attrs["run_id"], "sections": sections}
+                  "best_run": best.user_attrs["run_id"],
+                  "sections": builder.sections(overrides)}
     return entry
 
 
@@ -297,6 +305,9 @@ def tune(cfg: NCFConfig, data: ProtocolData, *, logical_date: str, families: Seq
     unknown = [name for name in families if name not in SPACES]
     if unknown:
         raise ValueError(f"families {unknown} cannot be tuned: choose among {list(TUNABLE)}")
+    if "als" in families and als is None:
+        raise ValueError("tuning als needs AlsTrials (the dataset config and the lake run)")
+    from_config = ConfigFamilies(cfg, sequences)
     metric = cfg.candidates.select_metric
     if metric.startswith("full_") and not data.full_ranking:
         raise ValueError(f"candidates.select_metric {metric!r} needs evaluate.full_ranking")
@@ -309,7 +320,8 @@ def tune(cfg: NCFConfig, data: ProtocolData, *, logical_date: str, families: Seq
     # The parent is closed while the children run: MLflow allows one active run, and the
     # children name their parent by the mlflow.parentRunId tag.
     results = {name: tune_family(name, cfg, data, trials=trials, seed=seed, parent=parent,
-                                 run_name=run_name, sequences=sequences, als=als)
+                                 run_name=run_name,
+                                 builder=als if name == "als" and als else from_config)
                for name in families}
     with tracking.start_run(cfg.dataset, run_name="", run_id=parent) as run:
         run.log_metrics({f"{name}_best_val_{metric}": entry["best_value"]
@@ -363,7 +375,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     sequences = load_sequences(paths) if "sasrec" in families else None
     result = tune(cfg, data, logical_date=paths.logical_date, families=families,
                   trials=args.trials, seed=args.seed, sequences=sequences,
-                  als=AlsTrials(args.config, paths) if "als" in families else None)
+                  als=AlsTrials.load(args.config, paths) if "als" in families else None)
     sys.stdout.write(format_yaml(result))
     return 0
 

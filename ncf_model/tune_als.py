@@ -48,20 +48,30 @@ def suggest_als(trial: optuna.trial.BaseTrial) -> dict[str, Any]:
 
 @dataclass(frozen=True)
 class AlsTrials:
-    """Builds each trial's ALS family from the dataset config and the tuned lake run."""
+    """Builds each trial's ALS family from the dataset config (read once) and the tuned
+    lake run; the same interface as ncf_model.tune.ConfigFamilies."""
 
-    config: Path  # configs/<dataset>.yaml
+    config: Path  # configs/<dataset>.yaml: its name is kept for the trial's copy
+    raw: Mapping[str, Any]  # its contents
     paths: layout.LakePaths  # the lake run tuned on
+
+    @classmethod
+    def load(cls, config: Path, paths: layout.LakePaths) -> AlsTrials:
+        return cls(Path(config), read_yaml(config), paths)
 
     def section(self, fields: Mapping[str, Any]) -> dict[str, Any]:
         """The `als` section with the trial's fields, validated (AlsConfig)."""
-        base = read_yaml(self.config).get("als") or {}
-        merged = {**base, **fields}
+        merged = {**(self.raw.get("als") or {}), **fields}
         AlsConfig(**merged)  # raises with the field's name when a value is out of range
         return merged
 
-    def family(self, fields: Mapping[str, Any]) -> TrialAls:
-        return TrialAls(self, self.section(fields))
+    def family(self, name: str, overrides: Mapping[str, Mapping[str, Any]],
+               on_epoch: object = None) -> TrialAls:
+        """`on_epoch` is unused: ALS has no epochs to report, so no trial is pruned."""
+        return TrialAls(self, self.section(overrides[name]))
+
+    def sections(self, overrides: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
+        return {"als": self.section(overrides["als"])}
 
 
 @dataclass
@@ -87,8 +97,7 @@ class TrialAls:
                                                   target_is_directory=True)
                 else:
                     scratch.path(name).mkdir()  # test: nothing a trial could read
-            config = read_yaml(self.trials.config)
-            config["als"] = self.params
+            config = {**self.trials.raw, "als": self.params}
             config["candidates"] = {**(config.get("candidates") or {}), "refit": False,
                                     "families": ["als"]}
             trial_config = Path(tmp) / self.trials.config.name

@@ -214,7 +214,7 @@ def test_als_trials_fit_with_the_spark_job_and_never_see_test(
     cfg = load_ncf_config(config)
     clean = stage.protocol_data(cfg, paths, torch.device("cpu"),
                                 {"n_users": N_USERS, "n_items": N_ITEMS})
-    trials = tuning.AlsTrials(config, paths)
+    trials = tuning.AlsTrials.load(config, paths)
     result = tuning.tune(cfg, _poisoned(clean), logical_date=DATE, families=["als"],
                          trials=2, seed=0, als=trials)
     als = result["families"]["als"]
@@ -223,7 +223,7 @@ def test_als_trials_fit_with_the_spark_job_and_never_see_test(
     section = als["sections"]["als"]
     assert section["rank"] == als["best_params"]["rank"]
     assert (section["max_iter"], section["seed"]) == (3, 0)  # configured, not sampled
-    again = trials.family(als["best_params"]).select(clean)
+    again = trials.family("als", {"als": als["best_params"]}).select(clean)
     assert evaluate(again.scorer, clean.validation, K)[METRIC] == pytest.approx(
         als["best_value"], abs=1e-6)
     # The two taste groups are easy: ALS finds them from train alone.

@@ -280,7 +280,9 @@ def run_scheduled(env: dict[str, str], work: Path, interval: float,
                 print(exc, file=log)
                 code = TIMED_OUT
                 # the tasks' own sessions (spark-submit, the JVMs) outlive a killed group
-                _kill_tree(stack.running(settings)["scheduler"])
+                scheduler = stack.running(settings).get("scheduler")
+                if scheduler is not None:
+                    _kill_tree(scheduler)
     finally:
         stack.down(settings)
     return code, time.perf_counter() - started, sampler

@@ -10,7 +10,10 @@ random hold-out without timestamps, 99 sampled negatives: the split and the eval
 negatives stay fixed), then per seed `jobs.als`, `ncf_model train` and `ncf_model
 candidates` with every training seed (train.seed, mf.seed, als.seed, sasrec.seed) set to
 it, over the families the dataset's config lists (or --families); `--set SECTION.KEY=VALUE`
-(a YAML value) changes one setting of every dataset's config, to compare settings. The
+(a YAML value) changes one setting of every dataset's config, to compare settings (prepare
+settings included: the lake is then prepared with them). With --families, `jobs.als` runs
+only when als is listed, and without ncf the flagship trains one epoch only (the candidates
+stage logs under its run). Each dataset's config is read once, at the start. The
 candidates stage fits each family on train with its settings chosen on validation, refits
 it on train + validation and reports test; the served family is the best on validation.
 Prints, per dataset and family, mean ± std over the seeds of test HR@10 / NDCG@10
@@ -70,11 +73,11 @@ def _manifest(work: Path, dataset: str) -> dict[str, Any]:
 def bench_dataset(dataset: str, args: argparse.Namespace,
                   env: dict[str, str]) -> dict[str, list[dict[str, Any]]]:
     """{family: one record per seed (validation and test metrics, served or not)}."""
-    base = REPO / "configs" / f"{dataset}.yaml"
+    base = args.work / "configs" / f"{dataset}.base.yaml"
     work, py = args.work, sys.executable
     log = work / f"{dataset}.log"
     common = ["--logical-date", DATE, "--lake-root", str(work / "lake")]
-    data_cfg = _config(base, work, "data", {})
+    data_cfg = _config(base, work, "data", args.set)
     seconds = _run([py, "-m", "jobs.ingest", "--config", str(data_cfg), *common,
                     "--raw-dir", str(args.raw_dir), "--cache-dir", str(work / "cache")],
                    log, env)
@@ -88,14 +91,18 @@ def bench_dataset(dataset: str, args: argparse.Namespace,
             section: dict(values) for section, values in args.set.items()}
         for section in ("train", "mf", "als", "sasrec"):
             overrides.setdefault(section, {})["seed"] = seed
+        stages = [("als", "jobs.als", []), ("train", "ncf_model", ["train"]),
+                  ("candidates", "ncf_model", ["candidates"])]
         if args.families:  # else the dataset's own candidates
             overrides.setdefault("candidates", {})["families"] = list(args.families)
+            if "ncf" not in args.families:
+                overrides["train"]["epochs"] = 1
+            if "als" not in args.families:
+                stages = stages[1:]
         cfg = _config(base, work, f"seed{seed}", overrides)
         timings = {stage: _run([py, "-m", module, *stage_args, "--config", str(cfg), *common],
                                log, env)
-                   for stage, module, stage_args in (
-                       ("als", "jobs.als", []), ("train", "ncf_model", ["train"]),
-                       ("candidates", "ncf_model", ["candidates"]))}
+                   for stage, module, stage_args in stages}
         entry = _manifest(work, dataset)["candidates"]
         for family, record in entry["families"].items():
             results.setdefault(family, []).append({
@@ -103,7 +110,7 @@ def bench_dataset(dataset: str, args: argparse.Namespace,
                 "served": family == entry["served_family"], "skipped": record["skipped"],
                 "seconds": sum(record.get("seconds", {}).values())
                 + (timings["train"] if family == "ncf" else 0.0)
-                + (timings["als"] if family == "als" else 0.0)})
+                + (timings.get("als", 0.0) if family == "als" else 0.0)})
         print(f"  seed {seed}: served {entry['served_family']}; stages "
               f"{', '.join(f'{k} {v:.0f} s' for k, v in timings.items())}", flush=True)
         # One JSON line per seed: a cut-short run still leaves its figures.
@@ -152,6 +159,10 @@ def main() -> None:
     args.work = args.work.resolve()
     args.raw_dir = Path(args.raw_dir).resolve()
     args.work.mkdir(parents=True, exist_ok=True)
+    for dataset in args.datasets:  # later edits of configs/ never reach a running bench
+        snapshot = args.work / "configs" / f"{dataset}.base.yaml"
+        snapshot.parent.mkdir(parents=True, exist_ok=True)
+        snapshot.write_text((REPO / "configs" / f"{dataset}.yaml").read_text())
     env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{args.work / 'mlflow.db'}",
            "NCF_MLFLOW_ARTIFACT_ROOT": str(args.work / "mlruns"),
            "SPARK_LOCAL_IP": "127.0.0.1", "PYTHONPATH": str(REPO)}

@@ -42,7 +42,8 @@ MODEL_CONFIG_FAMILIES = ("ncf", "mf")  # rebuilt from a ModelConfig (build_model
 # The families whose model is its tensors: rebuilt from the state dict, no config needed.
 _FROM_STATE: dict[str, Any] = {
     "ease": lambda state: EASE(state["weights"], state["history_items"],
-                               state["history_offsets"]),
+                               state["history_offsets"],
+                               state.get("history_weights")),  # absent: binary (older)
     "als": lambda state: FactorScorer(state["user_factors"], state["item_factors"]),
     "popularity": lambda state: PopularityScorer(state["item_count"]),
 }

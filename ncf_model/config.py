@@ -266,6 +266,11 @@ class EaseConfig:
     with the reason logged; the other candidates go on."""
 
     l2_grid: tuple[float, ...] = DEFAULT_L2_GRID
+    # Recency-weighted scoring: a user's item weighs 0.5 ** (age / half_life) in X[u] @ B,
+    # age = how many of the user's positives are later (time order from sequences/). Each
+    # half-life is tried with each lambda on validation, beside the binary X (always a
+    # choice); without sequences/ (no timestamps) only the binary X. Empty: binary only.
+    half_life_grid: tuple[float, ...] = (5.0, 10.0, 20.0, 50.0, 100.0)
     max_memory_gb: float = 8.0
     # The fits' time budget: len(l2_grid) + 2 fits (the grid, the refit for test, the
     # served refit), estimated before the first; over it the family is skipped with the
@@ -275,6 +280,8 @@ class EaseConfig:
     def __post_init__(self) -> None:
         check_field(bool(self.l2_grid) and all(value > 0 for value in self.l2_grid),
                     "l2_grid", "must hold at least one lambda, each > 0")
+        check_field(all(value > 0 for value in self.half_life_grid), "half_life_grid",
+                    "each half-life must be > 0 (items)")
         check_field(self.max_memory_gb > 0, "max_memory_gb", "must be > 0")
         check_field(self.max_minutes is None or self.max_minutes > 0, "max_minutes",
                     "must be > 0, or null for no limit")

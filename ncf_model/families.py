@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -38,6 +39,7 @@ from ncf_model.models.ease_limits import (
     check_ease_time,
 )
 from ncf_model.models.sasrec import SASRec, build_histories, build_windows
+from ncf_model.recency import positive_ages, recency_weights, timeline
 from ncf_model.train import TrainResult, fit, refit
 from ncf_model.train_sasrec import pairs_validator, train_sasrec
 
@@ -185,24 +187,39 @@ def mf_family(cfg: MFConfig, k: int,
 
 
 @dataclass
+class _Scored:
+    """One lambda's best model over the half-lives (see Ease.select)."""
+
+    model: EASE
+    half_life: float | None
+    score: float
+
+
+@dataclass
 class Ease:
-    """EASE^R (Steck, WWW 2019): closed form, lambda chosen on validation from a grid; its
-    item-item fit needs ~3 x n_items^2 floats (about one with fewer users than items),
-    checked against `max_memory_gb` and `max_minutes` first."""
+    """EASE^R (Steck, WWW 2019): closed form, lambda and the recency half-life (or none)
+    chosen together on validation from their grids; its item-item fit needs ~3 x n_items^2
+    floats (about one with fewer users than items), checked against `max_memory_gb` and
+    `max_minutes` first. Recency needs the time order of sequences/: without it (or with
+    an empty `half_life_grid`) X stays binary."""
 
     cfg: EaseConfig
     metric: str  # the validation metric lambda is chosen on, e.g. "ndcg_10"
+    sequences: tuple[Tensor, Tensor, Tensor] | None = None  # (user, item, position), CPU
     name: str = "ease"
 
     def recipe(self) -> dict[str, Any]:
         return {"family": self.name}
 
-    def _fit(self, data: ProtocolData, splits: tuple[str, ...], l2: float) -> EASE:
-        positives = data.union(splits)
-        weights = fit_ease(positives.user, positives.item, data.n_users, data.n_items, l2=l2,
-                           device=data.device)
+    def _ages(self, data: ProtocolData, splits: tuple[str, ...], positives: Pairs) -> Tensor:
+        assert self.sequences is not None  # checked by the callers
+        return positive_ages(self.sequences, data.positives, splits, positives,
+                             n_users=data.n_users, n_items=data.n_items)
+
+    def _scorer(self, data: ProtocolData, weights: Tensor, positives: Pairs,
+                values: Tensor | None) -> EASE:
         return EASE.from_pairs(weights, positives.user.to(data.device),
-                               positives.item.to(data.device), data.n_users).eval()
+                               positives.item.to(data.device), data.n_users, values).eval()
 
     def select(self, data: ProtocolData) -> Selected:
         try:
@@ -214,21 +231,51 @@ class Ease:
                                 n_users=data.n_users, limit_key="ease.max_minutes")
         except (EaseMemoryError, EaseTimeError) as exc:
             raise FamilySkipped(str(exc)) from exc
-        best, scores, model = fit_best_l2(
-            self.cfg.l2_grid, lambda l2: self._fit(data, SELECT_ON, l2),
-            lambda fitted: evaluate(fitted, data.validation, data.k)[self.metric])
-        log.info("ease: validation %s per lambda %s -> lambda %g", self.metric,
-                 {l2: round(value, 4) for l2, value in scores.items()}, best)
-        metrics = {f"val_{self.metric}_l2_{l2:g}": value for l2, value in scores.items()}
-        return Selected(model, {"l2": best}, {**metrics, "l2": best})
+        positives = data.union(SELECT_ON)
+        recency = self.sequences is not None and bool(self.cfg.half_life_grid)
+        ages = self._ages(data, SELECT_ON, positives) if recency else None
+        half_lives = (None, *self.cfg.half_life_grid) if recency else (None,)
+        scores: dict[str, float] = {}
+
+        def best_half_life(l2: float) -> _Scored:
+            weights = fit_ease(positives.user, positives.item, data.n_users, data.n_items,
+                               l2=l2, device=data.device)
+            best: _Scored | None = None
+            for half_life in half_lives:  # ties go to the earlier: binary X, then shorter
+                values = None if ages is None or half_life is None else recency_weights(
+                    ages, half_life)
+                model = self._scorer(data, weights, positives, values)
+                score = float(evaluate(model, data.validation, data.k)[self.metric])
+                if half_life is not None:
+                    scores[f"val_{self.metric}_l2_{l2:g}_half_life_{half_life:g}"] = score
+                if best is None or score > best.score or math.isnan(best.score):
+                    best = _Scored(model, half_life, score)
+            assert best is not None
+            return best
+
+        best, per_l2, scored = fit_best_l2(self.cfg.l2_grid, best_half_life,
+                                           lambda fitted: fitted.score)
+        log.info("ease: validation %s per lambda (best half-life each) %s -> lambda %g, "
+                 "half-life %s", self.metric, {l2: round(v, 4) for l2, v in per_l2.items()},
+                 best, scored.half_life)
+        metrics = {f"val_{self.metric}_l2_{l2:g}": value for l2, value in per_l2.items()}
+        return Selected(scored.model, {"l2": best, "half_life": scored.half_life},
+                        {**metrics, **scores, "l2": best,
+                         "half_life": float(scored.half_life or 0.0)})
 
     def refit(self, data: ProtocolData, splits: tuple[str, ...],
               settings: Mapping[str, Any]) -> nn.Module:
-        return self._fit(data, splits, float(settings["l2"]))
-
-
-# Appended items sort after every training position: the validation item, then test.
-_APPENDED_ORDER = float(1 << 40)
+        positives = data.union(splits)
+        weights = fit_ease(positives.user, positives.item, data.n_users, data.n_items,
+                           l2=float(settings["l2"]), device=data.device)
+        half_life = settings.get("half_life")  # absent in recipes from before recency
+        values = None
+        if half_life is not None:
+            if self.sequences is None:
+                raise ValueError(f"ease half_life {half_life} needs the time order of "
+                                 "sequences/, which this lake run does not have")
+            values = recency_weights(self._ages(data, splits, positives), float(half_life))
+        return self._scorer(data, weights, positives, values)
 
 
 @dataclass
@@ -252,15 +299,8 @@ class Sequential:
         """Each user's latest `length` tokens (one row per user), or with `windows` the
         training windows of the whole history (`build_windows`)."""
         assert self.sequences is not None  # checked by select
-        user, item, position = self.sequences
-        users, items, order = [user], [item], [position.double()]
-        for rank, split in enumerate(name for name in splits if name != "train"):
-            pairs = data.positives[split]
-            users.append(pairs.user.long())
-            items.append(pairs.item.long())
-            order.append(torch.full((len(pairs),), _APPENDED_ORDER + rank, dtype=torch.float64))
         build = build_windows if windows else build_histories
-        return build(torch.cat(users), torch.cat(items), torch.cat(order), data.n_users,
+        return build(*timeline(self.sequences, data.positives, splits), data.n_users,
                      length).to(data.device)
 
     def _fit(self, data: ProtocolData, splits: tuple[str, ...], *,
@@ -343,7 +383,9 @@ def from_recipe(recipe: Mapping[str, Any], *, ease: EaseConfig, metric: str,
                        build_section(TrainConfig, recipe["train"], f"{where}: train"),
                        features=features if family == "ncf" else None)
     if family == "ease":
-        return Ease(ease, metric)
+        if (recipe.get("settings") or {}).get("half_life") is not None and sequences is None:
+            return None  # its recency weights need the time order this lake lacks
+        return Ease(ease, metric, sequences)
     if family == "popularity":
         return Popularity()
     if family == "sasrec" and sequences is not None:

@@ -7,7 +7,8 @@ each with the same number of trials, scored on validation only.
     make tune DATASET=ml-100k [TRIALS=20] [DATE=...]
 
 Reads   train/ and validation/ of one lake run (positives and the shared evaluation
-        negatives) and sequences/ for sasrec; the run must exist (`make run` writes it).
+        negatives) and sequences/ for sasrec and ease; the run must exist (`make run`
+        writes it).
         test/ is dropped before any trial starts: no setting is ever chosen on test.
 Writes  nothing to the lake. MLflow: a parent run "<dataset>-<date>-tune" (tag
         ncf.stage=tune) with one child run per trial (the sampled values as params, the
@@ -107,8 +108,11 @@ def _suggest_mf(trial: optuna.trial.BaseTrial) -> Overrides:
 
 
 def _suggest_ease(trial: optuna.trial.BaseTrial) -> Overrides:
-    # One lambda per trial: the sampler, not EASE's own grid, explores it.
-    return {"ease": {"l2_grid": (trial.suggest_float("l2", 1.0, 5000.0, log=True),)}}
+    # One lambda and one half-life per trial: the sampler, not EASE's own grids, explores
+    # them (a trial still scores the binary X beside its half-life and keeps the better).
+    half_life = trial.suggest_categorical("half_life", (0, 5, 10, 20, 50, 100))  # 0: none
+    return {"ease": {"l2_grid": (trial.suggest_float("l2", 1.0, 5000.0, log=True),),
+                     "half_life_grid": (float(half_life),) if half_life else ()}}
 
 
 def _suggest_sasrec(trial: optuna.trial.BaseTrial) -> Overrides:
@@ -143,7 +147,7 @@ def build_family(name: str, cfg: NCFConfig, *, on_epoch: OnEpoch | None = None,
         return mf_family(cfg.mf, cfg.evaluate.k, on_epoch=on_epoch)
     if name == "ease":
         # Ease ranks its lambda grid on a sampled metric; with one lambda it ranks nothing.
-        return Ease(cfg.ease, f"ndcg_{cfg.evaluate.k}")
+        return Ease(cfg.ease, f"ndcg_{cfg.evaluate.k}", sequences)
     if name == "sasrec":
         return Sequential(cfg.sasrec, sequences, on_epoch=on_epoch)
     raise ValueError(f"family {name!r} cannot be tuned: choose among {list(TUNABLE)}")
@@ -372,7 +376,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except StageError as exc:
         log.error("%s (make run DATE=%s writes it)", exc, paths.logical_date)
         return 2
-    sequences = load_sequences(paths) if "sasrec" in families else None
+    sequences = load_sequences(paths) if {"sasrec", "ease"} & set(families) else None
     result = tune(cfg, data, logical_date=paths.logical_date, families=families,
                   trials=args.trials, seed=args.seed, sequences=sequences,
                   als=AlsTrials.load(args.config, paths) if "als" in families else None)

@@ -6,7 +6,8 @@ training positives: with G = XᵀX + λI and P = G⁻¹, the weights are B = -P 
 users than items, P comes from the users' side instead (Woodbury: λP = I - Xᵀ(λI + XXᵀ)⁻¹X),
 an n_users³ factorisation and one n_items² matrix in memory instead of three. There is
 no training loop: `fit_ease` returns B, `choose_l2` picks λ on validation, and `EASE`
-holds B and each user's history so that it scores pairs like every other model family
+holds B and each user's history, optionally weighted (ncf_model.recency: the latest items
+count most), so that it scores pairs like every other model family
 (`forward(user_idx, item_idx) -> (B,)` raw scores, `score_all_items` for full ranking) and
 exports inside `PairScorer`.
 
@@ -241,8 +242,10 @@ class EASE(nn.Module):
     weights: Tensor
     history_items: Tensor
     history_offsets: Tensor
+    history_weights: Tensor
 
-    def __init__(self, weights: Tensor, history_items: Tensor, history_offsets: Tensor) -> None:
+    def __init__(self, weights: Tensor, history_items: Tensor, history_offsets: Tensor,
+                 history_weights: Tensor | None = None) -> None:
         super().__init__()
         if weights.dim() != 2 or weights.shape[0] != weights.shape[1]:
             raise ValueError(f"weights {tuple(weights.shape)} must be (n_items, n_items)")
@@ -257,26 +260,49 @@ class EASE(nn.Module):
         self.register_buffer("weights", weights.contiguous())
         self.register_buffer("history_items", history_items.to(weights.device, torch.int64))
         self.register_buffer("history_offsets", history_offsets.to(weights.device, torch.int64))
+        if history_weights is None:
+            history_weights = torch.ones(history_items.numel())
+        if history_weights.shape != history_items.shape:
+            raise ValueError(f"history_weights {tuple(history_weights.shape)} must match "
+                             f"history_items {tuple(history_items.shape)}")
+        # x_u[i]: 1 for the binary X, or a recency weight (recency_weights)
+        self.register_buffer("history_weights",
+                             history_weights.to(weights.device, torch.float32))
 
     @classmethod
     def from_pairs(cls, weights: Tensor, user_idx: Tensor, item_idx: Tensor,
-                   n_users: int) -> EASE:
-        """EASE with B = `weights` and histories from the positive pairs (duplicates once)."""
+                   n_users: int, values: Tensor | None = None) -> EASE:
+        """EASE with B = `weights` and histories from the positive pairs (duplicates once,
+        the first one's value kept); `values` (same length) weigh each pair's item in the
+        user's row of X (default 1: the binary X B was fitted on)."""
         n_items = weights.shape[0]
-        users, items = _unique_pairs(user_idx.to(weights.device), item_idx.to(weights.device),
-                                     n_users, n_items)
+        device = weights.device
+        users, items = _unique_pairs(user_idx.to(device), item_idx.to(device), n_users,
+                                     n_items)
+        history_weights = None
+        if values is not None:
+            if values.shape != user_idx.shape:
+                raise ValueError(f"values {tuple(values.shape)} must match the pairs "
+                                 f"{tuple(user_idx.shape)}")
+            key = user_idx.to(device, torch.int64) * n_items + item_idx.to(device, torch.int64)
+            order = torch.argsort(key, stable=True)
+            first = torch.ones_like(order, dtype=torch.bool)
+            first[1:] = key[order][1:] != key[order][:-1]
+            history_weights = values.to(device, torch.float32)[order][first]  # as (users, items)
         counts = torch.bincount(users, minlength=n_users)  # (n_users,)
         offsets = torch.cat([counts.new_zeros(1), counts.cumsum(0)])  # (n_users + 1,)
-        return cls(weights, items, offsets)
+        return cls(weights, items, offsets, history_weights)
 
-    def with_history(self, user_idx: Tensor, item_idx: Tensor, n_users: int) -> EASE:
+    def with_history(self, user_idx: Tensor, item_idx: Tensor, n_users: int,
+                     values: Tensor | None = None) -> EASE:
         """A new EASE sharing this one's B, with histories from other pairs (e.g. train +
         validation, to score the test period from the longer history)."""
-        return EASE.from_pairs(self.weights, user_idx, item_idx, n_users)
+        return EASE.from_pairs(self.weights, user_idx, item_idx, n_users, values)
 
-    def _histories(self, user_idx: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        """(items (H,), bag (H,), bag_start (C,)): the histories of `user_idx` (C,) end to end,
-        the position in `user_idx` each entry belongs to, and where each one's bag starts."""
+    def _histories(self, user_idx: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """(items (H,), x (H,), bag (H,), bag_start (C,)): the histories of `user_idx` (C,)
+        end to end, each entry's weight in X, the position in `user_idx` each entry belongs
+        to, and where each one's bag starts."""
         start = self.history_offsets[user_idx]  # (C,)
         lengths = self.history_offsets[user_idx + 1] - start  # (C,)
         bag_start = lengths.cumsum(0) - lengths  # (C,)
@@ -286,17 +312,20 @@ class EASE(nn.Module):
         bag = torch.repeat_interleave(torch.arange(user_idx.shape[0], device=user_idx.device),
                                       lengths, output_size=total)  # (H,)
         position = torch.arange(total, device=user_idx.device) - bag_start[bag] + start[bag]
-        return self.history_items[position], bag, bag_start
+        return self.history_items[position], self.history_weights[position], bag, bag_start
 
     def forward(self, user_idx: Tensor, item_idx: Tensor) -> Tensor:
-        items, bag, bag_start = self._histories(user_idx)  # (H,), (H,), (B,)
+        items, x, bag, bag_start = self._histories(user_idx)  # (H,), (H,), (H,), (B,)
         # B[h, i] for each history item h of each pair, read as row h * n_items + i of B
         # viewed (n_items², 1): one bag sum per pair, an empty bag sums to 0.
         flat = items * self.n_items + item_idx[bag]  # (H,)
-        scores = F.embedding_bag(flat, self.weights.reshape(-1, 1), bag_start, mode="sum")
+        scores = F.embedding_bag(flat, self.weights.reshape(-1, 1), bag_start, mode="sum",
+                                 per_sample_weights=x)
         return scores.squeeze(1)  # (B,)
 
     def score_all_items(self, user_idx: Tensor) -> Tensor:
-        """(C, n_items) scores X[u] @ B of `user_idx` (C,): the sum of B's history rows."""
-        items, _bag, bag_start = self._histories(user_idx)
-        return F.embedding_bag(items, self.weights, bag_start, mode="sum")  # (C, n_items)
+        """(C, n_items) scores X[u] @ B of `user_idx` (C,): the weighted sum of B's history
+        rows."""
+        items, x, _bag, bag_start = self._histories(user_idx)
+        return F.embedding_bag(items, self.weights, bag_start, mode="sum",
+                               per_sample_weights=x)  # (C, n_items)

@@ -82,6 +82,7 @@ def build_families(cfg: NCFConfig, paths: layout.LakePaths, data: ProtocolData,
     """The families `candidates.families` lists, in that order (ties go to the earlier)."""
     metric = cfg.candidates.select_metric.removeprefix("full_")
     families: list[Family] = []
+    sequences = load_sequences(paths)  # time order: sasrec's input, ease's recency
     for name in cfg.candidates.families:
         if name == "ncf":
             families.append(_flagship(cfg, paths, data))
@@ -89,9 +90,9 @@ def build_families(cfg: NCFConfig, paths: layout.LakePaths, data: ProtocolData,
             families.append(mf_family(cfg.mf, cfg.evaluate.k))
         elif name == "ease":
             families.append(Ease(cfg.ease, metric if metric.startswith(("hr_", "ndcg_"))
-                                 else f"ndcg_{cfg.evaluate.k}"))
+                                 else f"ndcg_{cfg.evaluate.k}", sequences))
         elif name == "sasrec":
-            families.append(Sequential(cfg.sasrec, load_sequences(paths)))
+            families.append(Sequential(cfg.sasrec, sequences))
         elif name == "als":
             params = (manifest.get("als") or {}).get("params") or {}
             families.append(Als(lambda splits: load_als_scorer(

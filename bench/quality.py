@@ -86,7 +86,7 @@ def bench_dataset(dataset: str, args: argparse.Namespace,
     print(f"{dataset}: ingest + prepare {seconds:.0f} s; {prepared['n_users']:,} users, "
           f"{prepared['n_items']:,} items, {prepared['n_positives']:,} positives", flush=True)
     results: dict[str, list[dict[str, Any]]] = {}
-    for seed in SEEDS[:args.seeds]:
+    for seed in args.seed or SEEDS[:args.seeds]:
         overrides: dict[str, dict[str, Any]] = {
             section: dict(values) for section, values in args.set.items()}
         for section in ("train", "mf", "als", "sasrec"):
@@ -148,6 +148,9 @@ def main() -> None:
     parser.add_argument("--families", nargs="+", choices=FAMILIES, default=None,
                         help="default: each dataset config's candidates.families")
     parser.add_argument("--seeds", type=int, default=3, choices=range(1, len(SEEDS) + 1))
+    parser.add_argument("--seed", type=int, action="append", choices=SEEDS,
+                        help="run only this training seed (repeatable; overrides --seeds): "
+                             "seeds of one study in parallel, one work folder each")
     parser.add_argument("--work", type=Path, default=Path("/tmp/ncf-quality"))
     parser.add_argument("--set", type=_setting, action="append", default=[],
                         metavar="SECTION.KEY=VALUE", help="change one config setting")
@@ -170,7 +173,8 @@ def main() -> None:
     print(f"load {os.getloadavg()[0]:.2f}; work folder {args.work}; settings {args.set}",
           flush=True)
     table = {dataset: bench_dataset(dataset, args, env) for dataset in args.datasets}
-    print(f"\n{args.seeds} seed(s), mean ± std; test after the refit on train + validation; "
+    print(f"\n{len(args.seed or SEEDS[:args.seeds])} seed(s), mean ± std; test after the "
+          "refit on train + validation; "
           "val = the validation NDCG@10 that chooses")
     print("| dataset | family | test HR@10 | test NDCG@10 | test full NDCG@10 | val NDCG@10 "
           "| served | s/seed |")

@@ -457,7 +457,7 @@ def test_ml_100k_ingest_and_prepare(spark: SparkSession, shared_data: Path,
     assert entry["test_rows"] == entry["validation_rows"] == 943 * 100
     # The shipped config writes no training negatives: the trainer draws its own.
     assert entry["train_rows"] == 100_000 - 2 * 943
-    assert entry["sequences"] == {"rows": 943, "max_length": 200}
+    assert entry["sequences"] == {"rows": 943, "max_length": 1000}  # every history whole
     assert entry["users_train_only"] == entry["users_short_of_eval_negatives"] == 0
     print(f"\nML-100K: ingest {ingested - started:.1f} s, prepare {prepared - ingested:.1f} s, "
           f"train rows {entry['train_rows']}")

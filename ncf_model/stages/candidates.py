@@ -147,6 +147,11 @@ def run_protocol(family: Family, data: ProtocolData, *, refit: bool) -> Outcome:
     outcome.seconds["refit_test"] = time.perf_counter() - started
     outcome.test, outcome.test_hr_at_k = _metrics("test_", tested, data.test, data,
                                                   TEST_ON if refit else SELECT_ON)
+    # One line per family as soon as it is scored: a long run shows its figures early.
+    log.info("candidate %s: %s (%s)", family.name, ", ".join(
+        f"{name} {value:.4f}" for name, value in {**outcome.validation, **outcome.test}.items()
+        if name.endswith((f"hr_{data.k}", f"ndcg_{data.k}"))),
+        ", ".join(f"{step} {value:.0f} s" for step, value in outcome.seconds.items()))
     return outcome
 
 

@@ -115,6 +115,13 @@ def _suggest_ease(trial: optuna.trial.BaseTrial) -> Overrides:
                      "half_life_grid": (float(half_life),) if half_life else ()}}
 
 
+def _suggest_ease_binary(trial: optuna.trial.BaseTrial) -> Overrides:
+    """EASE^R on a lake without time order: a half-life would change nothing, so the
+    budget goes to lambda alone."""
+    return {"ease": {"l2_grid": (trial.suggest_float("l2", 1.0, 5000.0, log=True),),
+                     "half_life_grid": ()}}
+
+
 def _suggest_sasrec(trial: optuna.trial.BaseTrial) -> Overrides:
     return {"sasrec": {"max_len": trial.suggest_categorical("max_len", (50, 100, 200)),
                        "hidden": trial.suggest_categorical("hidden", (32, 64)),
@@ -160,6 +167,10 @@ class ConfigFamilies:
 
     cfg: NCFConfig
     sequences: tuple[Tensor, Tensor, Tensor] | None = None
+
+    def space(self, name: str) -> Callable[[optuna.trial.BaseTrial], Overrides]:
+        """The family's search space on this data (EASE^R's half-life needs time order)."""
+        return _suggest_ease_binary if name == "ease" and self.sequences is None else SPACES[name]
 
     def family(self, name: str, overrides: Overrides,
                on_epoch: OnEpoch | None = None) -> Family:
@@ -215,7 +226,7 @@ def _objective(family_name: str, cfg: NCFConfig, data: ProtocolData, *, metric: 
                parent: str, run_name: str, runs: list[str],
                builder: Builder) -> Callable[[optuna.Trial], float]:
     def objective(trial: optuna.Trial) -> float:
-        overrides = SPACES[family_name](trial)
+        overrides = builder.space(family_name)(trial)
         tags = {"mlflow.parentRunId": parent, "ncf.stage": "tune", "ncf.family": family_name,
                 "ncf.trial": trial.number, "ncf.dataset": cfg.dataset}
         pruned: optuna.TrialPruned | None = None
@@ -275,7 +286,7 @@ def tune_family(name: str, cfg: NCFConfig, data: ProtocolData, *, trials: int, s
     if entry["complete"]:
         best = study.best_trial
         # The best trial's values replayed through the search space: the same overrides.
-        overrides = SPACES[name](optuna.trial.FixedTrial(best.params))
+        overrides = builder.space(name)(optuna.trial.FixedTrial(best.params))
         entry |= {"best_value": float(best.values[0]), "best_params": dict(best.params),
                   "best_run": best.user_attrs["run_id"],
                   "sections": builder.sections(overrides)}

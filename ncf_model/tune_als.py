@@ -17,7 +17,7 @@ import os
 import subprocess
 import sys
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -64,6 +64,9 @@ class AlsTrials:
         merged = {**(self.raw.get("als") or {}), **fields}
         AlsConfig(**merged)  # raises with the field's name when a value is out of range
         return merged
+
+    def space(self, name: str) -> Callable[[optuna.trial.BaseTrial], dict[str, Any]]:
+        return lambda trial: {name: suggest_als(trial)}
 
     def family(self, name: str, overrides: Mapping[str, Mapping[str, Any]],
                on_epoch: object = None) -> TrialAls:

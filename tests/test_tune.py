@@ -74,6 +74,7 @@ def test_studies_pick_settings_on_validation_and_log_a_run_per_trial(
     assert set(mf["best_params"]) == {"factors", "lr", "weight_decay", "n_negatives",
                                       "batch_size"}
     assert 1.0 <= ease["best_params"]["l2"] <= 5000.0
+    assert "half_life" not in ease["best_params"]  # no sequences/: no recency to sample
     # The settings are the whole sections, sampled keys replaced, the rest as configured.
     assert mf["sections"]["mf"]["factors"] == mf["best_params"]["factors"]
     assert mf["sections"]["mf"]["epochs"] == 3 and mf["sections"]["mf"]["seed"] == 3

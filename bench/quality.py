@@ -112,7 +112,10 @@ def bench_dataset(dataset: str, args: argparse.Namespace,
                 + (timings["train"] if family == "ncf" else 0.0)
                 + (timings.get("als", 0.0) if family == "als" else 0.0)})
         print(f"  seed {seed}: served {entry['served_family']}; stages "
-              f"{', '.join(f'{k} {v:.0f} s' for k, v in timings.items())}", flush=True)
+              f"{', '.join(f'{k} {v:.0f} s' for k, v in timings.items())}; held-out items "
+              f"the fit never saw (an id-only family's HR@K ceiling is 1 minus it): "
+              f"validation {entry.get('val_unseen_item_share', float('nan')):.3f}, "
+              f"test {entry.get('test_unseen_item_share', float('nan')):.3f}", flush=True)
         # One JSON line per seed: a cut-short run still leaves its figures.
         with (work / "results.jsonl").open("a") as out:
             out.write(json.dumps({"dataset": dataset, "seed": seed,

@@ -171,6 +171,8 @@ def test_every_family_is_scored_alike_and_the_best_on_validation_is_served(
     # The served family is the best on validation, earlier families winning ties.
     best = max(order, key=lambda n: (families[n]["validation"][key], -order.index(n)))
     assert served == entry["served_family"] == best
+    assert 0.0 <= entry["val_unseen_item_share"] <= 1.0
+    assert 0.0 <= entry["test_unseen_item_share"] <= 1.0
     # The groups are easy: every family but popularity is far above chance (about 0.17).
     for name in ("mf", "als", "ease"):
         assert families[name]["validation"][key] > 0.5, name
@@ -258,6 +260,21 @@ def test_sasrec_reads_the_order_and_its_served_history_ends_with_the_held_out_it
 def _outcome(name: str, val: float, test: float) -> stage.Outcome:
     return stage.Outcome(Popularity(name=name), Selected(torch.nn.Identity(), {}),
                          {"val_ndcg_10": val}, {"test_ndcg_10": test})
+
+
+def test_unseen_item_shares_bound_what_an_id_only_family_can_hit() -> None:
+    # Items 0-2 in train; validation adds item 3 (unseen by train), test holds item 3 (seen
+    # once validation is refitted in) and item 4 (never seen): 1/2 unseen, then 1/2.
+    positives = {"train": _pairs([(0, 0, 1), (1, 1, 1), (2, 2, 1)]),
+                 "validation": _pairs([(0, 3, 1), (1, 1, 1)]),
+                 "test": _pairs([(0, 4, 1), (2, 3, 1)])}
+    data = stage.ProtocolData(positives=positives, validation=positives["validation"],
+                              test=positives["test"], n_users=3, n_items=5, k=K,
+                              device=torch.device("cpu"))
+    assert stage.unseen_item_shares(data, refit=True) == {
+        "val_unseen_item_share": 0.5, "test_unseen_item_share": 0.5}
+    # Without the refit, test's metrics come from the fit on train: both test items unseen.
+    assert stage.unseen_item_shares(data, refit=False)["test_unseen_item_share"] == 1.0
 
 
 def test_selection_never_reads_test_metrics() -> None:

@@ -188,6 +188,23 @@ def test_bad_model_config_names_the_field(tmp_path: Path, section: dict[str, obj
         load_ncf_config(_write(tmp_path, _base(**section)))
 
 
+def test_a_float_written_with_an_exponent_reads_as_the_number(tmp_path: Path) -> None:
+    # PyYAML (YAML 1.1) reads 1e-5 as the string "1e-5"; a float field takes the number.
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump(_base())
+                    + "train: {weight_decay: 1e-5, lr: 2E-3}\nmf: {lr: +5e-4}\n")
+    cfg = load_ncf_config(path)
+    assert (cfg.train.weight_decay, cfg.train.lr, cfg.mf.lr) == (1e-5, 2e-3, 5e-4)
+    # Only numbers: other strings in a float field are still refused, naming the field.
+    path.write_text(yaml.safe_dump(_base()) + "train: {lr: 1e-5x}\n")
+    with pytest.raises(ConfigError, match="train.lr: expected a number"):
+        load_ncf_config(path)
+    # Whole-number fields stay whole: 1e3 is not silently an int.
+    path.write_text(yaml.safe_dump(_base()) + "train: {epochs: 1e3}\n")
+    with pytest.raises(ConfigError, match="train.epochs: expected a whole number"):
+        load_ncf_config(path)
+
+
 def test_missing_file_is_a_config_error(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="does not exist"):
         load_data_config(tmp_path / "absent.yaml")

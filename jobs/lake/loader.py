@@ -49,6 +49,11 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
     return loaded
 
 
+# A number with an exponent but no dot (1e-5, 2E3): YAML 1.2 and JSON read a float,
+# PyYAML's YAML 1.1 resolver a string. Float fields take it as the number it reads as.
+_EXPONENT_FLOAT = re.compile(r"[-+]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)[eE][-+]?[0-9]+")
+
+
 def _coerce(value: Any, hint: Any, where: str) -> Any:  # noqa: PLR0911 (one return per type)
     """Check `value` against a dataclass field's type hint, converting lists to tuples."""
     origin = typing.get_origin(hint)
@@ -77,6 +82,8 @@ def _coerce(value: Any, hint: Any, where: str) -> Any:  # noqa: PLR0911 (one ret
         (item_hint, *_rest) = typing.get_args(hint)
         return tuple(_coerce(v, item_hint, f"{where}[{i}]") for i, v in enumerate(value))
     if hint is float:
+        if isinstance(value, str) and _EXPONENT_FLOAT.fullmatch(value):
+            return float(value)  # YAML 1.2's 1e-5, a string to PyYAML's YAML 1.1 resolver
         if isinstance(value, bool) or not isinstance(value, int | float):
             raise ConfigError(f"{where}: expected a number, got {value!r}")
         return float(value)

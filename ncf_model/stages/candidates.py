@@ -166,6 +166,25 @@ def choose(outcomes: list[Outcome], cfg: CandidatesConfig) -> Outcome:
     return max(ranked, key=lambda o: (o.validation[key], -outcomes.index(o)))
 
 
+def unseen_item_shares(data: ProtocolData, *, refit: bool) -> dict[str, float]:
+    """Per held-out split, the share of its positives whose item has no positive in the
+    pairs its metrics are fitted on (validation: train; test: train + validation, or train
+    without `refit`). A family
+    that knows items only by id scores such an item as it scores any unknown one, so no
+    such family's HR@K can exceed 1 minus this share (ties count against the positive);
+    only side features could reach them. Data, not a model: logged once per run."""
+    shares = {}
+    for split, fitted_on in ((layout.VALIDATION, SELECT_ON), (layout.TEST, TEST_ON if refit else SELECT_ON)):
+        held = data.positives[split].item.long()
+        if held.numel() == 0:
+            continue
+        known = torch.zeros(data.n_items, dtype=torch.bool)
+        known[data.union(fitted_on).item.long()] = True
+        shares[f"{'val' if split == layout.VALIDATION else 'test'}_unseen_item_share"] = (
+            float((~known[held]).float().mean()))
+    return shares
+
+
 def protocol_data(cfg: NCFConfig, paths: layout.LakePaths, device: torch.device,
                    prepared: dict[str, Any]) -> ProtocolData:
     return ProtocolData(
@@ -231,6 +250,9 @@ def run(cfg: NCFConfig, paths: layout.LakePaths, device: torch.device) -> str:
     winner = choose(outcomes, cfg.candidates)
     assert winner.selected is not None  # chosen among the fitted
     key = f"val_{cfg.candidates.select_metric}"
+    unseen = unseen_item_shares(data, refit=cfg.candidates.refit)
+    log.info("held-out positives whose item the fit never saw (an HR@K ceiling for id-only "
+             "families): %s", ", ".join(f"{k} {v:.3f}" for k, v in unseen.items()))
     log.info("candidates on validation %s: %s -> serving %s", cfg.candidates.select_metric,
              ", ".join(f"{o.family.name}={o.validation.get(key, float('nan')):.4f}"
                        if o.skipped is None else f"{o.family.name}=skipped" for o in outcomes),
@@ -267,12 +289,12 @@ def run(cfg: NCFConfig, paths: layout.LakePaths, device: torch.device) -> str:
         run.log_candidates(table, select_metric=key, served=winner.family.name)
         run.set_tags({"ncf.served_family": winner.family.name,
                       "ncf.select_metric": cfg.candidates.select_metric})
-        run.log_metrics({f"served_{name}": value for name, value in
-                         {**winner.validation, **winner.test}.items()})
+        run.log_metrics({**{f"served_{name}": value for name, value in
+                            {**winner.validation, **winner.test}.items()}, **unseen})
     layout.update_manifest(paths, "candidates", {
         "served_family": winner.family.name, "select_metric": cfg.candidates.select_metric,
         "served_run_id": runs[winner.family.name], "model_uri": model_uri,
-        "parent_run_id": parent, "families": table,
+        "parent_run_id": parent, "families": table, **unseen,
         "params": json_safe({"candidates": cfg.candidates, "mf": cfg.mf, "ease": cfg.ease}),
     })
     return winner.family.name

@@ -174,7 +174,8 @@ def unseen_item_shares(data: ProtocolData, *, refit: bool) -> dict[str, float]:
     such family's HR@K can exceed 1 minus this share (ties count against the positive);
     only side features could reach them. Data, not a model: logged once per run."""
     shares = {}
-    for split, fitted_on in ((layout.VALIDATION, SELECT_ON), (layout.TEST, TEST_ON if refit else SELECT_ON)):
+    steps = ((layout.VALIDATION, SELECT_ON), (layout.TEST, TEST_ON if refit else SELECT_ON))
+    for split, fitted_on in steps:
         held = data.positives[split].item.long()
         if held.numel() == 0:
             continue

@@ -78,4 +78,8 @@ def test_candidate_lines_list_every_family_best_validation_first_served_marked()
     assert lines[2].split()[:4] == ["ncf", "0.4100", "0.6400", "0.3600"]
     assert lines[2].split()[-1] == "—"  # no full-ranking figure
     assert "skipped: over the memory limit" in lines[3]
+    assert len(lines) == 4  # no share of unseen test items recorded: no line for it
+    candidates["test_unseen_item_share"] = 0.112
+    assert report.candidate_lines(candidates)[-1].strip() == (
+        "test items the fit never saw: 11.2% (no id-only family's test HR@10 can pass 0.888)")
     assert report.candidate_lines({}) == []

@@ -91,6 +91,10 @@ def candidate_lines(candidates: dict[str, Any]) -> list[str]:
         lines.append(f"   {mark} {name:<18} {show(val.get(f'val_{metric}'), 14)} "
                      f"{show(test.get('test_hr_10'), 11)} {show(test.get('test_ndcg_10'), 13)} "
                      f"{show(test.get('test_full_ndcg_10'), 18)}")
+    unseen = candidates.get("test_unseen_item_share")
+    if isinstance(unseen, int | float) and unseen > 0:
+        lines.append(f"     test items the fit never saw: {unseen:.1%} (no id-only family's "
+                     f"test HR@10 can pass {1 - unseen:.3f})")
     return lines
 
 

@@ -169,10 +169,10 @@ def choose(outcomes: list[Outcome], cfg: CandidatesConfig) -> Outcome:
 def unseen_item_shares(data: ProtocolData, *, refit: bool) -> dict[str, float]:
     """Per held-out split, the share of its positives whose item has no positive in the
     pairs its metrics are fitted on (validation: train; test: train + validation, or train
-    without `refit`). A family
-    that knows items only by id scores such an item as it scores any unknown one, so no
-    such family's HR@K can exceed 1 minus this share (ties count against the positive);
-    only side features could reach them. Data, not a model: logged once per run."""
+    without `refit`). A family that knows items only by id scores such an item as it scores
+    any unknown one, so no such family's HR@K can exceed 1 minus this share (ties count
+    against the positive); only side features could reach them. Data, not a model: logged
+    once per run."""
     shares = {}
     steps = ((layout.VALIDATION, SELECT_ON), (layout.TEST, TEST_ON if refit else SELECT_ON))
     for split, fitted_on in steps:

@@ -31,6 +31,7 @@ section's `seed`.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 import os
 import sys
@@ -107,19 +108,14 @@ def _suggest_mf(trial: optuna.trial.BaseTrial) -> Overrides:
     return {"mf": {"factors": factors, **_suggest_training(trial)}}
 
 
-def _suggest_ease(trial: optuna.trial.BaseTrial) -> Overrides:
+def _suggest_ease(trial: optuna.trial.BaseTrial, *, recency: bool = True) -> Overrides:
     # One lambda and one half-life per trial: the sampler, not EASE's own grids, explores
     # them (a trial still scores the binary X beside its half-life and keeps the better).
-    half_life = trial.suggest_categorical("half_life", (0, 5, 10, 20, 50, 100))  # 0: none
+    # Without time order (recency=False) a half-life would change nothing: lambda alone.
+    half_life = (trial.suggest_categorical("half_life", (0, 5, 10, 20, 50, 100))  # 0: none
+                 if recency else 0)
     return {"ease": {"l2_grid": (trial.suggest_float("l2", 1.0, 5000.0, log=True),),
                      "half_life_grid": (float(half_life),) if half_life else ()}}
-
-
-def _suggest_ease_binary(trial: optuna.trial.BaseTrial) -> Overrides:
-    """EASE^R on a lake without time order: a half-life would change nothing, so the
-    budget goes to lambda alone."""
-    return {"ease": {"l2_grid": (trial.suggest_float("l2", 1.0, 5000.0, log=True),),
-                     "half_life_grid": ()}}
 
 
 def _suggest_sasrec(trial: optuna.trial.BaseTrial) -> Overrides:
@@ -170,7 +166,9 @@ class ConfigFamilies:
 
     def space(self, name: str) -> Callable[[optuna.trial.BaseTrial], Overrides]:
         """The family's search space on this data (EASE^R's half-life needs time order)."""
-        return _suggest_ease_binary if name == "ease" and self.sequences is None else SPACES[name]
+        if name == "ease" and self.sequences is None:
+            return functools.partial(_suggest_ease, recency=False)
+        return SPACES[name]
 
     def family(self, name: str, overrides: Overrides,
                on_epoch: OnEpoch | None = None) -> Family:

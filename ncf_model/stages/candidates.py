@@ -174,15 +174,13 @@ def unseen_item_shares(data: ProtocolData, *, refit: bool) -> dict[str, float]:
     against the positive); only side features could reach them. Data, not a model: logged
     once per run."""
     shares = {}
-    steps = ((layout.VALIDATION, SELECT_ON), (layout.TEST, TEST_ON if refit else SELECT_ON))
-    for split, fitted_on in steps:
+    for prefix, split, fitted_on in (("val", layout.VALIDATION, SELECT_ON),
+                                     ("test", layout.TEST, TEST_ON if refit else SELECT_ON)):
         held = data.positives[split].item.long()
-        if held.numel() == 0:
-            continue
-        known = torch.zeros(data.n_items, dtype=torch.bool)
-        known[data.union(fitted_on).item.long()] = True
-        shares[f"{'val' if split == layout.VALIDATION else 'test'}_unseen_item_share"] = (
-            float((~known[held]).float().mean()))
+        if held.numel():
+            known = torch.zeros(data.n_items, dtype=torch.bool)
+            known[data.union(fitted_on).item.long()] = True
+            shares[f"{prefix}_unseen_item_share"] = float((~known[held]).float().mean())
     return shares
 
 
